@@ -1,0 +1,41 @@
+"""One error tree for the whole server; each transport maps it once to its own status codes."""
+
+
+class MedserveError(Exception):
+    """Root of every error medserve raises on purpose."""
+
+
+class ModelNotFound(MedserveError):
+    """The model, or the requested version of it, is not known or not loaded."""
+
+
+class ModelNotReady(MedserveError):
+    """The model exists but no version of it can serve now."""
+
+
+class InvalidInput(MedserveError):
+    """The request is malformed or does not match the model's inputs."""
+
+
+class PayloadTooLarge(MedserveError):
+    """The request body is larger than the configured limit."""
+
+
+class InvalidConfig(MedserveError):
+    """A model's configuration file is invalid; the message names the file and the field."""
+
+
+class ModelLoadError(MedserveError):
+    """A model version could not be loaded; the message says why."""
+
+
+class InferenceFailed(MedserveError):
+    """The engine raised while running the model."""
+
+
+class Unsupported(MedserveError):
+    """The request asks for something this server does not do."""
+
+
+class Overloaded(MedserveError):
+    """The server is shutting down or its queues are full."""
