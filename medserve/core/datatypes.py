@@ -150,3 +150,19 @@ def from_raw_bytes(
             f"{len(buffer)} were sent"
         )
     return np.frombuffer(buffer, dtype=dtype).reshape(shape)
+
+
+def float_to_bf16_bits(values: np.ndarray) -> np.ndarray:
+    """Round float values to bfloat16 (nearest, ties to even) and return the raw ``uint16`` bits."""
+    bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
+    rounding = ((bits >> 16) & 1) + np.uint32(0x7FFF)
+    rounded = ((bits + rounding) >> 16).astype(np.uint16)
+    nan = np.isnan(np.asarray(values, dtype=np.float32))
+    if nan.any():
+        rounded[nan] = np.uint16(0x7FC0)
+    return rounded
+
+
+def bf16_bits_to_float(bits: np.ndarray) -> np.ndarray:
+    """Widen raw bfloat16 bits to float32."""
+    return (np.ascontiguousarray(bits, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)

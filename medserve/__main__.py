@@ -1,0 +1,5 @@
+import sys
+
+from medserve.cli import main
+
+sys.exit(main())

@@ -1,0 +1,92 @@
+"""The ``medserve`` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from medserve import __version__
+from medserve.core.errors import MedserveError
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from medserve.server import serve
+    from medserve.settings import load_settings
+
+    settings = load_settings(
+        args.config,
+        repository=args.repository,
+        host=args.host,
+        http_port=args.http_port,
+        grpc_port=args.grpc_port,
+        log_level=args.log_level,
+    )
+    serve(settings)
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    from medserve.repository.inspect import inspect_repository
+
+    rows = inspect_repository(args.repository, load=not args.no_load)
+    widths = [max(len(str(r[i])) for r in rows + [("MODEL", "VERSION", "STATE", "SHA256", "")]) for i in range(4)]
+    header = ("MODEL", "VERSION", "STATE", "SHA256")
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths)) + "  REASON")
+    for row in rows:
+        print("  ".join(str(v).ljust(w) for v, w in zip(row[:4], widths)) + f"  {row[4]}")
+    return 0 if all(r[2] in ("READY", "VALID") for r in rows) else 1
+
+
+def _examples_build(args: argparse.Namespace) -> int:
+    from medserve.examples.repository import build_example_repository
+
+    written = build_example_repository(args.directory, models=args.models or None, force=args.force)
+    print(f"example repository in {args.directory}: built {', '.join(written) or 'nothing (all present)'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="medserve", description="Inference server for clinical AI.")
+    parser.add_argument("--version", action="version", version=f"medserve {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="serve a model repository over HTTP and gRPC")
+    serve.add_argument("--repository", type=Path, help="model repository folder")
+    serve.add_argument("--host", help="bind address (default 127.0.0.1)")
+    serve.add_argument("--http-port", type=int, help="HTTP port (default 8000)")
+    serve.add_argument("--grpc-port", type=int, help="gRPC port (default 8001; -1 turns gRPC off)")
+    serve.add_argument("--config", type=Path, help="YAML settings file (see docs/CONFIGURATION.md)")
+    serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    serve.set_defaults(func=_serve)
+
+    models = commands.add_parser("models", help="list models, versions, states and artifact digests")
+    models.add_argument("--repository", type=Path, required=True)
+    models.add_argument(
+        "--no-load", action="store_true", help="only validate configs, do not load the engines"
+    )
+    models.set_defaults(func=_models)
+
+    examples = commands.add_parser("examples", help="example models and data")
+    example_commands = examples.add_subparsers(dest="examples_command", required=True)
+    build = example_commands.add_parser("build", help="write the example model repository")
+    build.add_argument("directory", type=Path)
+    build.add_argument("--models", nargs="*", help="only these models (default: all)")
+    build.add_argument("--force", action="store_true", help="rebuild models already present")
+    build.set_defaults(func=_examples_build)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except MedserveError as exc:
+        print(f"medserve: error: {exc}", file=sys.stderr)
+        return 2
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

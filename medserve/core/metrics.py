@@ -1,0 +1,93 @@
+"""Prometheus metrics of the serving core, per model and version."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+# Latency buckets from 100 µs to 60 s: clinical models range from tiny tabular ones to 3D volumes.
+_SECONDS_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+    10.0, 30.0, 60.0,
+)
+_LABELS = ("model", "version")
+
+
+def failure_reason(exc: BaseException) -> str:
+    """``InvalidInput`` → ``invalid_input``: the reason label of a failed request."""
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", type(exc).__name__).lower()
+
+
+class ServingMetrics:
+    """The metric families; one instance per server, each with its own registry."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.request_success = Counter(
+            "medserve_inference_request_success", "Successful inference requests.", _LABELS, registry=r
+        )
+        self.request_failure = Counter(
+            "medserve_inference_request_failure",
+            "Failed inference requests, by reason.",
+            (*_LABELS, "reason"),
+            registry=r,
+        )
+        self.inference_count = Counter(
+            "medserve_inference_count",
+            "Inferences performed (a request with batch size N counts N).",
+            _LABELS,
+            registry=r,
+        )
+        self.execution_count = Counter(
+            "medserve_inference_exec_count",
+            "Model executions (inference_count / exec_count is the average batch size).",
+            _LABELS,
+            registry=r,
+        )
+        self.request_duration = Histogram(
+            "medserve_request_duration_seconds",
+            "End-to-end time of an inference request inside the server.",
+            _LABELS,
+            buckets=_SECONDS_BUCKETS,
+            registry=r,
+        )
+        self.queue_duration = Histogram(
+            "medserve_queue_duration_seconds",
+            "Time a request waited in the batcher's queue.",
+            _LABELS,
+            buckets=_SECONDS_BUCKETS,
+            registry=r,
+        )
+        self.compute_duration = Histogram(
+            "medserve_compute_duration_seconds",
+            "Time of one model execution (merge, engine run, split).",
+            _LABELS,
+            buckets=_SECONDS_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "medserve_batch_size",
+            "Batch size of each model execution.",
+            _LABELS,
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "medserve_queue_depth", "Requests waiting in the batcher's queue.", _LABELS, registry=r
+        )
+
+    def watch_queue(self, model: str, version: str, depth: Callable[[], int]) -> None:
+        self.queue_depth.labels(model, version).set_function(lambda: float(depth()))
+
+    def forget(self, model: str, version: str) -> None:
+        """Stop watching the queue of an unloaded version (its counters keep their totals)."""
+        try:
+            self.queue_depth.remove(model, version)
+        except KeyError:
+            pass
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

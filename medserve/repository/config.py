@@ -1,0 +1,168 @@
+"""The per-model ``config.yaml`` schema, validated with pydantic.
+
+A repository is ``<repo>/<model>/config.yaml`` plus ``<repo>/<model>/<version>/<artifact>``. When
+``max_batch_size`` > 0, tensor ``dims`` exclude the batch dimension (as in Triton).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from medserve.core.datatypes import DATATYPES
+from medserve.core.errors import InvalidConfig
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TensorConfig(_Strict):
+    name: str = Field(min_length=1, description="Tensor name as the model and clients know it.")
+    datatype: str = Field(description="Open Inference Protocol datatype, e.g. FP32 or BYTES.")
+    dims: list[int] = Field(description="Shape without the batch dimension; -1 marks a variable size.")
+
+    @field_validator("datatype")
+    @classmethod
+    def _known_datatype(cls, value: str) -> str:
+        if value not in DATATYPES:
+            raise ValueError(f"unknown datatype '{value}'; expected one of {', '.join(DATATYPES)}")
+        return value
+
+    @field_validator("dims")
+    @classmethod
+    def _valid_dims(cls, value: list[int]) -> list[int]:
+        for dim in value:
+            if dim < -1 or dim == 0:
+                raise ValueError(f"dims must be positive or -1, got {dim}")
+        return value
+
+
+class DynamicBatching(_Strict):
+    max_queue_delay_us: int = Field(
+        default=0, ge=0, description="Longest a request waits in the queue for others to batch with."
+    )
+    preferred_batch_sizes: list[int] = Field(
+        default_factory=list, description="Batch sizes dispatched at once when reached."
+    )
+
+    @field_validator("preferred_batch_sizes")
+    @classmethod
+    def _positive(cls, value: list[int]) -> list[int]:
+        if any(size < 1 for size in value):
+            raise ValueError("preferred batch sizes must be >= 1")
+        return sorted(set(value))
+
+
+class _LatestPolicy(_Strict):
+    num_versions: int = Field(default=1, ge=1)
+
+
+class _SpecificPolicy(_Strict):
+    versions: list[int] = Field(min_length=1)
+
+
+class VersionPolicy(_Strict):
+    """Which versions on disk are served: the latest N (default 1), all, or specific ones."""
+
+    latest: _LatestPolicy | None = None
+    all: dict[str, Any] | None = None
+    specific: _SpecificPolicy | None = None
+
+    @model_validator(mode="after")
+    def _one_choice(self) -> VersionPolicy:
+        chosen = [n for n in ("latest", "all", "specific") if getattr(self, n) is not None]
+        if len(chosen) > 1:
+            raise ValueError(f"choose one of latest, all, specific; got {', '.join(chosen)}")
+        return self
+
+    def select(self, available: list[int]) -> list[int]:
+        ordered = sorted(available)
+        if self.all is not None:
+            return ordered
+        if self.specific is not None:
+            return [v for v in ordered if v in self.specific.versions]
+        count = self.latest.num_versions if self.latest is not None else 1
+        return ordered[-count:]
+
+    def to_triton(self) -> dict[str, Any]:
+        if self.all is not None:
+            return {"all": {}}
+        if self.specific is not None:
+            return {"specific": {"versions": list(self.specific.versions)}}
+        count = self.latest.num_versions if self.latest is not None else 1
+        return {"latest": {"num_versions": count}}
+
+
+class ModelConfig(_Strict):
+    """What ``<repo>/<model>/config.yaml`` may hold."""
+
+    name: str = ""
+    runtime: str = Field(default="onnxruntime", description="Engine that runs the model, by name.")
+    artifact: str = Field(default="model.onnx", description="File name of the artifact in each version folder.")
+    max_batch_size: int = Field(default=0, ge=0, description="0: the model does not batch.")
+    inputs: list[TensorConfig] | None = None
+    outputs: list[TensorConfig] | None = None
+    dynamic_batching: DynamicBatching | None = None
+    instance_count: int = Field(default=1, ge=1, le=64)
+    version_policy: VersionPolicy = Field(default_factory=VersionPolicy)
+    runtime_options: dict[str, Any] = Field(default_factory=dict)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelConfig:
+        if self.dynamic_batching is not None and self.max_batch_size == 0:
+            raise ValueError("dynamic_batching needs max_batch_size > 0")
+        if self.dynamic_batching is not None:
+            too_big = [s for s in self.dynamic_batching.preferred_batch_sizes if s > self.max_batch_size]
+            if too_big:
+                raise ValueError(
+                    f"preferred_batch_sizes {too_big} exceed max_batch_size {self.max_batch_size}"
+                )
+        for kind in ("inputs", "outputs"):
+            tensors = getattr(self, kind) or []
+            names = [t.name for t in tensors]
+            if len(names) != len(set(names)):
+                raise ValueError(f"{kind} has duplicate tensor names")
+        return self
+
+
+def _field_path(loc: tuple[int | str, ...]) -> str:
+    path = ""
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path or "(top level)"
+
+
+def parse_model_config(text: str, source: str, model_name: str) -> ModelConfig:
+    """Validate YAML text; errors name the file and the field."""
+    try:
+        raw = yaml.safe_load(text) if text.strip() else {}
+    except yaml.YAMLError as exc:
+        raise InvalidConfig(f"{source}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise InvalidConfig(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
+    if raw.get("name") not in (None, model_name):
+        raise InvalidConfig(
+            f"{source}: field 'name' is '{raw.get('name')}' but the model folder is '{model_name}'"
+        )
+    raw["name"] = model_name
+    try:
+        return ModelConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"field '{_field_path(err['loc'])}': {err['msg']}" for err in exc.errors()
+        )
+        raise InvalidConfig(f"{source}: {problems}") from None
+
+
+def load_model_config(model_dir: Path) -> ModelConfig:
+    path = model_dir / "config.yaml"
+    if not path.is_file():
+        raise InvalidConfig(f"{path}: missing (every model folder needs a config.yaml)")
+    return parse_model_config(path.read_text(encoding="utf-8"), str(path), model_dir.name)
+
+

@@ -1,0 +1,58 @@
+"""The model repository on disk: model folders, version folders, artifacts and their digests."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from medserve.core.errors import InvalidConfig, ModelNotFound
+from medserve.repository.config import ModelConfig, load_model_config
+
+
+@dataclass(frozen=True, slots=True)
+class VersionArtifact:
+    version: int
+    path: Path
+
+
+def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class ModelRepository:
+    """Reads ``<root>/<model>/config.yaml`` and ``<root>/<model>/<version>/<artifact>``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def model_names(self) -> list[str]:
+        if not self.root.is_dir():
+            raise InvalidConfig(f"model repository {self.root} is not a directory")
+        return sorted(
+            p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))
+        )
+
+    def model_dir(self, name: str) -> Path:
+        path = self.root / name
+        if "/" in name or name in ("", ".", "..") or not path.is_dir():
+            raise ModelNotFound(f"model '{name}' is not in the repository")
+        return path
+
+    def config(self, name: str) -> ModelConfig:
+        return load_model_config(self.model_dir(name))
+
+    def versions_on_disk(self, name: str) -> list[int]:
+        return sorted(
+            int(p.name) for p in self.model_dir(name).iterdir() if p.is_dir() and p.name.isdigit()
+        )
+
+    def artifacts(self, name: str, config: ModelConfig) -> list[VersionArtifact]:
+        """The version folders the config's version policy selects, newest last."""
+        chosen = config.version_policy.select(self.versions_on_disk(name))
+        model_dir = self.model_dir(name)
+        return [VersionArtifact(v, model_dir / str(v) / config.artifact) for v in chosen]

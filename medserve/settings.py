@@ -1,0 +1,103 @@
+"""Server settings: defaults < config file (YAML) < ``MEDSERVE_*`` environment < command line.
+
+Every field is documented here; ``docs/CONFIGURATION.md`` lists them (a test keeps the two in step).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import yaml
+from pydantic import Field, ValidationError
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from medserve.core.errors import InvalidConfig
+
+
+class _FileSource(PydanticBaseSettingsSource):
+    """Values from the YAML config file, below the environment in priority."""
+
+    def __init__(self, settings_cls: type[BaseSettings], values: dict[str, Any]) -> None:
+        super().__init__(settings_cls)
+        self._values = values
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self._values.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self._values)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MEDSERVE_", extra="forbid")
+
+    _file_values: ClassVar[dict[str, Any]] = {}
+
+    repository: Path = Field(
+        default=Path("model_repository"),
+        description="Model repository folder: <repository>/<model>/config.yaml and "
+        "<repository>/<model>/<version>/<artifact>.",
+    )
+    host: str = Field(default="127.0.0.1", description="Address the HTTP and gRPC servers bind to.")
+    http_port: int = Field(
+        default=8000, ge=0, le=65535, description="Port of the HTTP/REST server (Open Inference Protocol)."
+    )
+    grpc_port: int = Field(
+        default=8001,
+        ge=-1,
+        le=65535,
+        description="Port of the gRPC server (inference.GRPCInferenceService); -1 turns gRPC off.",
+    )
+    max_request_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1024,
+        description="Largest request body (HTTP) or message (gRPC) accepted; larger ones get "
+        "HTTP 413 / RESOURCE_EXHAUSTED before they are read whole.",
+    )
+    shutdown_timeout_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="On shutdown, how long in-flight requests may take to finish before they are "
+        "cancelled.",
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="Logging level of the server."
+    )
+    load_models: bool = Field(
+        default=True, description="Load every model in the repository at start-up."
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _FileSource(settings_cls, cls._file_values))
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build settings from an optional YAML file, the environment and explicit overrides."""
+    values: dict[str, Any] = {}
+    if config_file is not None:
+        try:
+            loaded = yaml.safe_load(config_file.read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise InvalidConfig(f"{config_file}: cannot read settings: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise InvalidConfig(f"{config_file}: expected a mapping of settings")
+        values = {str(k).replace("-", "_"): v for k, v in loaded.items()}
+    Settings._file_values = values
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        source = f"{config_file}" if config_file else "settings"
+        raise InvalidConfig(f"{source}: {problems}") from None
+    finally:
+        Settings._file_values = {}

@@ -1,0 +1,374 @@
+"""The gRPC door: Open Inference Protocol (KServe v2 / Triton ``GRPCInferenceService``) over grpc.aio.
+
+A thin adapter: each RPC decodes its message with :mod:`medserve.protocol.grpc_codec`, calls
+:class:`~medserve.core.service.InferenceService`, and encodes the answer. ``MedserveError``
+subclasses map to gRPC status codes through one table; anything else is INTERNAL and logged.
+The standard ``grpc.health.v1.Health`` service runs beside it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import grpc
+from google.protobuf.message import Message
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+
+from medserve.core import errors
+from medserve.protocol import grpc_codec
+from medserve.protocol.grpc_messages import SERVICE_NAME, pb
+
+if TYPE_CHECKING:
+    from medserve.core.service import InferenceService
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+#: One table: medserve's error tree to gRPC status codes (most specific class wins).
+STATUS_CODES: dict[type[errors.MedserveError], grpc.StatusCode] = {
+    errors.ModelNotFound: grpc.StatusCode.NOT_FOUND,
+    errors.ModelNotReady: grpc.StatusCode.UNAVAILABLE,
+    errors.InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.PayloadTooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.InvalidConfig: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.ModelLoadError: grpc.StatusCode.INTERNAL,
+    errors.InferenceFailed: grpc.StatusCode.INTERNAL,
+    errors.Unsupported: grpc.StatusCode.UNIMPLEMENTED,
+    errors.Overloaded: grpc.StatusCode.UNAVAILABLE,
+}
+
+# Optional members of the error tree other modules may add later; mapped when present.
+for _name, _code in (
+    ("DeadlineExceeded", grpc.StatusCode.DEADLINE_EXCEEDED),
+    ("Unauthenticated", grpc.StatusCode.UNAUTHENTICATED),
+    ("PermissionDenied", grpc.StatusCode.PERMISSION_DENIED),
+    ("Forbidden", grpc.StatusCode.PERMISSION_DENIED),
+    ("Cancelled", grpc.StatusCode.CANCELLED),
+):
+    _cls = getattr(errors, _name, None)
+    if isinstance(_cls, type) and issubclass(_cls, errors.MedserveError):
+        STATUS_CODES[_cls] = _code
+
+
+def status_code_for(error: BaseException) -> grpc.StatusCode:
+    """The gRPC status for an exception: its nearest class in :data:`STATUS_CODES`, else INTERNAL."""
+    for cls in type(error).__mro__:
+        if issubclass(cls, errors.MedserveError) and cls in STATUS_CODES:
+            return STATUS_CODES[cls]
+    return grpc.StatusCode.INTERNAL
+
+
+def _describe(error: BaseException) -> tuple[grpc.StatusCode, str]:
+    """Status and message for an error; unexpected ones are logged with their traceback."""
+    if isinstance(error, errors.MedserveError):
+        return status_code_for(error), str(error) or type(error).__name__
+    logger.exception("unexpected error in gRPC handler", exc_info=error)
+    return grpc.StatusCode.INTERNAL, f"{type(error).__name__}: {error}"
+
+
+_Req = TypeVar("_Req", bound=Message)
+_Resp = TypeVar("_Resp", bound=Message)
+_Unary = Callable[[_Req, grpc.aio.ServicerContext[Any, Any]], Awaitable[_Resp]]
+
+
+def _guarded(handler: _Unary[_Req, _Resp]) -> _Unary[_Req, _Resp]:
+    """Wrap a unary handler so errors become gRPC statuses (abort is outside the ``try``)."""
+
+    async def call(request: _Req, context: grpc.aio.ServicerContext[Any, Any]) -> _Resp:
+        try:
+            return await handler(request, context)
+        except Exception as error:  # mapped to a status below, never swallowed
+            code, message = _describe(error)
+        await context.abort(code, message)
+        raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
+
+    call.__name__ = getattr(handler, "__name__", "handler")
+    return call
+
+
+class GrpcInferenceServicer:
+    """The RPCs of ``inference.GRPCInferenceService``, each a thin call into the service."""
+
+    def __init__(self, service: InferenceService) -> None:
+        self._service = service
+
+    async def server_live(
+        self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=self._service.live())
+
+    async def server_ready(
+        self, request: pb.ServerReadyRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self._service.ready())
+
+    async def model_ready(
+        self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ModelReadyResponse:
+        return pb.ModelReadyResponse(ready=self._service.model_ready(request.name, request.version))
+
+    async def server_metadata(
+        self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ServerMetadataResponse:
+        return grpc_codec.encode_server_metadata(self._service.server_metadata())
+
+    async def model_metadata(
+        self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ModelMetadataResponse:
+        metadata = self._service.model_metadata(request.name, request.version)
+        return grpc_codec.encode_model_metadata(metadata)
+
+    async def model_infer(
+        self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ModelInferResponse:
+        response = await self._service.infer(grpc_codec.decode_infer_request(request))
+        return grpc_codec.encode_infer_response(response)
+
+    async def model_stream_infer(
+        self,
+        requests: AsyncIterator[pb.ModelInferRequest],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        """Answer each request as soon as it is done; requests run concurrently so they batch.
+
+        Errors go into the answer's ``error_message``; the stream stays open.
+        """
+        answers: asyncio.Queue[pb.ModelStreamInferResponse] = asyncio.Queue()
+        reader = asyncio.create_task(self._read_stream(requests, answers))
+        try:
+            while True:
+                get = asyncio.create_task(answers.get())
+                done, _ = await asyncio.wait({get, reader}, return_when=asyncio.FIRST_COMPLETED)
+                if get in done:
+                    yield get.result()
+                    continue
+                get.cancel()
+                while not answers.empty():
+                    yield answers.get_nowait()
+                reader.result()  # re-raise a failure to read the stream
+                return
+        finally:
+            reader.cancel()
+
+    async def _read_stream(
+        self,
+        requests: AsyncIterator[pb.ModelInferRequest],
+        answers: asyncio.Queue[pb.ModelStreamInferResponse],
+    ) -> None:
+        """Start one task per incoming request; return once all are answered."""
+        async with asyncio.TaskGroup() as group:
+            async for request in requests:
+                group.create_task(self._answer(request, answers))
+
+    async def _answer(
+        self,
+        request: pb.ModelInferRequest,
+        answers: asyncio.Queue[pb.ModelStreamInferResponse],
+    ) -> None:
+        try:
+            response = await self._service.infer(grpc_codec.decode_infer_request(request))
+            answer = pb.ModelStreamInferResponse(
+                infer_response=grpc_codec.encode_infer_response(response)
+            )
+        except Exception as error:  # reported in the stream, which stays open
+            _, message = _describe(error)
+            answer = grpc_codec.encode_stream_error(request, message)
+        answers.put_nowait(answer)
+
+    async def model_config(
+        self, request: pb.ModelConfigRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ModelConfigResponse:
+        config = self._service.model_config(request.name, request.version)
+        return grpc_codec.encode_model_config(config)
+
+    async def model_statistics(
+        self, request: pb.ModelStatisticsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ModelStatisticsResponse:
+        stats = self._service.model_statistics(request.name, request.version)
+        return grpc_codec.encode_model_statistics(stats)
+
+    async def repository_index(
+        self, request: pb.RepositoryIndexRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.RepositoryIndexResponse:
+        entries = self._service.repository_index(ready_only=request.ready)
+        return grpc_codec.encode_repository_index(entries)
+
+    async def repository_model_load(
+        self, request: pb.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.RepositoryModelLoadResponse:
+        if request.parameters:
+            raise errors.Unsupported(
+                f"load of model '{request.model_name}': parameters "
+                f"({', '.join(sorted(request.parameters))}) are not supported; "
+                "models load from the repository only"
+            )
+        await self._service.load_model(request.model_name)
+        return pb.RepositoryModelLoadResponse()
+
+    async def repository_model_unload(
+        self,
+        request: pb.RepositoryModelUnloadRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> pb.RepositoryModelUnloadResponse:
+        await self._service.unload_model(request.model_name)
+        return pb.RepositoryModelUnloadResponse()
+
+
+def _serialize(message: Message) -> bytes:
+    return message.SerializeToString()
+
+
+def inference_handler(servicer: GrpcInferenceServicer) -> grpc.GenericRpcHandler:
+    """The handlers registered under the wire name ``inference.GRPCInferenceService``."""
+    unary: dict[str, tuple[_Unary[Any, Any], type[Message]]] = {
+        "ServerLive": (servicer.server_live, pb.ServerLiveRequest),
+        "ServerReady": (servicer.server_ready, pb.ServerReadyRequest),
+        "ModelReady": (servicer.model_ready, pb.ModelReadyRequest),
+        "ServerMetadata": (servicer.server_metadata, pb.ServerMetadataRequest),
+        "ModelMetadata": (servicer.model_metadata, pb.ModelMetadataRequest),
+        "ModelInfer": (servicer.model_infer, pb.ModelInferRequest),
+        "ModelConfig": (servicer.model_config, pb.ModelConfigRequest),
+        "ModelStatistics": (servicer.model_statistics, pb.ModelStatisticsRequest),
+        "RepositoryIndex": (servicer.repository_index, pb.RepositoryIndexRequest),
+        "RepositoryModelLoad": (servicer.repository_model_load, pb.RepositoryModelLoadRequest),
+        "RepositoryModelUnload": (
+            servicer.repository_model_unload,
+            pb.RepositoryModelUnloadRequest,
+        ),
+    }
+    handlers: dict[str, grpc.RpcMethodHandler] = {
+        method: grpc.unary_unary_rpc_method_handler(
+            _guarded(handler),
+            request_deserializer=request_type.FromString,
+            response_serializer=_serialize,
+        )
+        for method, (handler, request_type) in unary.items()
+    }
+    handlers["ModelStreamInfer"] = grpc.stream_stream_rpc_method_handler(
+        servicer.model_stream_infer,
+        request_deserializer=pb.ModelInferRequest.FromString,
+        response_serializer=_serialize,
+    )
+    return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
+
+
+class _ReadinessHealthServicer(health_aio.HealthServicer):  # type: ignore[misc]
+    """``grpc.health.v1.Health`` whose Check reflects the service's readiness when asked."""
+
+    def __init__(self, service: InferenceService, names: tuple[str, ...]) -> None:
+        super().__init__()
+        self._service = service
+        self._names = names
+
+    async def Check(  # noqa: N802 - name fixed by the health protocol
+        self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> health_pb2.HealthCheckResponse:
+        if request.service in self._names:
+            await self.refresh()
+        return await super().Check(request, context)
+
+    async def refresh(self) -> None:
+        """Publish SERVING or NOT_SERVING (ignored once shutdown has begun)."""
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if self._service.ready()
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in self._names:
+            await self.set(name, status)
+
+
+class GrpcServer:
+    """The gRPC door: OIP inference service plus gRPC health, on ``host:port``.
+
+    ``port=0`` picks a free port; :attr:`port` tells which after :meth:`start`.
+    """
+
+    HEALTH_NAMES = ("", SERVICE_NAME)
+    HEALTH_POLL_SECONDS = 1.0
+
+    def __init__(
+        self,
+        service: InferenceService,
+        host: str = "0.0.0.0",
+        port: int = 8001,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        credentials: grpc.ServerCredentials | None = None,
+    ) -> None:
+        self._service = service
+        self._host = host
+        self._requested_port = port
+        self._max_message_bytes = max_message_bytes
+        self._credentials = credentials
+        self._server: grpc.aio.Server | None = None
+        self._health = _ReadinessHealthServicer(service, self.HEALTH_NAMES)
+        self._health_watch: asyncio.Task[None] | None = None
+        self.port: int = port
+
+    @property
+    def address(self) -> str:
+        return f"{self._host}:{self.port}"
+
+    async def start(self) -> None:
+        """Bind and start serving; raises RuntimeError if the address cannot be bound."""
+        if self._server is not None:
+            raise RuntimeError("gRPC server already started")
+        options = [
+            ("grpc.max_send_message_length", self._max_message_bytes),
+            ("grpc.max_receive_message_length", self._max_message_bytes),
+            # Fail loudly when the port is taken instead of silently sharing it.
+            ("grpc.so_reuseport", 0),
+        ]
+        server = grpc.aio.server(options=options)
+        server.add_generic_rpc_handlers((inference_handler(GrpcInferenceServicer(self._service)),))
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        target = f"{self._host}:{self._requested_port}"
+        if self._credentials is None:
+            bound = server.add_insecure_port(target)
+        else:
+            bound = server.add_secure_port(target, self._credentials)
+        if bound == 0:
+            raise RuntimeError(f"gRPC server could not bind {target}")
+        self.port = bound
+        await server.start()
+        self._server = server
+        await self._health.refresh()
+        self._health_watch = asyncio.create_task(self._watch_readiness())
+        logger.info("gRPC server listening on %s", self.address)
+
+    async def _watch_readiness(self) -> None:
+        """Keep health Watch streams current as readiness changes."""
+        while True:
+            await asyncio.sleep(self.HEALTH_POLL_SECONDS)
+            await self._health.refresh()
+
+    async def stop(self, grace: float | None = 5.0) -> None:
+        """Report NOT_SERVING, stop accepting RPCs, let running ones finish for ``grace`` seconds."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        if self._health_watch is not None:
+            self._health_watch.cancel()
+            self._health_watch = None
+        await self._health.enter_graceful_shutdown()
+        await server.stop(grace)
+        logger.info("gRPC server on %s stopped", self.address)
+
+    async def wait_for_termination(self) -> None:
+        if self._server is not None:
+            await self._server.wait_for_termination()
+
+
+__all__ = [
+    "DEFAULT_MAX_MESSAGE_BYTES",
+    "STATUS_CODES",
+    "GrpcInferenceServicer",
+    "GrpcServer",
+    "inference_handler",
+    "status_code_for",
+]

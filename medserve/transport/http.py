@@ -1,0 +1,251 @@
+"""HTTP/REST door: the Open Inference Protocol (KServe v2) with Triton's extensions, over Starlette.
+
+Routes only translate: parse the request, call ``InferenceService``, encode the reply, and map
+``MedserveError`` to a status code through one table. Errors are ``{"error": "..."}``.
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from medserve.core.errors import (
+    InferenceFailed,
+    InvalidConfig,
+    InvalidInput,
+    MedserveError,
+    ModelLoadError,
+    ModelNotFound,
+    ModelNotReady,
+    Overloaded,
+    PayloadTooLarge,
+    Unsupported,
+)
+from medserve.core.metrics import ServingMetrics
+from medserve.core.service import InferenceService
+from medserve.core.types import ModelMetadata
+from medserve.protocol.rest_codec import HEADER_LENGTH, decode_infer_request, dumps, encode_infer_response, loads
+
+log = logging.getLogger(__name__)
+
+#: MedserveError subclass → HTTP status; the first matching class in order wins.
+STATUS_CODES: tuple[tuple[type[MedserveError], int], ...] = (
+    (ModelNotFound, 404),
+    (PayloadTooLarge, 413),
+    (InvalidInput, 400),
+    (InvalidConfig, 400),
+    (ModelLoadError, 400),
+    (Unsupported, 501),
+    (ModelNotReady, 503),
+    (Overloaded, 503),
+    (InferenceFailed, 500),
+)
+
+_JSON = "application/json"
+
+
+def status_of(exc: MedserveError) -> int:
+    for cls, status in STATUS_CODES:
+        if isinstance(exc, cls):
+            return status
+    return 500
+
+
+def _json(value: Any, status: int = 200) -> Response:
+    return Response(dumps(value), status_code=status, media_type=_JSON)
+
+
+def _error(message: str, status: int) -> Response:
+    return _json({"error": message}, status)
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def _guarded(handler: Handler) -> Handler:
+    async def wrapper(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except MedserveError as exc:
+            return _error(str(exc), status_of(exc))
+        except Exception as exc:  # a bug must not take the server down; the client hears of it
+            log.exception("unexpected error serving %s %s", request.method, request.url.path)
+            return _error(f"internal error: {type(exc).__name__}: {exc}", 500)
+
+    return wrapper
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it is known to pass ``limit``; decompressed if encoded."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit} bytes")
+    chunks: list[bytes] = []
+    total = 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > limit:
+            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    encoding = request.headers.get("content-encoding", "identity").lower()
+    if encoding in ("", "identity"):
+        return body
+    if encoding not in ("gzip", "deflate"):
+        raise Unsupported(f"Content-Encoding '{encoding}' is not supported (use gzip or deflate)")
+    inflater = zlib.decompressobj(wbits=31 if encoding == "gzip" else 15)
+    try:
+        data = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise InvalidInput(f"request body is not valid {encoding} data: {exc}") from None
+    if len(data) > limit or inflater.unconsumed_tail:
+        raise PayloadTooLarge(f"decompressed request body exceeds the limit of {limit} bytes")
+    return data
+
+
+def _compress(body: bytes, accept: str) -> tuple[bytes, str | None]:
+    accepted = {part.split(";")[0].strip().lower() for part in accept.split(",")}
+    if "gzip" in accepted:
+        compressor = zlib.compressobj(wbits=31)
+        return compressor.compress(body) + compressor.flush(), "gzip"
+    if "deflate" in accepted:
+        return zlib.compress(body), "deflate"
+    return body, None
+
+
+def _metadata_json(meta: ModelMetadata) -> dict[str, Any]:
+    def tensors(items: list[Any]) -> list[dict[str, Any]]:
+        return [{"name": t.name, "datatype": t.datatype, "shape": t.shape} for t in items]
+
+    return {
+        "name": meta.name,
+        "versions": meta.versions,
+        "platform": meta.platform,
+        "inputs": tensors(meta.inputs),
+        "outputs": tensors(meta.outputs),
+        "parameters": meta.parameters,
+    }
+
+
+def build_app(service: InferenceService, metrics: ServingMetrics, max_request_bytes: int) -> Starlette:
+    """The Starlette application of the REST door."""
+
+    def model_args(request: Request) -> tuple[str, str]:
+        params = request.path_params
+        return params["model"], params.get("version", "")
+
+    async def server_metadata(request: Request) -> Response:
+        return _json(service.server_metadata())
+
+    async def live(request: Request) -> Response:
+        return _json({"live": True}) if service.live() else _error("server is not live", 503)
+
+    async def ready(request: Request) -> Response:
+        return _json({"ready": True}) if service.ready() else _error("server is not ready", 503)
+
+    async def model_metadata(request: Request) -> Response:
+        return _json(_metadata_json(service.model_metadata(*model_args(request))))
+
+    async def model_ready(request: Request) -> Response:
+        name, version = model_args(request)
+        if service.model_ready(name, version):
+            return _json({"name": name, "ready": True})
+        return _error(f"model '{name}' is not ready", 503)
+
+    async def model_config(request: Request) -> Response:
+        return _json(service.model_config(*model_args(request)))
+
+    async def model_stats(request: Request) -> Response:
+        name = request.path_params.get("model", "")
+        return _json(service.model_statistics(name, request.path_params.get("version", "")))
+
+    async def infer(request: Request) -> Response:
+        name, version = model_args(request)
+        body = await _read_body(request, max_request_bytes)
+        raw_length = request.headers.get(HEADER_LENGTH)
+        header_length = None
+        if raw_length is not None:
+            if not raw_length.strip().isdigit():
+                raise InvalidInput(f"{HEADER_LENGTH} must be a non-negative integer, got '{raw_length}'")
+            header_length = int(raw_length)
+        inference = decode_infer_request(body, header_length, name, version)
+        result = await service.infer(inference)
+        payload, json_length = encode_infer_response(result, inference)
+        headers: dict[str, str] = {}
+        media_type = _JSON
+        if json_length is not None:
+            headers[HEADER_LENGTH] = str(json_length)
+            media_type = "application/octet-stream"
+        accept = request.headers.get("accept-encoding", "")
+        if accept:
+            payload, encoding = _compress(payload, accept)
+            if encoding:
+                headers["Content-Encoding"] = encoding
+        return Response(payload, media_type=media_type, headers=headers)
+
+    async def repository_index(request: Request) -> Response:
+        body = await _read_body(request, max_request_bytes)
+        doc = loads(body, "repository index request") if body.strip() else {}
+        ready_only = bool(doc.get("ready", False)) if isinstance(doc, dict) else False
+        rows = service.repository_index(ready_only)
+        return _json(
+            [
+                {"name": r.name, "version": r.version, "state": r.state, "reason": r.reason}
+                for r in rows
+            ]
+        )
+
+    async def load(request: Request) -> Response:
+        body = await _read_body(request, max_request_bytes)
+        doc = loads(body, "load request") if body.strip() else {}
+        parameters = doc.get("parameters", {}) if isinstance(doc, dict) else {}
+        if parameters:
+            raise Unsupported(
+                "load parameters (config or file overrides) are not supported; edit the "
+                "repository and load again"
+            )
+        await service.load_model(request.path_params["model"])
+        return _json({})
+
+    async def unload(request: Request) -> Response:
+        await _read_body(request, max_request_bytes)
+        await service.unload_model(request.path_params["model"])
+        return _json({})
+
+    async def prometheus(request: Request) -> Response:
+        return Response(metrics.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    model = "/v2/models/{model}"
+    versioned = "/v2/models/{model}/versions/{version}"
+    routes = [
+        Route("/v2", _guarded(server_metadata), methods=["GET"]),
+        Route("/v2/health/live", _guarded(live), methods=["GET"]),
+        Route("/v2/health/ready", _guarded(ready), methods=["GET"]),
+        Route("/v2/models/stats", _guarded(model_stats), methods=["GET"]),
+        Route("/v2/repository/index", _guarded(repository_index), methods=["POST"]),
+        Route("/v2/repository/models/{model}/load", _guarded(load), methods=["POST"]),
+        Route("/v2/repository/models/{model}/unload", _guarded(unload), methods=["POST"]),
+        Route("/metrics", _guarded(prometheus), methods=["GET"]),
+    ]
+    for prefix in (model, versioned):
+        routes += [
+            Route(prefix, _guarded(model_metadata), methods=["GET"]),
+            Route(f"{prefix}/ready", _guarded(model_ready), methods=["GET"]),
+            Route(f"{prefix}/config", _guarded(model_config), methods=["GET"]),
+            Route(f"{prefix}/stats", _guarded(model_stats), methods=["GET"]),
+            Route(f"{prefix}/infer", _guarded(infer), methods=["POST"]),
+        ]
+    async def not_found(request: Request, exc: Exception) -> Response:
+        return _error(f"no route for {request.method} {request.url.path}", 404)
+
+    async def not_allowed(request: Request, exc: Exception) -> Response:
+        return _error(f"method {request.method} is not allowed on {request.url.path}", 405)
+
+    return Starlette(routes=routes, exception_handlers={404: not_found, 405: not_allowed})
