@@ -65,8 +65,7 @@ def generate(force: bool = False, out_dir: Path | str | None = None) -> Path:
         from grpc_tools import protoc  # noqa: PLC0415 - build-time dependency only
     except ImportError as exc:
         raise ProtoBuildError(
-            "cannot generate gRPC messages: grpcio-tools is not installed "
-            "(pip install grpcio-tools)"
+            "cannot generate gRPC messages: grpcio-tools is not installed (pip install grpcio-tools)"
         ) from exc
 
     target.mkdir(parents=True, exist_ok=True)

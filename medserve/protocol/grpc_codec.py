@@ -129,8 +129,7 @@ def _from_contents(
     expected_field = CONTENTS_FIELD.get(datatype)
     if expected_field is None:
         raise InvalidInput(
-            f"input '{name}': {datatype} has no typed contents field; send its data in "
-            "raw_input_contents"
+            f"input '{name}': {datatype} has no typed contents field; send its data in raw_input_contents"
         )
     stray = [field for field in sent if field != expected_field]
     if stray:

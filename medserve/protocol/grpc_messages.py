@@ -36,9 +36,7 @@ def _regenerate(reason: str) -> None:
     try:
         build_proto.generate(force=True)
     except (build_proto.ProtoBuildError, OSError) as exc:
-        raise ImportError(
-            f"medserve gRPC messages are unusable ({reason}): {exc}; {_HOW_TO_BUILD}"
-        ) from exc
+        raise ImportError(f"medserve gRPC messages are unusable ({reason}): {exc}; {_HOW_TO_BUILD}") from exc
     _forget_generated()
     importlib.import_module(GENERATED_MODULE)
 

@@ -172,9 +172,7 @@ class GrpcInferenceServicer:
     ) -> None:
         try:
             response = await self._service.infer(grpc_codec.decode_infer_request(request))
-            answer = pb.ModelStreamInferResponse(
-                infer_response=grpc_codec.encode_infer_response(response)
-            )
+            answer = pb.ModelStreamInferResponse(infer_response=grpc_codec.encode_infer_response(response))
         except Exception as error:  # reported in the stream, which stays open
             _, message = _describe(error)
             answer = grpc_codec.encode_stream_error(request, message)
@@ -220,7 +218,8 @@ class GrpcInferenceServicer:
 
 
 def _serialize(message: Message) -> bytes:
-    return message.SerializeToString()
+    data: bytes = message.SerializeToString()
+    return data
 
 
 def inference_handler(servicer: GrpcInferenceServicer) -> grpc.GenericRpcHandler:

@@ -1,0 +1,134 @@
+"""Shared fixtures: the example repository (built once per run) and a real ``medserve serve``
+subprocess on free ports."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from medserve.examples.repository import EXAMPLE_MODELS, build_example_repository
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _examples_digest() -> str:
+    digest = hashlib.sha256()
+    for path in sorted((ROOT / "medserve" / "examples").glob("*.py")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+#: Models are built once and reused by later runs while the builder's code is unchanged.
+CACHE = Path(os.environ.get("MEDSERVE_TEST_CACHE", ROOT / ".cache")) / f"repository-{_examples_digest()}"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="session")
+def example_repository() -> Path:
+    """All example models, chest_xray_classifier included (built with torch once, then cached)."""
+    build_example_repository(CACHE, models=EXAMPLE_MODELS)
+    return CACHE
+
+
+@pytest.fixture()
+def repository_copy(example_repository: Path, tmp_path: Path) -> Path:
+    """A private copy of the small example models, for tests that change the repository."""
+    target = tmp_path / "repository"
+    target.mkdir()
+    for name in EXAMPLE_MODELS:
+        if name != "chest_xray_classifier":
+            shutil.copytree(example_repository / name, target / name)
+    return target
+
+
+@dataclass
+class RunningServer:
+    process: subprocess.Popen[bytes]
+    http_port: int
+    grpc_port: int
+    repository: Path
+    log: Path
+
+    @property
+    def http_url(self) -> str:
+        return f"localhost:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"localhost:{self.grpc_port}"
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def assert_alive(self) -> None:
+        assert self.process.poll() is None, f"server exited:\n{self.output()}"
+
+
+def start_server(repository: Path, log: Path, *extra: str, env: dict[str, str] | None = None) -> RunningServer:
+    http_port, grpc_port = free_port(), free_port()
+    handle = log.open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "medserve", "serve", "--repository", str(repository),
+         "--http-port", str(http_port), "--grpc-port", str(grpc_port), *extra],
+        stdout=handle,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
+    )
+    server = RunningServer(process, http_port, grpc_port, repository, log)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"medserve exited with {process.returncode}:\n{server.output()}")
+        try:
+            if httpx.get(f"http://{server.http_url}/v2/health/ready", timeout=1).status_code == 200:
+                return server
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    process.kill()
+    raise RuntimeError(f"medserve did not become ready:\n{server.output()}")
+
+
+def stop_server(server: RunningServer) -> None:
+    if server.process.poll() is None:
+        server.process.send_signal(signal.SIGTERM)
+        try:
+            server.process.wait(30)
+        except subprocess.TimeoutExpired:
+            server.process.kill()
+            server.process.wait()
+
+
+@pytest.fixture(scope="session")
+def server(example_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """One server over the whole example repository, shared by the read-only tests."""
+    running = start_server(example_repository, tmp_path_factory.mktemp("server") / "server.log")
+    yield running
+    stop_server(running)
+    assert running.process.returncode == 0, running.output()
+
+
+@pytest.fixture()
+def private_server(repository_copy: Path, tmp_path: Path) -> Iterator[RunningServer]:
+    """A server of its own over a private repository copy, for tests that load, unload or break models."""
+    running = start_server(repository_copy, tmp_path / "server.log")
+    yield running
+    stop_server(running)
