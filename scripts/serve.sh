@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Install medserve into .venv, build the example model repository, and serve it
+# (HTTP on 127.0.0.1:8000, gRPC on 127.0.0.1:8001). Extra arguments go to `medserve serve`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python3 -m venv .venv
+.venv/bin/pip install --quiet --upgrade pip
+.venv/bin/pip install --quiet -e ".[examples]"
+.venv/bin/medserve examples build model_repository
+exec .venv/bin/medserve serve --repository model_repository "$@"
