@@ -81,9 +81,6 @@ class ServedLatency:
     request_ms: float
 
 
-# ---------------------------------------------------------------- raw ONNX Runtime
-
-
 def raw_session(repository: Path) -> ort.InferenceSession:
     """A session built exactly as the server builds it, from the model's ``runtime_options``."""
     config = yaml.safe_load((repository / MODEL / "config.yaml").read_text(encoding="utf-8"))
@@ -92,9 +89,11 @@ def raw_session(repository: Path) -> ort.InferenceSession:
     return ort.InferenceSession(str(artifact), options, providers=providers)
 
 
-def raw_throughput(session: ort.InferenceSession, seconds: float) -> dict[int, float]:
+def raw_throughput(
+    session: ort.InferenceSession, seconds: float, batches: tuple[int, ...] = BATCH_SIZES
+) -> dict[int, float]:
     rng, result = np.random.default_rng(1), {}
-    for batch in BATCH_SIZES:
+    for batch in batches:
         x = rng.random((batch, *SHAPE), dtype=np.float32)
         for _ in range(2):
             session.run([OUTPUT], {INPUT: x})
@@ -115,9 +114,6 @@ def timed(call: Callable[[], Any], count: int, warmup: int = 5) -> list[float]:
         call()
         samples.append(time.perf_counter() - start)
     return samples
-
-
-# ---------------------------------------------------------------- served
 
 
 def free_port() -> int:
@@ -247,13 +243,10 @@ def served_latency(call: Caller, count: int, http: int) -> ServedLatency:
     after = model_stats(http)["inference_stats"]
 
     def avg_ms(key: str) -> float:
-        count = after[key]["count"] - before[key]["count"]
-        return (after[key]["ns"] - before[key]["ns"]) / max(count, 1) / 1e6
+        count = int(after[key]["count"] - before[key]["count"])
+        return float(after[key]["ns"] - before[key]["ns"]) / max(count, 1) / 1e6
 
     return ServedLatency(Latency.of(samples), avg_ms("queue"), avg_ms("compute_infer"), avg_ms("success"))
-
-
-# ---------------------------------------------------------------- report
 
 
 def machine() -> str:
@@ -269,10 +262,15 @@ def verdict(ok: bool, text: str) -> str:
 
 
 def report(raw_tp: dict[int, float], raw_lat: Latency, served: dict[str, Served],
-           lat: dict[str, ServedLatency], max_diff: dict[str, float], args: argparse.Namespace,
-           command: str) -> str:
+           lat: dict[str, ServedLatency], max_diff: dict[str, float], recheck: float,
+           load: tuple[float, float], args: argparse.Namespace, command: str) -> str:
     best = max(raw_tp, key=lambda b: raw_tp[b])
     best_tp = raw_tp[best]
+    doors = {"grpc": "gRPC", "http": "HTTP"}
+
+    def row(label: str, raw: str, cell: Callable[[str], str]) -> str:
+        return f"| {label} | {raw} | " + " | ".join(cell(door) for door in doors) + " |"
+
     lines = [
         f"Run {dt.datetime.now().astimezone():%Y-%m-%d %H:%M %Z} with `{command}`.",
         "",
@@ -290,42 +288,37 @@ def report(raw_tp: dict[int, float], raw_lat: Latency, served: dict[str, Served]
         "",
         "| | Raw ORT | gRPC | HTTP (binary) |",
         "|---|---:|---:|---:|",
-        f"| Throughput, images/s | {best_tp:.1f} (batch {best}) | {served['grpc'].images_per_s:.1f} | "
-        f"{served['http'].images_per_s:.1f} |",
-        f"| Served / raw best | 1.00 | {served['grpc'].images_per_s / best_tp:.2f} | "
-        f"{served['http'].images_per_s / best_tp:.2f} |",
-        f"| Average batch size (server stats) | {best} | {served['grpc'].avg_batch:.2f} | "
-        f"{served['http'].avg_batch:.2f} |",
-        f"| CPU cores used, client / server | – | {served['grpc'].client_cores:.2f} / "
-        f"{served['grpc'].server_cores:.2f} | {served['http'].client_cores:.2f} / "
-        f"{served['http'].server_cores:.2f} |",
-        f"| p50 latency, concurrency 1, ms | {raw_lat.p50:.2f} | {lat['grpc'].latency.p50:.2f} | "
-        f"{lat['http'].latency.p50:.2f} |",
-        f"| p90 / p99 latency, ms | {raw_lat.p90:.2f} / {raw_lat.p99:.2f} | "
-        f"{lat['grpc'].latency.p90:.2f} / {lat['grpc'].latency.p99:.2f} | "
-        f"{lat['http'].latency.p90:.2f} / {lat['http'].latency.p99:.2f} |",
-        f"| Added p50 latency (served − raw), ms | – | {lat['grpc'].latency.p50 - raw_lat.p50:+.2f} | "
-        f"{lat['http'].latency.p50 - raw_lat.p50:+.2f} |",
-        f"| Server view at c=1: queue / infer / request, ms | – | "
-        f"{lat['grpc'].queue_ms:.2f} / {lat['grpc'].infer_ms:.2f} / {lat['grpc'].request_ms:.2f} | "
-        f"{lat['http'].queue_ms:.2f} / {lat['http'].infer_ms:.2f} / {lat['http'].request_ms:.2f} |",
-        f"| Max abs diff vs raw output | 0 | {max_diff['grpc']:.1e} | {max_diff['http']:.1e} |",
+        row("Throughput, images/s", f"{best_tp:.1f} (b{best})", lambda d: f"{served[d].images_per_s:.1f}"),
+        row("Served / raw best", "1.00", lambda d: f"{served[d].images_per_s / best_tp:.2f}"),
+        row("Average batch size (server stats)", str(best), lambda d: f"{served[d].avg_batch:.2f}"),
+        row("CPU cores used, client / server", "–",
+            lambda d: f"{served[d].client_cores:.2f} / {served[d].server_cores:.2f}"),
+        row("p50 latency, concurrency 1, ms", f"{raw_lat.p50:.2f}", lambda d: f"{lat[d].latency.p50:.2f}"),
+        row("p90 / p99 latency, ms", f"{raw_lat.p90:.2f} / {raw_lat.p99:.2f}",
+            lambda d: f"{lat[d].latency.p90:.2f} / {lat[d].latency.p99:.2f}"),
+        row("Added p50 (served − raw), ms", "–", lambda d: f"{lat[d].latency.p50 - raw_lat.p50:+.2f}"),
+        row("Server view at c=1: queue / infer / request, ms", "–",
+            lambda d: f"{lat[d].queue_ms:.2f} / {lat[d].infer_ms:.2f} / {lat[d].request_ms:.2f}"),
+        row("Max abs diff vs raw output", "0", lambda d: f"{max_diff[d]:.1e}"),
         "",
         "Targets:",
         "",
     ]
-    for door in ("grpc", "http"):
-        name = "gRPC" if door == "grpc" else "HTTP"
+    for door, name in doors.items():
         ratio = served[door].images_per_s / best_tp
         added = lat[door].latency.p50 - raw_lat.p50
+        short = f", {(TARGET_RATIO - ratio) * best_tp:.1f} images/s ({1 - ratio / TARGET_RATIO:.0%}) short"
         lines.append(f"- {name} throughput >= {TARGET_RATIO} x raw best: " + verdict(
-            ratio >= TARGET_RATIO, f"{ratio:.2f} x" + (
-                "" if ratio >= TARGET_RATIO else f", {(TARGET_RATIO - ratio) * best_tp:.1f} images/s "
-                f"({(TARGET_RATIO - ratio) / TARGET_RATIO:.0%}) short")))
+            ratio >= TARGET_RATIO, f"{ratio:.2f} x" + ("" if ratio >= TARGET_RATIO else short)))
+        over = f", {added - TARGET_ADDED_MS:.2f} ms over"
         lines.append(f"- {name} added p50 latency <= {TARGET_ADDED_MS:g} ms: " + verdict(
-            added <= TARGET_ADDED_MS, f"{added:+.2f} ms" + (
-                "" if added <= TARGET_ADDED_MS else f", {added - TARGET_ADDED_MS:.2f} ms over")))
+            added <= TARGET_ADDED_MS, f"{added:+.2f} ms" + ("" if added <= TARGET_ADDED_MS else over)))
+    drift = recheck / best_tp - 1
     lines += [
+        "",
+        f"Noise check: raw batch-{best} throughput re-measured after the served runs: {recheck:.1f} "
+        f"images/s ({drift:+.0%}{'' if abs(drift) <= 0.1 else '; over 10 %: a noisy run, repeat it'}). "
+        f"1-minute load average before / after the run: {load[0]:.2f} / {load[1]:.2f}.",
         "",
         "Notes: at concurrency 1 a lone request waits up to the model's max queue delay (2 ms) for "
         "companions before it runs, so the server's queue time counts against the latency target; "
@@ -357,11 +350,12 @@ def write_section(path: Path, body: str) -> None:
     path.write_text(text, encoding="utf-8")
 
 
-# ---------------------------------------------------------------- main
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=20, help="measured seconds per served run")
     parser.add_argument("--warmup", type=float, default=3, help="warm-up seconds per served run")
     parser.add_argument("--raw-seconds", type=float, default=4, help="seconds per raw batch size")
@@ -372,11 +366,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-write", action="store_true", help="print only; leave --output alone")
     args = parser.parse_args(argv)
     command = "python benchmarks/serving.py " + shlex.join(sys.argv[1:] if argv is None else argv)
-
     repository = args.repository or DEFAULT_REPOSITORY
     if args.repository is None:
         build_example_repository(repository, models=[MODEL])
-    log = lambda message: print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)  # noqa: E731
+    load_before = os.getloadavg()[0]
 
     session = raw_session(repository)
     log(f"raw ORT ({session.get_providers()[0]}): throughput at batch {BATCH_SIZES}")
@@ -386,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     raw_lat = Latency.of(timed(lambda: session.run([OUTPUT], {INPUT: x}), args.requests))
     check = np.random.default_rng(4).random((1, *SHAPE), dtype=np.float32)
     expected = session.run([OUTPUT], {INPUT: check})[0]
-    del session  # its thread pool must not compete with the server's
+    session = None  # its thread pool must not compete with the server's
 
     served: dict[str, Served] = {}
     lat: dict[str, ServedLatency] = {}
@@ -404,7 +397,11 @@ def main(argv: list[str] | None = None) -> int:
             log(f"{door}: concurrency {args.concurrency} for {args.warmup:g}+{args.seconds:g} s")
             served[door] = served_throughput(make, args.concurrency, args.warmup, args.seconds, http, pid)
 
-    body = report(raw_tp, raw_lat, served, lat, max_diff, args, command)
+    best = max(raw_tp, key=lambda b: raw_tp[b])
+    log(f"raw ORT: batch {best} again, to check for drift")
+    recheck = raw_throughput(raw_session(repository), args.raw_seconds, (best,))[best]
+    load = (load_before, os.getloadavg()[0])
+    body = report(raw_tp, raw_lat, served, lat, max_diff, recheck, load, args, command)
     print(body)
     if not args.no_write:
         write_section(args.output, body)

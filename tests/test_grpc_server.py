@@ -14,14 +14,26 @@ import onnxruntime as ort
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aiogrpcclient
+from conftest import RunningServer, start_server, stop_server
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from conftest import RunningServer, start_server, stop_server
-
-NUMERIC = ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
-           "FP16", "FP32", "FP64", "BF16"]
+NUMERIC = [
+    "BOOL",
+    "UINT8",
+    "UINT16",
+    "UINT32",
+    "UINT64",
+    "INT8",
+    "INT16",
+    "INT32",
+    "INT64",
+    "FP16",
+    "FP32",
+    "FP64",
+    "BF16",
+]
 
 
 def sample(datatype: str, shape: tuple[int, ...]) -> np.ndarray:
@@ -140,7 +152,9 @@ def test_requested_outputs_and_request_id(client: grpcclient.InferenceServerClie
     a = np.arange(32, dtype=np.float32).reshape(2, 16)
     b = np.full((2, 16), 0.5, dtype=np.float32)
     result = client.infer(
-        "simple", simple_inputs(a, b), request_id="req-1",
+        "simple",
+        simple_inputs(a, b),
+        request_id="req-1",
         outputs=[grpcclient.InferRequestedOutput("OUTPUT1")],
     )
     response = result.get_response()
@@ -192,7 +206,8 @@ def test_concurrent_requests_are_batched_and_match_raw_onnxruntime(
     def one(image: np.ndarray) -> np.ndarray:
         own = grpcclient.InferenceServerClient(server.grpc_url)
         result = own.infer("chest_xray_classifier", [infer_input("image", image, "FP32")])
-        return result.as_numpy("probabilities")
+        probabilities: np.ndarray = result.as_numpy("probabilities")
+        return probabilities
 
     with ThreadPoolExecutor(8) as pool:
         results = list(pool.map(one, images))
@@ -209,7 +224,8 @@ def test_concurrent_requests_are_batched_and_match_raw_onnxruntime(
 def test_classification_extension(client: grpcclient.InferenceServerClient) -> None:
     image = np.zeros((1, 1, 224, 224), np.float32)
     result = client.infer(
-        "chest_xray_classifier", [infer_input("image", image, "FP32")],
+        "chest_xray_classifier",
+        [infer_input("image", image, "FP32")],
         outputs=[grpcclient.InferRequestedOutput("probabilities", class_count=3)],
     )
     top = result.as_numpy("probabilities")
