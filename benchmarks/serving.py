@@ -31,6 +31,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -126,8 +127,20 @@ def free_port() -> int:
 def medserve(repository: Path) -> Iterator[tuple[int, int, int]]:
     """Run ``medserve serve`` in a subprocess; yields (pid, http port, grpc port) once ready."""
     http, grpc = free_port(), free_port()
-    command = [sys.executable, "-m", "medserve", "serve", "--repository", str(repository),
-               "--http-port", str(http), "--grpc-port", str(grpc), "--log-level", "warning"]
+    command = [
+        sys.executable,
+        "-m",
+        "medserve",
+        "serve",
+        "--repository",
+        str(repository),
+        "--http-port",
+        str(http),
+        "--grpc-port",
+        str(grpc),
+        "--log-level",
+        "warning",
+    ]
     process = subprocess.Popen(command)
     try:
         deadline = time.monotonic() + 120
@@ -153,26 +166,16 @@ def medserve(repository: Path) -> Iterator[tuple[int, int, int]]:
             process.wait()
 
 
-def grpc_caller(port: int) -> Caller:
-    client = grpcclient.InferenceServerClient(f"127.0.0.1:{port}")
-    outputs = [grpcclient.InferRequestedOutput(OUTPUT)]
+def make_caller(door: str, port: int) -> Caller:
+    """One client of ``door`` ("grpc" or "http", binary tensors both ways); call it from one thread."""
+    lib: Any = grpcclient if door == "grpc" else httpclient
+    binary: dict[str, bool] = {} if door == "grpc" else {"binary_data": True}
+    client = lib.InferenceServerClient(f"127.0.0.1:{port}")
+    outputs = [lib.InferRequestedOutput(OUTPUT, **binary)]
 
     def call(x: np.ndarray) -> np.ndarray:
-        tensor = grpcclient.InferInput(INPUT, list(x.shape), "FP32")
-        tensor.set_data_from_numpy(x)
-        result: np.ndarray = client.infer(MODEL, [tensor], outputs=outputs).as_numpy(OUTPUT)
-        return result
-
-    return call
-
-
-def http_caller(port: int) -> Caller:
-    client = httpclient.InferenceServerClient(f"127.0.0.1:{port}", network_timeout=120)
-    outputs = [httpclient.InferRequestedOutput(OUTPUT, binary_data=True)]
-
-    def call(x: np.ndarray) -> np.ndarray:
-        tensor = httpclient.InferInput(INPUT, list(x.shape), "FP32")
-        tensor.set_data_from_numpy(x, binary_data=True)
+        tensor = lib.InferInput(INPUT, list(x.shape), "FP32")
+        tensor.set_data_from_numpy(x, **binary)
         result: np.ndarray = client.infer(MODEL, [tensor], outputs=outputs).as_numpy(OUTPUT)
         return result
 
@@ -188,11 +191,6 @@ def model_stats(http: int) -> dict[str, Any]:
 def process_cpu_s(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
-
-
-def own_cpu_s() -> float:
-    times = os.times()
-    return times.user + times.system
 
 
 def served_throughput(
@@ -217,11 +215,11 @@ def served_throughput(
     for thread in threads:
         thread.start()
     time.sleep(warmup)
-    before, cpu0, server0 = model_stats(http), own_cpu_s(), process_cpu_s(pid)
+    before, cpu0, server0 = model_stats(http), process_cpu_s(os.getpid()), process_cpu_s(pid)
     t0 = time.perf_counter()
     time.sleep(seconds)
     t1 = time.perf_counter()
-    after, cpu1, server1 = model_stats(http), own_cpu_s(), process_cpu_s(pid)
+    after, cpu1, server1 = model_stats(http), process_cpu_s(os.getpid()), process_cpu_s(pid)
     stop.set()
     for thread in threads:
         thread.join(120)
@@ -230,8 +228,12 @@ def served_throughput(
     images = sum(t0 <= t < t1 for done in stamps for t in done)
     inferences = after["inference_count"] - before["inference_count"]
     executions = after["execution_count"] - before["execution_count"]
-    return Served(images / (t1 - t0), inferences / max(executions, 1),
-                  (cpu1 - cpu0) / (t1 - t0), (server1 - server0) / (t1 - t0))
+    return Served(
+        images / (t1 - t0),
+        inferences / max(executions, 1),
+        (cpu1 - cpu0) / (t1 - t0),
+        (server1 - server0) / (t1 - t0),
+    )
 
 
 def served_latency(call: Caller, count: int, http: int) -> ServedLatency:
@@ -250,20 +252,36 @@ def served_latency(call: Caller, count: int, http: int) -> ServedLatency:
 
 
 def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor() or "unknown CPU")
-    return (f"{os.cpu_count()} logical CPUs (`nproc` = {len(os.sched_getaffinity(0))}), {cpu}; "
-            f"Python {platform.python_version()}, onnxruntime {ort.__version__}, "
-            f"{platform.system()} {platform.release()}")
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor() or "unknown CPU",
+    )
+    return (
+        f"{os.cpu_count()} logical CPUs (`nproc` = {len(os.sched_getaffinity(0))}), {cpu}; "
+        f"Python {platform.python_version()}, onnxruntime {ort.__version__}, "
+        f"{platform.system()} {platform.release()}"
+    )
 
 
 def verdict(ok: bool, text: str) -> str:
     return f"**met** ({text})" if ok else f"**not met** ({text})"
 
 
-def report(raw_tp: dict[int, float], raw_lat: Latency, served: dict[str, Served],
-           lat: dict[str, ServedLatency], max_diff: dict[str, float], recheck: float,
-           load: tuple[float, float], args: argparse.Namespace, command: str) -> str:
+def report(
+    raw_tp: dict[int, float],
+    raw_lat: Latency,
+    served: dict[str, Served],
+    lat: dict[str, ServedLatency],
+    max_diff: dict[str, float],
+    recheck: float,
+    load: tuple[float, float],
+    args: argparse.Namespace,
+    command: str,
+) -> str:
     best = max(raw_tp, key=lambda b: raw_tp[b])
     best_tp = raw_tp[best]
     doors = {"grpc": "gRPC", "http": "HTTP"}
@@ -291,14 +309,23 @@ def report(raw_tp: dict[int, float], raw_lat: Latency, served: dict[str, Served]
         row("Throughput, images/s", f"{best_tp:.1f} (b{best})", lambda d: f"{served[d].images_per_s:.1f}"),
         row("Served / raw best", "1.00", lambda d: f"{served[d].images_per_s / best_tp:.2f}"),
         row("Average batch size (server stats)", str(best), lambda d: f"{served[d].avg_batch:.2f}"),
-        row("CPU cores used, client / server", "–",
-            lambda d: f"{served[d].client_cores:.2f} / {served[d].server_cores:.2f}"),
+        row(
+            "CPU cores used, client / server",
+            "–",
+            lambda d: f"{served[d].client_cores:.2f} / {served[d].server_cores:.2f}",
+        ),
         row("p50 latency, concurrency 1, ms", f"{raw_lat.p50:.2f}", lambda d: f"{lat[d].latency.p50:.2f}"),
-        row("p90 / p99 latency, ms", f"{raw_lat.p90:.2f} / {raw_lat.p99:.2f}",
-            lambda d: f"{lat[d].latency.p90:.2f} / {lat[d].latency.p99:.2f}"),
+        row(
+            "p90 / p99 latency, ms",
+            f"{raw_lat.p90:.2f} / {raw_lat.p99:.2f}",
+            lambda d: f"{lat[d].latency.p90:.2f} / {lat[d].latency.p99:.2f}",
+        ),
         row("Added p50 (served − raw), ms", "–", lambda d: f"{lat[d].latency.p50 - raw_lat.p50:+.2f}"),
-        row("Server view at c=1: queue / infer / request, ms", "–",
-            lambda d: f"{lat[d].queue_ms:.2f} / {lat[d].infer_ms:.2f} / {lat[d].request_ms:.2f}"),
+        row(
+            "Server view at c=1: queue / infer / request, ms",
+            "–",
+            lambda d: f"{lat[d].queue_ms:.2f} / {lat[d].infer_ms:.2f} / {lat[d].request_ms:.2f}",
+        ),
         row("Max abs diff vs raw output", "0", lambda d: f"{max_diff[d]:.1e}"),
         "",
         "Targets:",
@@ -308,11 +335,17 @@ def report(raw_tp: dict[int, float], raw_lat: Latency, served: dict[str, Served]
         ratio = served[door].images_per_s / best_tp
         added = lat[door].latency.p50 - raw_lat.p50
         short = f", {(TARGET_RATIO - ratio) * best_tp:.1f} images/s ({1 - ratio / TARGET_RATIO:.0%}) short"
-        lines.append(f"- {name} throughput >= {TARGET_RATIO} x raw best: " + verdict(
-            ratio >= TARGET_RATIO, f"{ratio:.2f} x" + ("" if ratio >= TARGET_RATIO else short)))
+        lines.append(
+            f"- {name} throughput >= {TARGET_RATIO} x raw best: "
+            + verdict(ratio >= TARGET_RATIO, f"{ratio:.2f} x" + ("" if ratio >= TARGET_RATIO else short))
+        )
         over = f", {added - TARGET_ADDED_MS:.2f} ms over"
-        lines.append(f"- {name} added p50 latency <= {TARGET_ADDED_MS:g} ms: " + verdict(
-            added <= TARGET_ADDED_MS, f"{added:+.2f} ms" + ("" if added <= TARGET_ADDED_MS else over)))
+        lines.append(
+            f"- {name} added p50 latency <= {TARGET_ADDED_MS:g} ms: "
+            + verdict(
+                added <= TARGET_ADDED_MS, f"{added:+.2f} ms" + ("" if added <= TARGET_ADDED_MS else over)
+            )
+        )
     drift = recheck / best_tp - 1
     lines += [
         "",
@@ -385,9 +418,8 @@ def main(argv: list[str] | None = None) -> int:
     lat: dict[str, ServedLatency] = {}
     max_diff: dict[str, float] = {}
     with medserve(repository) as (pid, http, grpc):
-        makers: dict[str, Callable[[], Caller]] = {
-            "grpc": lambda: grpc_caller(grpc), "http": lambda: http_caller(http)}
-        for door, make in makers.items():
+        for door, port in (("grpc", grpc), ("http", http)):
+            make = partial(make_caller, door, port)
             call = make()
             got = call(check)
             max_diff[door] = float(np.max(np.abs(got - expected)))

@@ -31,7 +31,9 @@ def _models(args: argparse.Namespace) -> int:
     from medserve.repository.inspect import inspect_repository
 
     rows = inspect_repository(args.repository, load=not args.no_load)
-    widths = [max(len(str(r[i])) for r in rows + [("MODEL", "VERSION", "STATE", "SHA256", "")]) for i in range(4)]
+    widths = [
+        max(len(str(r[i])) for r in rows + [("MODEL", "VERSION", "STATE", "SHA256", "")]) for i in range(4)
+    ]
     header = ("MODEL", "VERSION", "STATE", "SHA256")
     print("  ".join(h.ljust(w) for h, w in zip(header, widths)) + "  REASON")
     for row in rows:

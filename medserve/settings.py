@@ -59,15 +59,12 @@ class Settings(BaseSettings):
     shutdown_timeout_s: float = Field(
         default=30.0,
         ge=0,
-        description="On shutdown, how long in-flight requests may take to finish before they are "
-        "cancelled.",
+        description="On shutdown, how long in-flight requests may take to finish before they are cancelled.",
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="Logging level of the server."
     )
-    load_models: bool = Field(
-        default=True, description="Load every model in the repository at start-up."
-    )
+    load_models: bool = Field(default=True, description="Load every model in the repository at start-up.")
 
     @classmethod
     def settings_customise_sources(

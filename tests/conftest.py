@@ -82,12 +82,25 @@ class RunningServer:
         assert self.process.poll() is None, f"server exited:\n{self.output()}"
 
 
-def start_server(repository: Path, log: Path, *extra: str, env: dict[str, str] | None = None) -> RunningServer:
+def start_server(
+    repository: Path, log: Path, *extra: str, env: dict[str, str] | None = None
+) -> RunningServer:
     http_port, grpc_port = free_port(), free_port()
     handle = log.open("wb")
     process = subprocess.Popen(
-        [sys.executable, "-m", "medserve", "serve", "--repository", str(repository),
-         "--http-port", str(http_port), "--grpc-port", str(grpc_port), *extra],
+        [
+            sys.executable,
+            "-m",
+            "medserve",
+            "serve",
+            "--repository",
+            str(repository),
+            "--http-port",
+            str(http_port),
+            "--grpc-port",
+            str(grpc_port),
+            *extra,
+        ],
         stdout=handle,
         stderr=subprocess.STDOUT,
         env={**os.environ, **(env or {})},

@@ -119,9 +119,7 @@ def test_simple_nobatch_versions_differ(repo: Path) -> None:
         np.testing.assert_array_equal(out1, a - b)
 
 
-@pytest.mark.parametrize(
-    "datatype", [dt for dt in IDENTITY_DATATYPES if dt not in ("BF16", "BYTES")]
-)
+@pytest.mark.parametrize("datatype", [dt for dt in IDENTITY_DATATYPES if dt not in ("BF16", "BYTES")])
 def test_identity_numeric(repo: Path, datatype: str) -> None:
     data = (np.arange(10) % 7).reshape(2, 5).astype(numpy_dtype(datatype))
     (out,) = _session(repo, f"identity_{datatype.lower()}").run(None, {"INPUT0": data})
@@ -243,9 +241,7 @@ def test_small_models_build_without_torch(tmp_path: Path) -> None:
 def test_chest_xray_classifier(tmp_path: Path) -> None:
     pytest.importorskip("torch")
     # The build itself checks onnxruntime against torch (atol 1e-4) on a batch of 3.
-    assert build_example_repository(tmp_path, models=["chest_xray_classifier"]) == [
-        "chest_xray_classifier"
-    ]
+    assert build_example_repository(tmp_path, models=["chest_xray_classifier"]) == ["chest_xray_classifier"]
     config = _config(tmp_path, "chest_xray_classifier")
     assert set(config) <= CONFIG_KEYS
     assert config["max_batch_size"] == 8

@@ -10,7 +10,6 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-
 from conftest import RunningServer, start_server, stop_server
 
 ONES = [1.0] * 16
@@ -61,23 +60,31 @@ def test_unknown_model_or_version_is_404(server: RunningServer, path: str, needl
     ("inputs", "needles"),
     [
         (  # wrong input name
-            [{"name": "INPUTX", "datatype": "FP32", "shape": [1, 16], "data": ONES},
-             {"name": "INPUT1", "datatype": "FP32", "shape": [1, 16], "data": ONES}],
+            [
+                {"name": "INPUTX", "datatype": "FP32", "shape": [1, 16], "data": ONES},
+                {"name": "INPUT1", "datatype": "FP32", "shape": [1, 16], "data": ONES},
+            ],
             ["INPUTX", "INPUT0, INPUT1"],
         ),
         (  # wrong datatype
-            [{"name": "INPUT0", "datatype": "INT32", "shape": [1, 16], "data": [1] * 16},
-             {"name": "INPUT1", "datatype": "FP32", "shape": [1, 16], "data": ONES}],
+            [
+                {"name": "INPUT0", "datatype": "INT32", "shape": [1, 16], "data": [1] * 16},
+                {"name": "INPUT1", "datatype": "FP32", "shape": [1, 16], "data": ONES},
+            ],
             ["INPUT0", "INT32", "FP32"],
         ),
         (  # wrong shape
-            [{"name": "INPUT0", "datatype": "FP32", "shape": [1, 8], "data": ONES[:8]},
-             {"name": "INPUT1", "datatype": "FP32", "shape": [1, 16], "data": ONES}],
+            [
+                {"name": "INPUT0", "datatype": "FP32", "shape": [1, 8], "data": ONES[:8]},
+                {"name": "INPUT1", "datatype": "FP32", "shape": [1, 16], "data": ONES},
+            ],
             ["INPUT0", "[1, 8]", "[-1, 16]"],
         ),
         (  # element count does not match the shape
-            [{"name": "INPUT0", "datatype": "FP32", "shape": [1, 16], "data": ONES[:15]},
-             {"name": "INPUT1", "datatype": "FP32", "shape": [1, 16], "data": ONES}],
+            [
+                {"name": "INPUT0", "datatype": "FP32", "shape": [1, 16], "data": ONES[:15]},
+                {"name": "INPUT1", "datatype": "FP32", "shape": [1, 16], "data": ONES},
+            ],
             ["INPUT0", "16", "15"],
         ),
         (  # missing input
@@ -85,8 +92,10 @@ def test_unknown_model_or_version_is_404(server: RunningServer, path: str, needl
             ["INPUT1", "missing"],
         ),
         (  # batch larger than max_batch_size
-            [{"name": "INPUT0", "datatype": "FP32", "shape": [9, 16], "data": ONES * 9},
-             {"name": "INPUT1", "datatype": "FP32", "shape": [9, 16], "data": ONES * 9}],
+            [
+                {"name": "INPUT0", "datatype": "FP32", "shape": [9, 16], "data": ONES * 9},
+                {"name": "INPUT1", "datatype": "FP32", "shape": [9, 16], "data": ONES * 9},
+            ],
             ["batch size 9", "max_batch_size"],
         ),
         (  # unknown datatype
@@ -104,7 +113,9 @@ def test_invalid_inputs_are_400(server: RunningServer, inputs: list[object], nee
 
 
 def test_unknown_output_is_400(server: RunningServer) -> None:
-    message = error_of(post(server, "/v2/models/simple/infer", json=simple_body(outputs=[{"name": "NOPE"}])), 400)
+    message = error_of(
+        post(server, "/v2/models/simple/infer", json=simple_body(outputs=[{"name": "NOPE"}])), 400
+    )
     assert "NOPE" in message
 
 
@@ -114,13 +125,22 @@ def test_malformed_json_is_400(server: RunningServer) -> None:
     still_serving(server)
 
 
-def _binary_request(data: bytes, declared: int, header_length: int | None = None) -> tuple[bytes, dict[str, str]]:
-    header = json.dumps({
-        "inputs": [
-            {"name": "INPUT0", "datatype": "FP32", "shape": [1, 16], "parameters": {"binary_data_size": declared}},
-            {"name": "INPUT1", "datatype": "FP32", "shape": [1, 16], "data": ONES},
-        ]
-    }).encode()
+def _binary_request(
+    data: bytes, declared: int, header_length: int | None = None
+) -> tuple[bytes, dict[str, str]]:
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "INPUT0",
+                    "datatype": "FP32",
+                    "shape": [1, 16],
+                    "parameters": {"binary_data_size": declared},
+                },
+                {"name": "INPUT1", "datatype": "FP32", "shape": [1, 16], "data": ONES},
+            ]
+        }
+    ).encode()
     length = len(header) if header_length is None else header_length
     return header + data, {"Inference-Header-Content-Length": str(length)}
 
@@ -154,18 +174,34 @@ def test_header_length_past_body_is_400(server: RunningServer) -> None:
 
 def test_truncated_bytes_element_is_400(server: RunningServer) -> None:
     raw = struct.pack("<I", 10) + b"abc"
-    header = json.dumps({"inputs": [{"name": "INPUT0", "datatype": "BYTES", "shape": [1, 1],
-                                     "parameters": {"binary_data_size": len(raw)}}]}).encode()
-    reply = post(server, "/v2/models/identity_bytes/infer", content=header + raw,
-                 headers={"Inference-Header-Content-Length": str(len(header))})
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "INPUT0",
+                    "datatype": "BYTES",
+                    "shape": [1, 1],
+                    "parameters": {"binary_data_size": len(raw)},
+                }
+            ]
+        }
+    ).encode()
+    reply = post(
+        server,
+        "/v2/models/identity_bytes/infer",
+        content=header + raw,
+        headers={"Inference-Header-Content-Length": str(len(header))},
+    )
     assert "BYTES" in error_of(reply, 400)
 
 
 def test_engine_error_is_500_and_others_unaffected(server: RunningServer) -> None:
-    body = {"inputs": [
-        {"name": "DATA", "datatype": "FP32", "shape": [6], "data": [1, 2, 3, 4, 5, 6]},
-        {"name": "SHAPE", "datatype": "INT64", "shape": [1], "data": [4]},
-    ]}
+    body = {
+        "inputs": [
+            {"name": "DATA", "datatype": "FP32", "shape": [6], "data": [1, 2, 3, 4, 5, 6]},
+            {"name": "SHAPE", "datatype": "INT64", "shape": [1], "data": [4]},
+        ]
+    }
     message = error_of(post(server, "/v2/models/reshape_fail/infer", json=body), 500)
     assert "onnxruntime" in message
     body["inputs"][1]["data"] = [-1]  # type: ignore[index]
@@ -185,7 +221,9 @@ def test_unknown_route_is_json_404(server: RunningServer) -> None:
 
 @pytest.fixture()
 def small_limit_server(repository_copy: Path, tmp_path: Path) -> Iterator[RunningServer]:
-    running = start_server(repository_copy, tmp_path / "server.log", env={"MEDSERVE_MAX_REQUEST_BYTES": "4096"})
+    running = start_server(
+        repository_copy, tmp_path / "server.log", env={"MEDSERVE_MAX_REQUEST_BYTES": "4096"}
+    )
     yield running
     stop_server(running)
 

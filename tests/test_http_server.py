@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -13,12 +12,24 @@ import onnxruntime as ort
 import pytest
 import tritonclient.http as httpclient
 import tritonclient.http.aio as aiohttpclient
+from conftest import RunningServer
 from tritonclient.utils import InferenceServerException
 
-from conftest import RunningServer
-
-NUMERIC = ["bool", "uint8", "uint16", "uint32", "uint64", "int8", "int16", "int32", "int64",
-           "fp16", "fp32", "fp64", "bf16"]
+NUMERIC = [
+    "bool",
+    "uint8",
+    "uint16",
+    "uint32",
+    "uint64",
+    "int8",
+    "int16",
+    "int32",
+    "int64",
+    "fp16",
+    "fp32",
+    "fp64",
+    "bf16",
+]
 
 
 def sample(datatype: str, shape: tuple[int, ...]) -> np.ndarray:
@@ -28,7 +39,9 @@ def sample(datatype: str, shape: tuple[int, ...]) -> np.ndarray:
     if datatype == "BF16":
         return rng.normal(size=shape).astype(ml_dtypes.bfloat16)
     if datatype == "BYTES":
-        return np.array([f"value-{i}-é".encode() for i in range(int(np.prod(shape)))], dtype=object).reshape(shape)
+        return np.array([f"value-{i}-é".encode() for i in range(int(np.prod(shape)))], dtype=object).reshape(
+            shape
+        )
     dtype = {"FP16": np.float16, "FP32": np.float32, "FP64": np.float64}.get(datatype)
     if dtype is not None:
         return rng.normal(size=shape).astype(dtype)
@@ -162,7 +175,8 @@ def test_concurrent_requests_are_batched_and_match_raw_onnxruntime(
         tensor = httpclient.InferInput("image", [1, 1, 224, 224], "FP32")
         tensor.set_data_from_numpy(image)
         out = own.infer(
-            "chest_xray_classifier", [tensor],
+            "chest_xray_classifier",
+            [tensor],
             outputs=[httpclient.InferRequestedOutput("probabilities", binary_data=True)],
         )
         return out.as_numpy("probabilities")
@@ -200,7 +214,8 @@ def test_classification_extension(client: httpclient.InferenceServerClient) -> N
     tensor = httpclient.InferInput("image", [1, 1, 224, 224], "FP32")
     tensor.set_data_from_numpy(np.zeros((1, 1, 224, 224), np.float32))
     result = client.infer(
-        "chest_xray_classifier", [tensor],
+        "chest_xray_classifier",
+        [tensor],
         outputs=[httpclient.InferRequestedOutput("probabilities", class_count=3)],
     )
     top = result.as_numpy("probabilities")
@@ -248,8 +263,8 @@ def test_metrics_endpoint(client: httpclient.InferenceServerClient, server: Runn
         'medserve_inference_count_total{model="identity_fp32",version="1"}',
         'medserve_inference_exec_count_total{model="identity_fp32",version="1"}',
         'medserve_request_duration_seconds_bucket{le="0.001",model="identity_fp32",version="1"}',
-        'medserve_queue_duration_seconds_bucket',
-        'medserve_compute_duration_seconds_bucket',
+        "medserve_queue_duration_seconds_bucket",
+        "medserve_compute_duration_seconds_bucket",
         'medserve_queue_depth{model="identity_fp32",version="1"}',
     ):
         assert line in text, line
@@ -257,7 +272,14 @@ def test_metrics_endpoint(client: httpclient.InferenceServerClient, server: Runn
 
 def test_statistics_shape(client: httpclient.InferenceServerClient) -> None:
     stats = client.get_inference_statistics("simple")["model_stats"][0]
-    assert set(stats["inference_stats"]) >= {"success", "fail", "queue", "compute_input", "compute_infer", "compute_output"}
+    assert set(stats["inference_stats"]) >= {
+        "success",
+        "fail",
+        "queue",
+        "compute_input",
+        "compute_infer",
+        "compute_output",
+    }
     everything = client.get_inference_statistics()["model_stats"]
     assert {s["name"] for s in everything} >= {"simple", "chest_xray_classifier"}
 

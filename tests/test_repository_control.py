@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from tritonclient.utils import InferenceServerException
-
 from conftest import RunningServer, start_server, stop_server
+from tritonclient.utils import InferenceServerException
 
 
 def infer_simple(client: httpclient.InferenceServerClient, model: str = "simple_nobatch") -> np.ndarray:
@@ -103,7 +102,9 @@ def test_broken_models_at_start_up_do_not_stop_the_server(repository_copy: Path,
     shutil.copytree(repository_copy / "simple", repository_copy / "broken_artifact")
     (repository_copy / "broken_artifact" / "1" / "model.onnx").write_bytes(b"\x00" * 64)
     (repository_copy / "broken_config").mkdir()
-    (repository_copy / "broken_config" / "config.yaml").write_text("max_batch_size: -3\nruntime: onnxruntime\n")
+    (repository_copy / "broken_config" / "config.yaml").write_text(
+        "max_batch_size: -3\nruntime: onnxruntime\n"
+    )
     (repository_copy / "unknown_runtime").mkdir()
     (repository_copy / "unknown_runtime" / "1").mkdir()
     (repository_copy / "unknown_runtime" / "config.yaml").write_text("runtime: tensorflow\n")

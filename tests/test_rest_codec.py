@@ -20,23 +20,30 @@ from medserve.protocol.rest_codec import decode_infer_request, encode_infer_resp
 
 
 def binary_body(inputs: list[tuple[str, str, list[int], bytes]], **extra: object) -> tuple[bytes, int]:
-    header = json.dumps({
-        "inputs": [
-            {"name": n, "datatype": d, "shape": s, "parameters": {"binary_data_size": len(b)}}
-            for n, d, s, b in inputs
-        ],
-        **extra,
-    }).encode()
+    header = json.dumps(
+        {
+            "inputs": [
+                {"name": n, "datatype": d, "shape": s, "parameters": {"binary_data_size": len(b)}}
+                for n, d, s, b in inputs
+            ],
+            **extra,
+        }
+    ).encode()
     return header + b"".join(b for *_, b in inputs), len(header)
 
 
 def test_json_flat_and_nested() -> None:
-    body = json.dumps({"id": "7", "inputs": [
-        {"name": "a", "datatype": "INT32", "shape": [2, 2], "data": [1, 2, 3, 4]},
-        {"name": "b", "datatype": "INT32", "shape": [2, 2], "data": [[1, 2], [3, 4]]},
-        {"name": "c", "datatype": "BOOL", "shape": [2], "data": [True, False]},
-        {"name": "d", "datatype": "BYTES", "shape": [1], "data": ["héllo"]},
-    ]}).encode()
+    body = json.dumps(
+        {
+            "id": "7",
+            "inputs": [
+                {"name": "a", "datatype": "INT32", "shape": [2, 2], "data": [1, 2, 3, 4]},
+                {"name": "b", "datatype": "INT32", "shape": [2, 2], "data": [[1, 2], [3, 4]]},
+                {"name": "c", "datatype": "BOOL", "shape": [2], "data": [True, False]},
+                {"name": "d", "datatype": "BYTES", "shape": [1], "data": ["héllo"]},
+            ],
+        }
+    ).encode()
     request = decode_infer_request(body, None, "m")
     a, b, c, d = (t.data for t in request.inputs)
     assert request.id == "7"
@@ -94,15 +101,26 @@ def test_bytes_element_length_past_data() -> None:
 
 
 def test_response_json_and_binary() -> None:
-    request = decode_infer_request(json.dumps({
-        "inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1]}],
-        "outputs": [{"name": "y", "parameters": {"binary_data": True}}, {"name": "z"}],
-    }).encode(), None, "m")
+    request = decode_infer_request(
+        json.dumps(
+            {
+                "inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1]}],
+                "outputs": [{"name": "y", "parameters": {"binary_data": True}}, {"name": "z"}],
+            }
+        ).encode(),
+        None,
+        "m",
+    )
     y = np.array([1.5, 2.5], np.float32)
-    response = InferenceResponse("m", "1", "", [
-        Tensor("y", "FP32", (2,), y),
-        Tensor("z", "BYTES", (1,), np.array([b"ok"], dtype=object)),
-    ])
+    response = InferenceResponse(
+        "m",
+        "1",
+        "",
+        [
+            Tensor("y", "FP32", (2,), y),
+            Tensor("z", "BYTES", (1,), np.array([b"ok"], dtype=object)),
+        ],
+    )
     body, length = encode_infer_response(response, request)
     assert length is not None
     header = json.loads(body[:length])
@@ -112,10 +130,16 @@ def test_response_json_and_binary() -> None:
 
 
 def test_request_level_binary_data_output() -> None:
-    request = decode_infer_request(json.dumps({
-        "inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1]}],
-        "parameters": {"binary_data_output": True},
-    }).encode(), None, "m")
+    request = decode_infer_request(
+        json.dumps(
+            {
+                "inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1]}],
+                "parameters": {"binary_data_output": True},
+            }
+        ).encode(),
+        None,
+        "m",
+    )
     response = InferenceResponse("m", "1", "", [Tensor("y", "INT64", (1,), np.array([5]))])
     body, length = encode_infer_response(response, request)
     assert length is not None and np.frombuffer(body[length:], np.int64).tolist() == [5]

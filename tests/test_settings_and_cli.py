@@ -40,7 +40,9 @@ def test_bad_settings_are_named(tmp_path: Path) -> None:
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "medserve", *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "medserve", *args], capture_output=True, text=True, timeout=300
+    )
 
 
 def test_models_command(repository_copy: Path) -> None:
@@ -64,6 +66,8 @@ def test_examples_build_command(tmp_path: Path) -> None:
 
 
 def test_serve_refuses_missing_repository(tmp_path: Path) -> None:
-    result = run_cli("serve", "--repository", str(tmp_path / "absent"), "--http-port", "0", "--grpc-port", "-1")
+    result = run_cli(
+        "serve", "--repository", str(tmp_path / "absent"), "--http-port", "0", "--grpc-port", "-1"
+    )
     assert result.returncode == 2
     assert "not a directory" in result.stderr

@@ -9,9 +9,7 @@ import numpy as np
 from medserve.core.errors import InvalidInput
 
 
-def classify(
-    name: str, scores: np.ndarray, count: int, labels: Sequence[str], batched: bool
-) -> np.ndarray:
+def classify(name: str, scores: np.ndarray, count: int, labels: Sequence[str], batched: bool) -> np.ndarray:
     """Top-``count`` entries of each batch item (or of the whole tensor when not batched)."""
     if count < 1:
         raise InvalidInput(f"output '{name}': classification count must be >= 1, got {count}")

@@ -43,9 +43,7 @@ def numpy_dtype(datatype: str) -> np.dtype:
     try:
         return _NUMPY_DTYPES[datatype]
     except KeyError:
-        raise InvalidInput(
-            f"unknown datatype '{datatype}'; expected one of {', '.join(DATATYPES)}"
-        ) from None
+        raise InvalidInput(f"unknown datatype '{datatype}'; expected one of {', '.join(DATATYPES)}") from None
 
 
 def datatype_of(array: np.ndarray) -> str:
@@ -126,7 +124,7 @@ def raw_bytes(array: np.ndarray, datatype: str) -> bytes | memoryview:
     contiguous = np.ascontiguousarray(array)
     if contiguous.dtype.byteorder == ">":
         contiguous = contiguous.astype(contiguous.dtype.newbyteorder("<"))
-    return memoryview(contiguous).cast("B")
+    return contiguous.data.cast("B")
 
 
 def from_raw_bytes(

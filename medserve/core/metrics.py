@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Callable
 
@@ -9,8 +10,24 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 # Latency buckets from 100 µs to 60 s: clinical models range from tiny tabular ones to 3D volumes.
 _SECONDS_BUCKETS = (
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-    10.0, 30.0, 60.0,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
 )
 _LABELS = ("model", "version")
 
@@ -84,10 +101,8 @@ class ServingMetrics:
 
     def forget(self, model: str, version: str) -> None:
         """Stop watching the queue of an unloaded version (its counters keep their totals)."""
-        try:
+        with contextlib.suppress(KeyError):
             self.queue_depth.remove(model, version)
-        except KeyError:
-            pass
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

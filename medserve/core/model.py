@@ -27,10 +27,20 @@ from medserve.scheduling.pool import InstancePool
 log = logging.getLogger(__name__)
 
 _TRITON_TYPES = {
-    "BOOL": "TYPE_BOOL", "UINT8": "TYPE_UINT8", "UINT16": "TYPE_UINT16", "UINT32": "TYPE_UINT32",
-    "UINT64": "TYPE_UINT64", "INT8": "TYPE_INT8", "INT16": "TYPE_INT16", "INT32": "TYPE_INT32",
-    "INT64": "TYPE_INT64", "FP16": "TYPE_FP16", "FP32": "TYPE_FP32", "FP64": "TYPE_FP64",
-    "BYTES": "TYPE_STRING", "BF16": "TYPE_BF16",
+    "BOOL": "TYPE_BOOL",
+    "UINT8": "TYPE_UINT8",
+    "UINT16": "TYPE_UINT16",
+    "UINT32": "TYPE_UINT32",
+    "UINT64": "TYPE_UINT64",
+    "INT8": "TYPE_INT8",
+    "INT16": "TYPE_INT16",
+    "INT32": "TYPE_INT32",
+    "INT64": "TYPE_INT64",
+    "FP16": "TYPE_FP16",
+    "FP32": "TYPE_FP32",
+    "FP64": "TYPE_FP64",
+    "BYTES": "TYPE_STRING",
+    "BF16": "TYPE_BF16",
 }
 
 
@@ -193,9 +203,7 @@ class ServedModel:
             count = output.parameters.get("classification")
             if count is not None:
                 labels = [str(v) for v in self.config.metadata.get("labels", [])]
-                array = classify(
-                    output.name, array, int(count), labels, self.config.max_batch_size > 0
-                )
+                array = classify(output.name, array, int(count), labels, self.config.max_batch_size > 0)
                 datatype = "BYTES"
             tensors.append(Tensor(output.name, datatype, tuple(array.shape), array))
         return tensors
@@ -231,8 +239,7 @@ class ServedModel:
 
         def tensors(specs: list[TensorConfig]) -> list[dict[str, Any]]:
             return [
-                {"name": s.name, "data_type": _TRITON_TYPES[s.datatype], "dims": list(s.dims)}
-                for s in specs
+                {"name": s.name, "data_type": _TRITON_TYPES[s.datatype], "dims": list(s.dims)} for s in specs
             ]
 
         parameters = {"sha256": {"string_value": self.loaded.sha256}}

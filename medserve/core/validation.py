@@ -57,8 +57,7 @@ def validate_inputs(
                 )
             if batch_size is not None and size != batch_size:
                 raise InvalidInput(
-                    f"input '{tensor.name}': batch size {size} differs from the other inputs' "
-                    f"{batch_size}"
+                    f"input '{tensor.name}': batch size {size} differs from the other inputs' {batch_size}"
                 )
             batch_size = size
         arrays[tensor.name] = tensor.data

@@ -63,8 +63,7 @@ CONFIG: dict[str, Any] = {
         "architecture": "DenseNet-121",
         "labels": list(LABELS),
         "input_preprocessing": (
-            "single-channel frontal chest radiograph resized to 224 x 224, intensities scaled "
-            "to [0, 1]"
+            "single-channel frontal chest radiograph resized to 224 x 224, intensities scaled to [0, 1]"
         ),
         "intended_use": (
             "Demonstration and load testing of the inference server only. NOT a clinical model: "
@@ -81,9 +80,7 @@ CONFIG: dict[str, Any] = {
 }
 
 
-def export_chest_xray_classifier(
-    path: Path, *, seed: int = SEED, exporter: Exporter = "auto"
-) -> None:
+def export_chest_xray_classifier(path: Path, *, seed: int = SEED, exporter: Exporter = "auto") -> None:
     """Build the seeded DenseNet-121 and write it to ``path`` as ONNX with a dynamic batch dim.
 
     ``exporter="auto"`` uses the TorchScript exporter and falls back to the torch.export-based one
@@ -96,9 +93,7 @@ def export_chest_xray_classifier(
 
     torch.manual_seed(seed)
     model = densenet121(in_channels=1, num_classes=len(LABELS)).eval()
-    example = torch.rand(
-        2, 1, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(seed)
-    )
+    example = torch.rand(2, 1, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(seed))
     if exporter == "dynamo":
         _export_dynamo(model, example, path)
     elif exporter == "torchscript":
@@ -107,9 +102,7 @@ def export_chest_xray_classifier(
         try:
             _export_torchscript(model, example, path)
         except (ImportError, AttributeError, TypeError, NotImplementedError) as error:
-            _log.info(
-                "TorchScript ONNX exporter unavailable (%s); using the dynamo exporter", error
-            )
+            _log.info("TorchScript ONNX exporter unavailable (%s); using the dynamo exporter", error)
             _export_dynamo(model, example, path)
     _verify(model, path, seed)
 
@@ -165,17 +158,13 @@ def _verify(model: torch.nn.Module, path: Path, seed: int) -> None:
         first = value.type.tensor_type.shape.dim[0]
         if first.HasField("dim_value"):
             raise RuntimeError(f"{path}: '{value.name}' has a fixed batch dim {first.dim_value}")
-    images = torch.rand(
-        3, 1, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(seed + 1)
-    )
+    images = torch.rand(3, 1, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(seed + 1))
     with torch.no_grad():
         expected = model(images).numpy()
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (actual,) = session.run([OUTPUT_NAME], {INPUT_NAME: images.numpy()})
     if actual.shape != expected.shape or not np.allclose(actual, expected, atol=ATOL, rtol=0):
-        difference = (
-            float(np.max(np.abs(actual - expected))) if actual.shape == expected.shape else -1
-        )
+        difference = float(np.max(np.abs(actual - expected))) if actual.shape == expected.shape else -1
         raise RuntimeError(
             f"{path}: onnxruntime output {actual.shape} differs from torch {expected.shape} "
             f"(max abs difference {difference}, tolerance {ATOL})"

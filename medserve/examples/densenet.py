@@ -43,9 +43,7 @@ def densenet121(*, in_channels: int = 1, num_classes: int = 14) -> nn.Module:
             return torch.cat([features, new], dim=1)
 
     def dense_block(num_layers: int, in_features: int) -> nn.Sequential:
-        return nn.Sequential(
-            *(DenseLayer(in_features + i * GROWTH_RATE) for i in range(num_layers))
-        )
+        return nn.Sequential(*(DenseLayer(in_features + i * GROWTH_RATE) for i in range(num_layers)))
 
     def transition(in_features: int, out_features: int) -> nn.Sequential:
         return nn.Sequential(
@@ -59,9 +57,7 @@ def densenet121(*, in_channels: int = 1, num_classes: int = 14) -> nn.Module:
         def __init__(self) -> None:
             super().__init__()
             layers: list[nn.Module] = [
-                nn.Conv2d(
-                    in_channels, NUM_INIT_FEATURES, kernel_size=7, stride=2, padding=3, bias=False
-                ),
+                nn.Conv2d(in_channels, NUM_INIT_FEATURES, kernel_size=7, stride=2, padding=3, bias=False),
                 nn.BatchNorm2d(NUM_INIT_FEATURES),
                 nn.ReLU(inplace=True),
                 nn.MaxPool2d(kernel_size=3, stride=2, padding=1),

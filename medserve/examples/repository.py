@@ -1,4 +1,4 @@
-"""Write the example model repository: ``<dir>/<model>/config.yaml`` and ``<dir>/<model>/<version>/model.onnx``.
+"""Write the example model repository: <dir>/<model>/config.yaml and <dir>/<model>/<version>/model.onnx.
 
 Each model is assembled in a hidden staging folder beside its final place and renamed into place in
 one step, so an interrupted build never leaves a half-written model; models already present are
@@ -34,9 +34,7 @@ LOCK_FILE = ".medserve-examples.lock"
 _STAGING = ".staging-"
 _RETIRED = ".retired-"
 
-_CATALOGUE: dict[str, ExampleModel] = {
-    model.name: model for model in (CHEST_XRAY_CLASSIFIER, *TEST_MODELS)
-}
+_CATALOGUE: dict[str, ExampleModel] = {model.name: model for model in (CHEST_XRAY_CLASSIFIER, *TEST_MODELS)}
 
 EXAMPLE_MODELS: tuple[str, ...] = tuple(_CATALOGUE)
 """Names of every example model, the clinical demonstration first."""
@@ -82,8 +80,7 @@ def _select(models: Iterable[str] | None) -> list[ExampleModel]:
     unknown = sorted(wanted.difference(_CATALOGUE))
     if unknown:
         raise ValueError(
-            f"unknown example model(s) {', '.join(unknown)}; expected some of "
-            f"{', '.join(EXAMPLE_MODELS)}"
+            f"unknown example model(s) {', '.join(unknown)}; expected some of {', '.join(EXAMPLE_MODELS)}"
         )
     return [example for name, example in _CATALOGUE.items() if name in wanted]
 

@@ -89,13 +89,12 @@ def decode_infer_request(
     body: bytes, header_length: int | None, model_name: str, model_version: str = ""
 ) -> InferenceRequest:
     """Decode an infer request body (JSON, or JSON header + binary tensor data)."""
+    header: bytes | memoryview
     if header_length is None:
         header, binary = body, memoryview(b"")
     else:
         if header_length < 0 or header_length > len(body):
-            raise InvalidInput(
-                f"{HEADER_LENGTH} is {header_length} but the body has only {len(body)} bytes"
-            )
+            raise InvalidInput(f"{HEADER_LENGTH} is {header_length} but the body has only {len(body)} bytes")
         view = memoryview(body)
         header, binary = view[:header_length], view[header_length:]
     doc = loads(header, "inference request header")
@@ -143,7 +142,9 @@ def decode_infer_request(
     for index, raw in enumerate(doc.get("outputs") or []):
         if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
             raise InvalidInput(f"outputs[{index}] must be an object with a 'name'")
-        outputs.append(RequestedOutput(raw["name"], _parameters(raw.get("parameters"), f"output '{raw['name']}'")))
+        outputs.append(
+            RequestedOutput(raw["name"], _parameters(raw.get("parameters"), f"output '{raw['name']}'"))
+        )
     request_id = doc.get("id", "")
     return InferenceRequest(
         model_name,
@@ -174,16 +175,18 @@ def _json_data(tensor: Tensor) -> Any:
     return np.ascontiguousarray(data)
 
 
-def encode_infer_response(
-    response: InferenceResponse, request: InferenceRequest
-) -> tuple[bytes, int | None]:
+def encode_infer_response(response: InferenceResponse, request: InferenceRequest) -> tuple[bytes, int | None]:
     """The response body and, when it carries binary data, the JSON header's length."""
     binary_default = bool(request.parameters.get("binary_data_output", False))
     wants_binary = {o.name: bool(o.parameters.get("binary_data", binary_default)) for o in request.outputs}
     chunks: list[bytes | memoryview] = []
     outputs: list[dict[str, Any]] = []
     for tensor in response.outputs:
-        entry: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype, "shape": list(tensor.shape)}
+        entry: dict[str, Any] = {
+            "name": tensor.name,
+            "datatype": tensor.datatype,
+            "shape": list(tensor.shape),
+        }
         if wants_binary.get(tensor.name, binary_default):
             raw = raw_bytes(tensor.data, tensor.datatype)
             entry["parameters"] = {"binary_data_size": len(raw)}

@@ -102,7 +102,9 @@ class ModelConfig(_Strict):
 
     name: str = ""
     runtime: str = Field(default="onnxruntime", description="Engine that runs the model, by name.")
-    artifact: str = Field(default="model.onnx", description="File name of the artifact in each version folder.")
+    artifact: str = Field(
+        default="model.onnx", description="File name of the artifact in each version folder."
+    )
     max_batch_size: int = Field(default=0, ge=0, description="0: the model does not batch.")
     inputs: list[TensorConfig] | None = None
     outputs: list[TensorConfig] | None = None
@@ -153,9 +155,7 @@ def parse_model_config(text: str, source: str, model_name: str) -> ModelConfig:
     try:
         return ModelConfig.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"field '{_field_path(err['loc'])}': {err['msg']}" for err in exc.errors()
-        )
+        problems = "; ".join(f"field '{_field_path(err['loc'])}': {err['msg']}" for err in exc.errors())
         raise InvalidConfig(f"{source}: {problems}") from None
 
 
@@ -164,5 +164,3 @@ def load_model_config(model_dir: Path) -> ModelConfig:
     if not path.is_file():
         raise InvalidConfig(f"{path}: missing (every model folder needs a config.yaml)")
     return parse_model_config(path.read_text(encoding="utf-8"), str(path), model_dir.name)
-
-

@@ -33,9 +33,7 @@ class ModelRepository:
     def model_names(self) -> list[str]:
         if not self.root.is_dir():
             raise InvalidConfig(f"model repository {self.root} is not a directory")
-        return sorted(
-            p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))
-        )
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
 
     def model_dir(self, name: str) -> Path:
         path = self.root / name
@@ -47,9 +45,7 @@ class ModelRepository:
         return load_model_config(self.model_dir(name))
 
     def versions_on_disk(self, name: str) -> list[int]:
-        return sorted(
-            int(p.name) for p in self.model_dir(name).iterdir() if p.is_dir() and p.name.isdigit()
-        )
+        return sorted(int(p.name) for p in self.model_dir(name).iterdir() if p.is_dir() and p.name.isdigit())
 
     def artifacts(self, name: str, config: ModelConfig) -> list[VersionArtifact]:
         """The version folders the config's version policy selects, newest last."""

@@ -21,9 +21,7 @@ def runtime_class(name: str) -> type[Runtime]:
     try:
         target = _RUNTIMES[name]
     except KeyError:
-        raise ModelLoadError(
-            f"unknown runtime '{name}'; available: {', '.join(runtime_names())}"
-        ) from None
+        raise ModelLoadError(f"unknown runtime '{name}'; available: {', '.join(runtime_names())}") from None
     module_name, _, class_name = target.partition(":")
     try:
         module = importlib.import_module(module_name)

@@ -9,6 +9,7 @@ thread, so the event loop only moves references.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -96,18 +97,14 @@ class DynamicBatcher:
             return
         if timeout_ns <= 0:
             return
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._arrival.wait(), timeout_ns / 1e9)
-        except TimeoutError:
-            pass
 
     def _select(self) -> list[int]:
         queue = self._queue
         if not self.batching:
             return [0]
-        return select_batch(
-            [p.size for p in queue], [p.key for p in queue], self.max_batch_size
-        )
+        return select_batch([p.size for p in queue], [p.key for p in queue], self.max_batch_size)
 
     async def _next_batch(self) -> list[_Pending]:
         while not self._queue:
@@ -165,9 +162,7 @@ class DynamicBatcher:
                 pending.future.set_exception(result)
             else:
                 outputs, execution = result
-                pending.future.set_result(
-                    ScheduledResult(outputs, started - pending.enqueued_ns, execution)
-                )
+                pending.future.set_result(ScheduledResult(outputs, started - pending.enqueued_ns, execution))
 
     def _run_batch(
         self, instance: Runtime, batch: list[_Pending], executions: list[ExecutionTimes]
@@ -212,10 +207,8 @@ class DynamicBatcher:
         while (self._queue or self._running) and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         self._loop_task.cancel()
-        try:
+        with contextlib.suppress(asyncio.CancelledError):
             await self._loop_task
-        except asyncio.CancelledError:
-            pass
         for pending in self._queue:
             if not pending.future.done():
                 pending.future.set_exception(Overloaded("model version was unloaded"))

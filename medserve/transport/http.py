@@ -31,7 +31,13 @@ from medserve.core.errors import (
 from medserve.core.metrics import ServingMetrics
 from medserve.core.service import InferenceService
 from medserve.core.types import ModelMetadata
-from medserve.protocol.rest_codec import HEADER_LENGTH, decode_infer_request, dumps, encode_infer_response, loads
+from medserve.protocol.rest_codec import (
+    HEADER_LENGTH,
+    decode_infer_request,
+    dumps,
+    encode_infer_response,
+    loads,
+)
 
 log = logging.getLogger(__name__)
 
@@ -196,10 +202,7 @@ def build_app(service: InferenceService, metrics: ServingMetrics, max_request_by
         ready_only = bool(doc.get("ready", False)) if isinstance(doc, dict) else False
         rows = service.repository_index(ready_only)
         return _json(
-            [
-                {"name": r.name, "version": r.version, "state": r.state, "reason": r.reason}
-                for r in rows
-            ]
+            [{"name": r.name, "version": r.version, "state": r.state, "reason": r.reason} for r in rows]
         )
 
     async def load(request: Request) -> Response:
@@ -242,6 +245,7 @@ def build_app(service: InferenceService, metrics: ServingMetrics, max_request_by
             Route(f"{prefix}/stats", _guarded(model_stats), methods=["GET"]),
             Route(f"{prefix}/infer", _guarded(infer), methods=["POST"]),
         ]
+
     async def not_found(request: Request, exc: Exception) -> Response:
         return _error(f"no route for {request.method} {request.url.path}", 404)
 
