@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import tritonclient.http as httpclient
-
 from conftest import start_server
 
 
