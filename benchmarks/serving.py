@@ -1,17 +1,11 @@
 """Serving benchmark: medserve against raw ONNX Runtime on ``chest_xray_classifier``.
 
-One run measures, on the same machine and artifact:
-
-1. raw ONNX Runtime throughput at batch 1, 2, 4 and 8 (same session options as the server) and raw
-   batch-1 latency;
-2. served throughput at ``--concurrency`` in-flight batch-1 requests, over gRPC and over HTTP with
-   binary tensors, with the dynamic batcher's average batch size read from the statistics endpoint;
-3. latency at concurrency 1, raw against gRPC and HTTP;
-4. that served outputs equal raw outputs (atol 1e-5).
-
-It prints a markdown report and replaces the serving section of ``docs/BENCHMARKS.md``::
-
-    python benchmarks/serving.py --seconds 20
+Measures raw ORT throughput at batch 1, 2, 4, 8 (the server's session options) before and after the
+served runs; checks served outputs against raw ones (atol 1e-5); measures latency at concurrency 1 of
+raw ``session.run``, gRPC and HTTP (binary tensors), interleaved in rounds so that drift on a shared
+machine hits all three alike; and served throughput at ``--concurrency`` in-flight batch-1 requests,
+with the batcher's average batch size from the statistics endpoint. Prints a markdown report and
+replaces the serving section of ``docs/BENCHMARKS.md``: ``python benchmarks/serving.py --seconds 20``.
 """
 
 from __future__ import annotations
@@ -21,6 +15,7 @@ import datetime as dt
 import json
 import os
 import platform
+import re
 import shlex
 import socket
 import subprocess
@@ -30,7 +25,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -47,11 +42,13 @@ from medserve.runtimes.onnxruntime import OnnxRuntime
 MODEL, INPUT, OUTPUT = "chest_xray_classifier", "image", "probabilities"
 SHAPE = (1, 224, 224)
 BATCH_SIZES = (1, 2, 4, 8)
+DOORS = {"grpc": "gRPC", "http": "HTTP"}
 TARGET_RATIO, TARGET_ADDED_MS = 0.9, 2.0
 START, END = "<!-- serving:start -->", "<!-- serving:end -->"
 DEFAULT_REPOSITORY = Path.home() / ".cache" / "medserve" / "bench_repository"
 
 Caller = Callable[[np.ndarray], np.ndarray]
+Call = Callable[[], object]
 
 
 @dataclass(frozen=True)
@@ -74,12 +71,23 @@ class Served:
     server_cores: float
 
 
-@dataclass(frozen=True)
-class ServedLatency:
-    latency: Latency
-    queue_ms: float  # the server's own view, per request, from the statistics endpoint
-    infer_ms: float
-    request_ms: float
+@dataclass
+class Results:
+    raw: dict[int, float] = field(default_factory=dict)  # images/s per batch size
+    raw_after: float = 0.0  # best batch size again, after the served runs
+    latency: dict[str, Latency] = field(default_factory=dict)  # "raw", "grpc", "http"
+    server_ms: dict[str, list[float]] = field(default_factory=dict)  # queue, infer, request ms
+    served: dict[str, Served] = field(default_factory=dict)
+    max_diff: dict[str, float] = field(default_factory=dict)
+    load: tuple[float, float] = (0.0, 0.0)
+
+    @property
+    def best(self) -> int:
+        return max(self.raw, key=lambda batch: self.raw[batch])
+
+    @property
+    def reference(self) -> float:  # raw images/s at the best batch size, mean of before and after
+        return (self.raw[self.best] + self.raw_after) / 2
 
 
 def raw_session(repository: Path) -> ort.InferenceSession:
@@ -90,31 +98,18 @@ def raw_session(repository: Path) -> ort.InferenceSession:
     return ort.InferenceSession(str(artifact), options, providers=providers)
 
 
-def raw_throughput(
-    session: ort.InferenceSession, seconds: float, batches: tuple[int, ...] = BATCH_SIZES
-) -> dict[int, float]:
+def raw_throughput(session: ort.InferenceSession, secs: float, batches: tuple[int, ...]) -> dict[int, float]:
     rng, result = np.random.default_rng(1), {}
     for batch in batches:
         x = rng.random((batch, *SHAPE), dtype=np.float32)
         for _ in range(2):
             session.run([OUTPUT], {INPUT: x})
         runs, start = 0, time.perf_counter()
-        while (elapsed := time.perf_counter() - start) < seconds:
+        while (elapsed := time.perf_counter() - start) < secs:
             session.run([OUTPUT], {INPUT: x})
             runs += 1
         result[batch] = runs * batch / elapsed
     return result
-
-
-def timed(call: Callable[[], Any], count: int, warmup: int = 5) -> list[float]:
-    for _ in range(warmup):
-        call()
-    samples = []
-    for _ in range(count):
-        start = time.perf_counter()
-        call()
-        samples.append(time.perf_counter() - start)
-    return samples
 
 
 def free_port() -> int:
@@ -127,43 +122,33 @@ def free_port() -> int:
 def medserve(repository: Path) -> Iterator[tuple[int, int, int]]:
     """Run ``medserve serve`` in a subprocess; yields (pid, http port, grpc port) once ready."""
     http, grpc = free_port(), free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "medserve",
-        "serve",
-        "--repository",
-        str(repository),
-        "--http-port",
-        str(http),
-        "--grpc-port",
-        str(grpc),
-        "--log-level",
-        "warning",
-    ]
+    flags = {"--repository": repository, "--http-port": http, "--grpc-port": grpc, "--log-level": "warning"}
+    command = [sys.executable, "-m", "medserve", "serve", *(str(v) for kv in flags.items() for v in kv)]
     process = subprocess.Popen(command)
     try:
         deadline = time.monotonic() + 120
-        while True:
+        while not ready(http):
             if process.poll() is not None:
                 raise RuntimeError(f"medserve exited with {process.returncode} during start-up")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{http}/v2/health/ready", timeout=1) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
             if time.monotonic() > deadline:
                 raise RuntimeError("medserve was not ready within 120 s")
             time.sleep(0.2)
         yield process.pid, http, grpc
     finally:
-        process.send_signal(15)  # SIGTERM: graceful shutdown
+        process.terminate()  # SIGTERM: graceful shutdown
         try:
             process.wait(30)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def ready(http: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{http}/v2/health/ready", timeout=1) as r:
+            return bool(r.status == 200)
+    except OSError:
+        return False
 
 
 def make_caller(door: str, port: int) -> Caller:
@@ -188,17 +173,36 @@ def model_stats(http: int) -> dict[str, Any]:
     return stats
 
 
-def process_cpu_s(pid: int) -> float:
+def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
-def served_throughput(
-    make: Callable[[], Caller], concurrency: int, warmup: float, seconds: float, http: int, pid: int
-) -> Served:
-    """``concurrency`` threads, each with its own client, send batch-1 requests back to back."""
+def interleaved_latency(calls: dict[str, Call], count: int, rounds: int, http: int) -> Results:
+    """``count`` sequential calls of each, in ``rounds`` alternating rounds; plus the server's view."""
+    keys = ("queue", "compute_infer", "success")
+    samples: dict[str, list[float]] = {mode: [] for mode in calls}
+    totals = {mode: np.zeros((len(keys), 2)) for mode in calls}  # per key: ns, count
+    for _ in range(rounds):
+        for mode, call in calls.items():
+            for _ in range(2):  # warm-up after switching
+                call()
+            before = model_stats(http)["inference_stats"]
+            for _ in range(count // rounds):
+                start = time.perf_counter()
+                call()
+                samples[mode].append(time.perf_counter() - start)
+            after = model_stats(http)["inference_stats"]
+            totals[mode] += [[after[k][f] - before[k][f] for f in ("ns", "count")] for k in keys]
+    result = Results(latency={mode: Latency.of(s) for mode, s in samples.items()})
+    result.server_ms = {door: [ns / max(n, 1) / 1e6 for ns, n in totals[door]] for door in DOORS}
+    return result
+
+
+def served_throughput(make: Callable[[], Caller], args: argparse.Namespace, http: int, pid: int) -> Served:
+    """``--concurrency`` threads, each with its own client, send batch-1 requests back to back."""
     stop, errors = threading.Event(), []
-    stamps: list[list[float]] = [[] for _ in range(concurrency)]
+    stamps: list[list[float]] = [[] for _ in range(args.concurrency)]
     x = np.random.default_rng(2).random((1, *SHAPE), dtype=np.float32)
 
     def worker(done: list[float]) -> None:
@@ -214,165 +218,118 @@ def served_throughput(
     threads = [threading.Thread(target=worker, args=(s,), daemon=True) for s in stamps]
     for thread in threads:
         thread.start()
-    time.sleep(warmup)
-    before, cpu0, server0 = model_stats(http), process_cpu_s(os.getpid()), process_cpu_s(pid)
+    time.sleep(args.warmup)
+    before, client0, server0 = model_stats(http), cpu_seconds(os.getpid()), cpu_seconds(pid)
     t0 = time.perf_counter()
-    time.sleep(seconds)
+    time.sleep(args.seconds)
     t1 = time.perf_counter()
-    after, cpu1, server1 = model_stats(http), process_cpu_s(os.getpid()), process_cpu_s(pid)
+    after, client1, server1 = model_stats(http), cpu_seconds(os.getpid()), cpu_seconds(pid)
     stop.set()
     for thread in threads:
         thread.join(120)
     if errors:
         raise RuntimeError(f"{len(errors)} worker(s) failed: {errors[0]!r}")
     images = sum(t0 <= t < t1 for done in stamps for t in done)
-    inferences = after["inference_count"] - before["inference_count"]
-    executions = after["execution_count"] - before["execution_count"]
-    return Served(
-        images / (t1 - t0),
-        inferences / max(executions, 1),
-        (cpu1 - cpu0) / (t1 - t0),
-        (server1 - server0) / (t1 - t0),
-    )
-
-
-def served_latency(call: Caller, count: int, http: int) -> ServedLatency:
-    x = np.random.default_rng(3).random((1, *SHAPE), dtype=np.float32)
-    for _ in range(5):
-        call(x)
-    before = model_stats(http)["inference_stats"]
-    samples = timed(lambda: call(x), count, warmup=0)
-    after = model_stats(http)["inference_stats"]
-
-    def avg_ms(key: str) -> float:
-        count = int(after[key]["count"] - before[key]["count"])
-        return float(after[key]["ns"] - before[key]["ns"]) / max(count, 1) / 1e6
-
-    return ServedLatency(Latency.of(samples), avg_ms("queue"), avg_ms("compute_infer"), avg_ms("success"))
+    executions = max(after["execution_count"] - before["execution_count"], 1)
+    avg_batch = (after["inference_count"] - before["inference_count"]) / executions
+    elapsed = t1 - t0
+    return Served(images / elapsed, avg_batch, (client1 - client0) / elapsed, (server1 - server0) / elapsed)
 
 
 def machine() -> str:
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor() or "unknown CPU",
-    )
+    found = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.MULTILINE)
+    cpu = found.group(1).strip() if found else platform.processor() or "unknown CPU"
     return (
-        f"{os.cpu_count()} logical CPUs (`nproc` = {len(os.sched_getaffinity(0))}), {cpu}; "
-        f"Python {platform.python_version()}, onnxruntime {ort.__version__}, "
-        f"{platform.system()} {platform.release()}"
+        f"`nproc` = {len(os.sched_getaffinity(0))}, {cpu}; Python {platform.python_version()}, "
+        f"onnxruntime {ort.__version__}, {platform.system()} {platform.release()}"
     )
 
 
-def verdict(ok: bool, text: str) -> str:
-    return f"**met** ({text})" if ok else f"**not met** ({text})"
+def verdict(ok: bool, value: str, miss: str) -> str:
+    return f"**met** ({value})" if ok else f"**not met** ({value}, {miss})"
 
 
-def report(
-    raw_tp: dict[int, float],
-    raw_lat: Latency,
-    served: dict[str, Served],
-    lat: dict[str, ServedLatency],
-    max_diff: dict[str, float],
-    recheck: float,
-    load: tuple[float, float],
-    args: argparse.Namespace,
-    command: str,
-) -> str:
-    best = max(raw_tp, key=lambda b: raw_tp[b])
-    best_tp = raw_tp[best]
-    doors = {"grpc": "gRPC", "http": "HTTP"}
+def report(r: Results, args: argparse.Namespace, command: str) -> str:
+    best, ref, raw, sv, lat = r.best, r.reference, r.latency["raw"], r.served, r.latency
+    drift = r.raw_after / r.raw[best] - 1
+    raw_tp = f"{ref:.1f} (batch {best}; {r.raw[best]:.1f} before, {r.raw_after:.1f} after)"
+    per_door = {d: dict(s=sv[d], l=lat[d], q=r.server_ms[d], diff=r.max_diff[d]) for d in DOORS}
+    for d, cells in per_door.items():
+        cells.update(ratio=sv[d].images_per_s / ref, added=lat[d].p50 - raw.p50)
 
-    def row(label: str, raw: str, cell: Callable[[str], str]) -> str:
-        return f"| {label} | {raw} | " + " | ".join(cell(door) for door in doors) + " |"
+    def row(label: str, raw_cell: str, template: str) -> str:
+        return f"| {label} | {raw_cell} | " + " | ".join(template.format(**per_door[d]) for d in DOORS) + " |"
 
     lines = [
         f"Run {dt.datetime.now().astimezone():%Y-%m-%d %H:%M %Z} with `{command}`.",
+        f"Machine: {machine()}. Client and server share it.",
         "",
-        f"Machine: {machine()}.",
+        f"Model `{MODEL}` (DenseNet-121, FP32 [1, 224, 224] in, 14 out); its config: dynamic batching "
+        "with max batch 8, preferred sizes [4, 8], max queue delay 2 ms; one instance; ORT default "
+        f"intra-op threads. Throughput: {args.concurrency} threads, each with its own client, send batch-1 "
+        f"requests back to back for {args.seconds:g} s after {args.warmup:g} s of warm-up. Latency: "
+        f"{args.requests} sequential batch-1 calls each, raw/gRPC/HTTP interleaved in {args.rounds} rounds.",
         "",
-        f"Model `{MODEL}` (DenseNet-121, FP32 [1, 224, 224] in, 14 out), dynamic batching "
-        f"(max batch 8, preferred [4, 8], max queue delay 2 ms), one instance, ORT default intra-op "
-        f"threads. Served throughput: {args.concurrency} threads, each with its own client, sending "
-        f"batch-1 requests back to back for {args.seconds:g} s after a {args.warmup:g} s warm-up; client "
-        f"and server run on the same machine. Latency: {args.requests} sequential batch-1 requests.",
-        "",
-        "| Batch size | " + " | ".join(str(b) for b in raw_tp) + " |",
-        "|---|" + "---:|" * len(raw_tp),
-        "| Raw ORT images/s | " + " | ".join(f"{v:.1f}" for v in raw_tp.values()) + " |",
+        "| Raw ORT, batch size | " + " | ".join(str(b) for b in r.raw) + " |",
+        "|---|" + "---:|" * len(r.raw),
+        "| images/s | " + " | ".join(f"{v:.1f}" for v in r.raw.values()) + " |",
         "",
         "| | Raw ORT | gRPC | HTTP (binary) |",
         "|---|---:|---:|---:|",
-        row("Throughput, images/s", f"{best_tp:.1f} (b{best})", lambda d: f"{served[d].images_per_s:.1f}"),
-        row("Served / raw best", "1.00", lambda d: f"{served[d].images_per_s / best_tp:.2f}"),
-        row("Average batch size (server stats)", str(best), lambda d: f"{served[d].avg_batch:.2f}"),
-        row(
-            "CPU cores used, client / server",
-            "–",
-            lambda d: f"{served[d].client_cores:.2f} / {served[d].server_cores:.2f}",
-        ),
-        row("p50 latency, concurrency 1, ms", f"{raw_lat.p50:.2f}", lambda d: f"{lat[d].latency.p50:.2f}"),
-        row(
-            "p90 / p99 latency, ms",
-            f"{raw_lat.p90:.2f} / {raw_lat.p99:.2f}",
-            lambda d: f"{lat[d].latency.p90:.2f} / {lat[d].latency.p99:.2f}",
-        ),
-        row("Added p50 (served − raw), ms", "–", lambda d: f"{lat[d].latency.p50 - raw_lat.p50:+.2f}"),
-        row(
-            "Server view at c=1: queue / infer / request, ms",
-            "–",
-            lambda d: f"{lat[d].queue_ms:.2f} / {lat[d].infer_ms:.2f} / {lat[d].request_ms:.2f}",
-        ),
-        row("Max abs diff vs raw output", "0", lambda d: f"{max_diff[d]:.1e}"),
+        row("Throughput, images/s", raw_tp, "{s.images_per_s:.1f}"),
+        row("Served / raw", "1.00", "{ratio:.2f}"),
+        row("Average batch size (server stats)", str(best), "{s.avg_batch:.2f}"),
+        row("CPU cores, client / server", "–", "{s.client_cores:.2f} / {s.server_cores:.2f}"),
+        row("p50 latency at concurrency 1, ms", f"{raw.p50:.2f}", "{l.p50:.2f}"),
+        row("p90 / p99, ms", f"{raw.p90:.2f} / {raw.p99:.2f}", "{l.p90:.2f} / {l.p99:.2f}"),
+        row("Added p50 (served − raw), ms", "–", "{added:+.2f}"),
+        row("Server: queue / infer / request, ms", "–", "{q[0]:.2f} / {q[1]:.2f} / {q[2]:.2f}"),
+        row("Max abs difference from raw output", "0", "{diff:.1e}"),
         "",
-        "Targets:",
+        f"Targets: served throughput >= {TARGET_RATIO} x raw; added p50 latency at concurrency 1 "
+        f"<= {TARGET_ADDED_MS:g} ms.",
         "",
     ]
-    for door, name in doors.items():
-        ratio = served[door].images_per_s / best_tp
-        added = lat[door].latency.p50 - raw_lat.p50
-        short = f", {(TARGET_RATIO - ratio) * best_tp:.1f} images/s ({1 - ratio / TARGET_RATIO:.0%}) short"
+    for door, name in DOORS.items():
+        ratio, added = sv[door].images_per_s / ref, lat[door].p50 - raw.p50
+        short = f"{(TARGET_RATIO - ratio) * ref:.1f} images/s ({1 - ratio / TARGET_RATIO:.0%}) short"
+        lines.append(f"- {name} throughput: " + verdict(ratio >= TARGET_RATIO, f"{ratio:.2f} x", short))
+        over = f"{added - TARGET_ADDED_MS:.2f} ms over"
+        lines.append(f"- {name} added p50: " + verdict(added <= TARGET_ADDED_MS, f"{added:+.2f} ms", over))
+    lines += ["", "Observations:", ""]
+    for door, name in DOORS.items():
+        served, (queue, infer, _), added = sv[door], r.server_ms[door], lat[door].p50 - raw.p50
+        near = min(r.raw, key=lambda b: abs(b - served.avg_batch))
         lines.append(
-            f"- {name} throughput >= {TARGET_RATIO} x raw best: "
-            + verdict(ratio >= TARGET_RATIO, f"{ratio:.2f} x" + ("" if ratio >= TARGET_RATIO else short))
+            f"- {name}: batches of {served.avg_batch:.2f} on average; raw ORT at batch {near} gives "
+            f"{r.raw[near]:.1f} images/s ({r.raw[near] / ref:.2f} x raw best), a bound on served throughput. "
+            f"The client used {served.client_cores:.2f} cores, the server {served.server_cores:.2f} of "
+            f"{len(os.sched_getaffinity(0))}. Of the added p50 at concurrency 1, {queue:.2f} ms is queueing "
+            f"(a lone request waits out the max queue delay for companions) and {added - queue:+.2f} ms the "
+            f"rest (transport, codecs, request handling, noise); the engine's mean was {infer:.2f} ms."
         )
-        over = f", {added - TARGET_ADDED_MS:.2f} ms over"
-        lines.append(
-            f"- {name} added p50 latency <= {TARGET_ADDED_MS:g} ms: "
-            + verdict(
-                added <= TARGET_ADDED_MS, f"{added:+.2f} ms" + ("" if added <= TARGET_ADDED_MS else over)
-            )
-        )
-    drift = recheck / best_tp - 1
-    lines += [
-        "",
-        f"Noise check: raw batch-{best} throughput re-measured after the served runs: {recheck:.1f} "
-        f"images/s ({drift:+.0%}{'' if abs(drift) <= 0.1 else '; over 10 %: a noisy run, repeat it'}). "
-        f"1-minute load average before / after the run: {load[0]:.2f} / {load[1]:.2f}.",
-        "",
-        "Notes: at concurrency 1 a lone request waits up to the model's max queue delay (2 ms) for "
-        "companions before it runs, so the server's queue time counts against the latency target; "
-        f"on a machine with {len(os.sched_getaffinity(0))} cores the load-generating client competes "
-        "with the engine's threads for CPU, which lowers served throughput (see the CPU row).",
-    ]
+    lines.append(
+        f"- With one instance and N clients in a closed loop, batches settle near N/2: half the clients "
+        "wait in the queue, past the max queue delay, while the other half's batch runs.\n"
+        f"- Noise: raw batch-{best} throughput changed {drift:+.0%} between before and after"
+        f"{' (over 10 %: a noisy run, repeat it)' if abs(drift) > 0.1 else ''}; 1-minute load average "
+        f"{r.load[0]:.2f} before, {r.load[1]:.2f} after."
+    )
     return "\n".join(lines)
 
 
 HEADER = """# Benchmarks
 
-Measured with the scripts in `benchmarks/`; each script rewrites only its own section, marked by
-HTML comments, and keeps the rest of this file. Numbers are from one machine and one run: compare
-them as ratios within a run, not across machines.
+Measured with the scripts in `benchmarks/`. Each script rewrites only its own section, between HTML
+comment markers, and keeps the rest of this file. Numbers come from one run on one machine: compare
+them as ratios within a run, not across runs or machines.
 
 Machine of the first run: {machine}.
 """
 
 
 def write_section(path: Path, body: str) -> None:
-    section = f"{START}\n## Serving: medserve vs raw ONNX Runtime\n\n{body}\n{END}"
+    section = f"{START}\n## Serving: medserve against raw ONNX Runtime\n\n{body}\n{END}"
     text = path.read_text(encoding="utf-8") if path.exists() else HEADER.format(machine=machine())
     if START in text and END in text:
         head, rest = text.split(START, 1)
@@ -392,48 +349,45 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=20, help="measured seconds per served run")
     parser.add_argument("--warmup", type=float, default=3, help="warm-up seconds per served run")
     parser.add_argument("--raw-seconds", type=float, default=4, help="seconds per raw batch size")
-    parser.add_argument("--requests", type=int, default=200, help="sequential requests per latency run")
+    parser.add_argument("--requests", type=int, default=200, help="sequential calls per latency series")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the latency series")
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--repository", type=Path, help=f"model repository (default {DEFAULT_REPOSITORY})")
     parser.add_argument("--output", type=Path, default=Path("docs/BENCHMARKS.md"))
     parser.add_argument("--no-write", action="store_true", help="print only; leave --output alone")
     args = parser.parse_args(argv)
-    command = "python benchmarks/serving.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    command = shlex.join(["python", "benchmarks/serving.py", *(sys.argv[1:] if argv is None else argv)])
     repository = args.repository or DEFAULT_REPOSITORY
     if args.repository is None:
         build_example_repository(repository, models=[MODEL])
     load_before = os.getloadavg()[0]
 
     session = raw_session(repository)
-    log(f"raw ORT ({session.get_providers()[0]}): throughput at batch {BATCH_SIZES}")
-    raw_tp = raw_throughput(session, args.raw_seconds)
-    log(f"raw ORT: {args.requests} batch-1 runs")
-    x = np.random.default_rng(3).random((1, *SHAPE), dtype=np.float32)
-    raw_lat = Latency.of(timed(lambda: session.run([OUTPUT], {INPUT: x}), args.requests))
-    check = np.random.default_rng(4).random((1, *SHAPE), dtype=np.float32)
+    log(f"raw ORT ({session.get_providers()[0]}): throughput at batch sizes {BATCH_SIZES}")
+    raw = raw_throughput(session, args.raw_seconds, BATCH_SIZES)
+    x, check = (np.random.default_rng(seed).random((1, *SHAPE), dtype=np.float32) for seed in (3, 4))
     expected = session.run([OUTPUT], {INPUT: check})[0]
-    session = None  # its thread pool must not compete with the server's
 
-    served: dict[str, Served] = {}
-    lat: dict[str, ServedLatency] = {}
-    max_diff: dict[str, float] = {}
     with medserve(repository) as (pid, http, grpc):
-        for door, port in (("grpc", grpc), ("http", http)):
+        ports = {"grpc": grpc, "http": http}
+        callers = {door: make_caller(door, port) for door, port in ports.items()}
+        max_diff = {door: float(np.max(np.abs(call(check) - expected))) for door, call in callers.items()}
+        if max(max_diff.values()) > 1e-5:
+            raise RuntimeError(f"served outputs differ from raw ORT outputs by more than 1e-5: {max_diff}")
+        log(f"latency: {args.requests} sequential calls each of raw, gRPC and HTTP")
+        calls: dict[str, Call] = {"raw": lambda: session.run([OUTPUT], {INPUT: x})}
+        calls.update({door: partial(call, x) for door, call in callers.items()})
+        results = interleaved_latency(calls, args.requests, args.rounds, http)
+        results.raw, results.max_diff = raw, max_diff
+        for door, port in ports.items():
+            log(f"{door}: concurrency {args.concurrency} for {args.warmup:g} + {args.seconds:g} s")
             make = partial(make_caller, door, port)
-            call = make()
-            got = call(check)
-            max_diff[door] = float(np.max(np.abs(got - expected)))
-            np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5, err_msg=f"{door} output")
-            log(f"{door}: {args.requests} sequential requests")
-            lat[door] = served_latency(call, args.requests, http)
-            log(f"{door}: concurrency {args.concurrency} for {args.warmup:g}+{args.seconds:g} s")
-            served[door] = served_throughput(make, args.concurrency, args.warmup, args.seconds, http, pid)
+            results.served[door] = served_throughput(make, args, http, pid)
 
-    best = max(raw_tp, key=lambda b: raw_tp[b])
-    log(f"raw ORT: batch {best} again, to check for drift")
-    recheck = raw_throughput(raw_session(repository), args.raw_seconds, (best,))[best]
-    load = (load_before, os.getloadavg()[0])
-    body = report(raw_tp, raw_lat, served, lat, max_diff, recheck, load, args, command)
+    log(f"raw ORT: batch {results.best} again, to bound the drift")
+    results.raw_after = raw_throughput(session, args.raw_seconds, (results.best,))[results.best]
+    results.load = (load_before, os.getloadavg()[0])
+    body = report(results, args, command)
     print(body)
     if not args.no_write:
         write_section(args.output, body)
