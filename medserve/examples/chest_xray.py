@@ -53,7 +53,9 @@ CONFIG: dict[str, Any] = {
     "max_batch_size": 8,
     "inputs": [{"name": INPUT_NAME, "datatype": "FP32", "dims": [1, IMAGE_SIZE, IMAGE_SIZE]}],
     "outputs": [{"name": OUTPUT_NAME, "datatype": "FP32", "dims": [len(LABELS)]}],
-    "dynamic_batching": {"max_queue_delay_us": 2000, "preferred_batch_sizes": [4, 8]},
+    # No queue delay: one image takes tens of milliseconds on a CPU, so requests arriving while the
+    # instance is busy already queue up and are batched together; waiting longer only adds latency.
+    "dynamic_batching": {"max_queue_delay_us": 0, "preferred_batch_sizes": [4, 8]},
     "instance_count": 1,
     "version_policy": {"latest": {"num_versions": 1}},
     "runtime_options": {"intra_op_threads": 0},
