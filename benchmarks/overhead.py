@@ -73,7 +73,9 @@ def p50s(calls: dict[str, Any], requests: int, rounds: int = 10) -> dict[str, fl
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--output", type=Path, default=Path("docs/BENCHMARKS.md"))
     parser.add_argument("--no-write", action="store_true")
@@ -94,19 +96,21 @@ def main(argv: list[str] | None = None) -> int:
             np.testing.assert_array_equal(calls["http"](), x)
             result = p50s(calls, args.requests)
     command = "python benchmarks/overhead.py" + ("" if argv is None else " " + shlex.join(argv))
-    body = "\n".join([
-        f"Run {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC with `{command}`; {machine()}.",
-        "",
-        f"`{MODEL}` with no queue delay, one 1×224×224 FP32 tensor (196 KiB) in and out, "
-        f"{args.requests} sequential requests per door, interleaved in 10 rounds. The engine takes "
-        "microseconds, so served − raw is the cost of client library + transport + server.",
-        "",
-        "| | raw ORT | gRPC | HTTP (binary) |",
-        "|---|---:|---:|---:|",
-        f"| p50 latency, ms | {result['raw']:.3f} | {result['grpc']:.3f} | {result['http']:.3f} |",
-        f"| added p50 (served − raw), ms | – | {result['grpc'] - result['raw']:+.3f} | "
-        f"{result['http'] - result['raw']:+.3f} |",
-    ])
+    body = "\n".join(
+        [
+            f"Run {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC with `{command}`; {machine()}.",
+            "",
+            f"`{MODEL}` with no queue delay, one 1×224×224 FP32 tensor (196 KiB) in and out, "
+            f"{args.requests} sequential requests per door, interleaved in 10 rounds. The engine takes "
+            "microseconds, so served − raw is the cost of client library + transport + server.",
+            "",
+            "| | raw ORT | gRPC | HTTP (binary) |",
+            "|---|---:|---:|---:|",
+            f"| p50 latency, ms | {result['raw']:.3f} | {result['grpc']:.3f} | {result['http']:.3f} |",
+            f"| added p50 (served − raw), ms | – | {result['grpc'] - result['raw']:+.3f} | "
+            f"{result['http'] - result['raw']:+.3f} |",
+        ]
+    )
     print(body)
     if not args.no_write:
         section = f"{START}\n## Per-request overhead of the server\n\n{body}\n{END}"

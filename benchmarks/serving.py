@@ -80,6 +80,7 @@ class Results:
     served: dict[str, Served] = field(default_factory=dict)
     max_diff: dict[str, float] = field(default_factory=dict)
     load: tuple[float, float] = (0.0, 0.0)
+    batching: str = ""  # the model's dynamic batching settings, as configured
 
     @property
     def best(self) -> int:
@@ -88,6 +89,16 @@ class Results:
     @property
     def reference(self) -> float:  # raw images/s at the best batch size, mean of before and after
         return (self.raw[self.best] + self.raw_after) / 2
+
+
+def batching_of(repository: Path) -> str:
+    config = yaml.safe_load((repository / MODEL / "config.yaml").read_text(encoding="utf-8"))
+    b = config.get("dynamic_batching") or {}
+    return (
+        f"with max batch {config.get('max_batch_size')}, "
+        f"preferred sizes {b.get('preferred_batch_sizes', [])}, "
+        f"max queue delay {b.get('max_queue_delay_us', 0)} µs"
+    )
 
 
 def raw_session(repository: Path) -> ort.InferenceSession:
@@ -265,7 +276,7 @@ def report(r: Results, args: argparse.Namespace, command: str) -> str:
         f"Machine: {machine()}. Client and server share it.",
         "",
         f"Model `{MODEL}` (DenseNet-121, FP32 [1, 224, 224] in, 14 out); its config: dynamic batching "
-        "with max batch 8, preferred sizes [4, 8], max queue delay 2 ms; one instance; ORT default "
+        f"{r.batching}; one instance; ORT default "
         f"intra-op threads. Throughput: {args.concurrency} threads, each with its own client, send batch-1 "
         f"requests back to back for {args.seconds:g} s after {args.warmup:g} s of warm-up. Latency: "
         f"{args.requests} sequential batch-1 calls each, raw/gRPC/HTTP interleaved in {args.rounds} rounds.",
@@ -305,7 +316,7 @@ def report(r: Results, args: argparse.Namespace, command: str) -> str:
             f"{r.raw[near]:.1f} images/s ({r.raw[near] / ref:.2f} x raw best), a bound on served throughput. "
             f"The client used {served.client_cores:.2f} cores, the server {served.server_cores:.2f} of "
             f"{len(os.sched_getaffinity(0))}. Of the added p50 at concurrency 1, {queue:.2f} ms is queueing "
-            f"(a lone request waits out the max queue delay for companions) and {added - queue:+.2f} ms the "
+            f"(time a lone request spent in the batcher's queue) and {added - queue:+.2f} ms the "
             f"rest (transport, codecs, request handling, noise); the engine's mean was {infer:.2f} ms."
         )
     lines.append(
@@ -379,6 +390,7 @@ def main(argv: list[str] | None = None) -> int:
         calls.update({door: partial(call, x) for door, call in callers.items()})
         results = interleaved_latency(calls, args.requests, args.rounds, http)
         results.raw, results.max_diff = raw, max_diff
+        results.batching = batching_of(repository)
         for door, port in ports.items():
             log(f"{door}: concurrency {args.concurrency} for {args.warmup:g} + {args.seconds:g} s")
             make = partial(make_caller, door, port)

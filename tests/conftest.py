@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import ml_dtypes
+import numpy as np
 import pytest
 
 from medserve.examples.repository import EXAMPLE_MODELS, build_example_repository
@@ -145,3 +147,20 @@ def private_server(repository_copy: Path, tmp_path: Path) -> Iterator[RunningSer
     running = start_server(repository_copy, tmp_path / "server.log")
     yield running
     stop_server(running)
+
+
+def sample(datatype: str, shape: tuple[int, ...]) -> np.ndarray:
+    """Deterministic test data of an OIP datatype (BF16 as ml_dtypes.bfloat16, BYTES as UTF-8)."""
+    rng = np.random.default_rng(7)
+    if datatype == "BOOL":
+        return rng.integers(0, 2, shape).astype(bool)
+    if datatype == "BF16":
+        return rng.normal(size=shape).astype(ml_dtypes.bfloat16)
+    if datatype == "BYTES":
+        count = int(np.prod(shape))
+        return np.array([f"value-{i}-\u00e9".encode() for i in range(count)], dtype=object).reshape(shape)
+    dtype = {"FP16": np.float16, "FP32": np.float32, "FP64": np.float64}.get(datatype)
+    if dtype is not None:
+        return rng.normal(size=shape).astype(dtype)
+    info = np.iinfo(datatype.lower())
+    return rng.integers(max(info.min, -1000), min(info.max, 1000), shape, dtype=datatype.lower())

@@ -8,13 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import ml_dtypes
 import numpy as np
 import onnxruntime as ort
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aiogrpcclient
-from conftest import RunningServer, start_server, stop_server
+from conftest import RunningServer, sample, start_server, stop_server
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
@@ -34,22 +33,6 @@ NUMERIC = [
     "FP64",
     "BF16",
 ]
-
-
-def sample(datatype: str, shape: tuple[int, ...]) -> np.ndarray:
-    rng = np.random.default_rng(11)
-    if datatype == "BOOL":
-        return rng.integers(0, 2, shape).astype(bool)
-    if datatype == "BF16":
-        return rng.normal(size=shape).astype(ml_dtypes.bfloat16)
-    if datatype == "BYTES":
-        count = int(np.prod(shape))
-        return np.array([f"value-{i}-\u00e9".encode() for i in range(count)], dtype=object).reshape(shape)
-    dtype = {"FP16": np.float16, "FP32": np.float32, "FP64": np.float64}.get(datatype)
-    if dtype is not None:
-        return rng.normal(size=shape).astype(dtype)
-    info = np.iinfo(datatype.lower())
-    return rng.integers(max(info.min, -1000), min(info.max, 1000), shape, dtype=datatype.lower())
 
 
 def infer_input(name: str, data: np.ndarray, datatype: str) -> grpcclient.InferInput:

@@ -6,13 +6,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
-import ml_dtypes
 import numpy as np
 import onnxruntime as ort
 import pytest
 import tritonclient.http as httpclient
 import tritonclient.http.aio as aiohttpclient
-from conftest import RunningServer
+from conftest import RunningServer, sample
 from tritonclient.utils import InferenceServerException
 
 NUMERIC = [
@@ -30,23 +29,6 @@ NUMERIC = [
     "fp64",
     "bf16",
 ]
-
-
-def sample(datatype: str, shape: tuple[int, ...]) -> np.ndarray:
-    rng = np.random.default_rng(7)
-    if datatype == "BOOL":
-        return rng.integers(0, 2, shape).astype(bool)
-    if datatype == "BF16":
-        return rng.normal(size=shape).astype(ml_dtypes.bfloat16)
-    if datatype == "BYTES":
-        return np.array([f"value-{i}-é".encode() for i in range(int(np.prod(shape)))], dtype=object).reshape(
-            shape
-        )
-    dtype = {"FP16": np.float16, "FP32": np.float32, "FP64": np.float64}.get(datatype)
-    if dtype is not None:
-        return rng.normal(size=shape).astype(dtype)
-    info = np.iinfo(datatype.lower())
-    return rng.integers(max(info.min, -1000), min(info.max, 1000), shape, dtype=datatype.lower())
 
 
 def raw_session(server: RunningServer, model: str, version: int = 1) -> ort.InferenceSession:
