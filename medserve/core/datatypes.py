@@ -38,6 +38,25 @@ _FROM_NUMPY: dict[np.dtype, str] = {
 }
 
 
+#: data_type names of Triton's model configuration (``GET .../config``) for each OIP datatype
+TRITON_CONFIG_TYPES: dict[str, str] = {
+    "BOOL": "TYPE_BOOL",
+    "UINT8": "TYPE_UINT8",
+    "UINT16": "TYPE_UINT16",
+    "UINT32": "TYPE_UINT32",
+    "UINT64": "TYPE_UINT64",
+    "INT8": "TYPE_INT8",
+    "INT16": "TYPE_INT16",
+    "INT32": "TYPE_INT32",
+    "INT64": "TYPE_INT64",
+    "FP16": "TYPE_FP16",
+    "FP32": "TYPE_FP32",
+    "FP64": "TYPE_FP64",
+    "BYTES": "TYPE_STRING",
+    "BF16": "TYPE_BF16",
+}
+
+
 def numpy_dtype(datatype: str) -> np.dtype:
     """The NumPy dtype that holds tensors of an OIP ``datatype``."""
     try:

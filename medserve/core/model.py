@@ -11,11 +11,18 @@ from typing import Any
 import numpy as np
 
 from medserve.core.classification import classify
-from medserve.core.datatypes import numpy_dtype
+from medserve.core.datatypes import TRITON_CONFIG_TYPES, numpy_dtype
 from medserve.core.errors import MedserveError, ModelLoadError
 from medserve.core.metrics import ServingMetrics, failure_reason
 from medserve.core.statistics import VersionStatistics
-from medserve.core.types import InferenceRequest, InferenceResponse, ModelMetadata, Tensor, TensorMetadata
+from medserve.core.types import (
+    InferenceRequest,
+    InferenceResponse,
+    ModelMetadata,
+    RequestedOutput,
+    Tensor,
+    TensorMetadata,
+)
 from medserve.core.validation import validate_inputs, validate_outputs
 from medserve.repository.config import ModelConfig, TensorConfig
 from medserve.repository.repository import sha256_file
@@ -25,23 +32,6 @@ from medserve.scheduling.batcher import DynamicBatcher, ExecutionTimes
 from medserve.scheduling.pool import InstancePool
 
 log = logging.getLogger(__name__)
-
-_TRITON_TYPES = {
-    "BOOL": "TYPE_BOOL",
-    "UINT8": "TYPE_UINT8",
-    "UINT16": "TYPE_UINT16",
-    "UINT32": "TYPE_UINT32",
-    "UINT64": "TYPE_UINT64",
-    "INT8": "TYPE_INT8",
-    "INT16": "TYPE_INT16",
-    "INT32": "TYPE_INT32",
-    "INT64": "TYPE_INT64",
-    "FP16": "TYPE_FP16",
-    "FP32": "TYPE_FP32",
-    "FP64": "TYPE_FP64",
-    "BYTES": "TYPE_STRING",
-    "BF16": "TYPE_BF16",
-}
 
 
 def _resolve(
@@ -194,7 +184,7 @@ class ServedModel:
         m.queue_duration.labels(*self._labels).observe(result.queue_ns / 1e9)
         return InferenceResponse(self.name, self.version, request.id, outputs)
 
-    def _outputs(self, arrays: dict[str, np.ndarray], requested: list[Any]) -> list[Tensor]:
+    def _outputs(self, arrays: dict[str, np.ndarray], requested: list[RequestedOutput]) -> list[Tensor]:
         specs = {o.name: o for o in self.loaded.outputs}
         tensors: list[Tensor] = []
         for output in requested:
@@ -239,7 +229,8 @@ class ServedModel:
 
         def tensors(specs: list[TensorConfig]) -> list[dict[str, Any]]:
             return [
-                {"name": s.name, "data_type": _TRITON_TYPES[s.datatype], "dims": list(s.dims)} for s in specs
+                {"name": s.name, "data_type": TRITON_CONFIG_TYPES[s.datatype], "dims": list(s.dims)}
+                for s in specs
             ]
 
         parameters = {"sha256": {"string_value": self.loaded.sha256}}
@@ -268,5 +259,4 @@ class ServedModel:
         """Finish queued work, then release the engine instances."""
         self._metrics.forget(self.name, self.version)
         await self.batcher.close(timeout)
-        await self.pool.call(lambda: None)
         self.pool.shutdown()
