@@ -27,7 +27,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def _examples_digest() -> str:
     digest = hashlib.sha256()
-    for path in sorted((ROOT / "medserve" / "examples").glob("*.py")):
+    sources = [
+        *(ROOT / "medserve" / "examples").glob("*.py"),
+        *(ROOT / "medserve" / "clinical").rglob("*.py"),
+    ]
+    for path in sorted(sources):
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
 

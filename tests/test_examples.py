@@ -19,7 +19,8 @@ from medserve.examples import repository
 from medserve.examples.repository import EXAMPLE_MODELS, build_example_repository
 from medserve.examples.test_models import IDENTITY_DATATYPES, ONNX_ELEMENT_TYPES
 
-SMALL_MODELS = [name for name in EXAMPLE_MODELS if name != "chest_xray_classifier"]
+TORCH_MODELS = ("chest_xray_classifier", "ecg_rhythm_classifier")
+SMALL_MODELS = [name for name in EXAMPLE_MODELS if name not in TORCH_MODELS]
 CONFIG_KEYS = {
     "runtime",
     "max_batch_size",
@@ -56,7 +57,7 @@ def test_catalogue_names() -> None:
     expected_identities = {f"identity_{dt.lower()}" for dt in IDENTITY_DATATYPES}
     assert "identity_bytes" in expected_identities and len(expected_identities) == 14
     assert set(EXAMPLE_MODELS) == {
-        "chest_xray_classifier",
+        *TORCH_MODELS,
         "simple",
         "simple_nobatch",
         "fp16_scale",

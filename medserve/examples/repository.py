@@ -6,7 +6,8 @@ reused unless ``force``. Builders in several processes are serialised by a lock 
 (``.medserve-examples.lock``) where the platform has ``fcntl``. Repository loaders should skip the
 hidden (dot-prefixed) entries this leaves behind.
 
-Only ``chest_xray_classifier`` needs torch, and imports it only when it is built.
+Only ``chest_xray_classifier`` and ``ecg_rhythm_classifier`` need torch, and import it only when
+they are built (``ecg_rhythm_classifier`` is trained on synthetic ECG then, in about half a minute).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import yaml
 
 from medserve.examples._spec import ExampleModel
 from medserve.examples.chest_xray import CHEST_XRAY_CLASSIFIER
+from medserve.examples.ecg_rhythm import ECG_RHYTHM_CLASSIFIER
 from medserve.examples.test_models import TEST_MODELS
 
 _log = logging.getLogger(__name__)
@@ -34,10 +36,12 @@ LOCK_FILE = ".medserve-examples.lock"
 _STAGING = ".staging-"
 _RETIRED = ".retired-"
 
-_CATALOGUE: dict[str, ExampleModel] = {model.name: model for model in (CHEST_XRAY_CLASSIFIER, *TEST_MODELS)}
+_CATALOGUE: dict[str, ExampleModel] = {
+    model.name: model for model in (CHEST_XRAY_CLASSIFIER, ECG_RHYTHM_CLASSIFIER, *TEST_MODELS)
+}
 
 EXAMPLE_MODELS: tuple[str, ...] = tuple(_CATALOGUE)
-"""Names of every example model, the clinical demonstration first."""
+"""Names of every example model, the clinical demonstrations first."""
 
 
 def build_example_repository(

@@ -1,0 +1,1 @@
+"""Vital-sign monitoring: NEWS2 scoring, plausibility and freshness checks, alert hysteresis."""
