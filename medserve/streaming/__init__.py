@@ -1,0 +1,1 @@
+"""Stateful streaming sessions: per-patient sequence state for Triton-style sequence requests."""
