@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from medserve.clinical.vitals import ecg_synthetic
+from medserve.examples._export_check import verify_export
 from medserve.examples._spec import OPSET, ExampleModel
 
 if TYPE_CHECKING:
@@ -198,29 +199,10 @@ def held_out_accuracy(path: Path, *, seed: int = HELD_OUT_SEED, per_class: int =
 
 
 def _verify(model: torch.nn.Module, path: Path, seed: int) -> None:
-    """Check the graph and compare onnxruntime with torch on 3 windows (not the export batch of 2)."""
-    import onnx
-    import onnxruntime
-    import torch
-
-    onnx.checker.check_model(str(path))
-    graph = onnx.load(str(path)).graph
-    for value in (*graph.input, *graph.output):
-        first = value.type.tensor_type.shape.dim[0]
-        if first.HasField("dim_value"):
-            raise RuntimeError(f"{path}: '{value.name}' has a fixed batch dim {first.dim_value}")
+    """Compare onnxruntime with torch on 3 windows (not the export batch of 2)."""
     rng = np.random.default_rng(seed + 1)
     windows = np.stack([ecg_synthetic.synthesize(label, rng) for label in LABELS[:3]])[:, None, :]
-    with torch.no_grad():
-        expected = model(torch.from_numpy(windows)).numpy()
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    (actual,) = session.run([OUTPUT_NAME], {INPUT_NAME: windows})
-    if actual.shape != expected.shape or not np.allclose(actual, expected, atol=ATOL, rtol=0):
-        difference = float(np.max(np.abs(actual - expected))) if actual.shape == expected.shape else -1
-        raise RuntimeError(
-            f"{path}: onnxruntime output {actual.shape} differs from torch {expected.shape} "
-            f"(max abs difference {difference}, tolerance {ATOL})"
-        )
+    verify_export(model, path, windows, INPUT_NAME, OUTPUT_NAME, ATOL)
 
 
 def _write(_version: int, path: Path) -> None:
