@@ -49,6 +49,23 @@ def _examples_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _simulate_ward(args: argparse.Namespace) -> int:
+    import json
+
+    from medserve.streaming.simulator import format_report, run_ward
+
+    report = run_ward(
+        args.url,
+        beds=args.beds,
+        minutes=args.minutes,
+        speed=args.speed,
+        seed=args.seed,
+        deteriorating=args.deteriorating,
+    )
+    print(json.dumps(report.to_json(), indent=2) if args.json else format_report(report))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medserve", description="Inference server for clinical AI.")
     parser.add_argument("--version", action="version", version=f"medserve {__version__}")
@@ -77,6 +94,22 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--models", nargs="*", help="only these models (default: all)")
     build.add_argument("--force", action="store_true", help="rebuild models already present")
     build.set_defaults(func=_examples_build)
+
+    simulate = commands.add_parser("simulate", help="simulated clients for load and alert testing")
+    simulate_commands = simulate.add_subparsers(dest="simulate_command", required=True)
+    ward = simulate_commands.add_parser(
+        "ward", help="stream a simulated ward (vitals at 1 Hz, ECG) to patient_monitor over gRPC"
+    )
+    ward.add_argument("--beds", type=int, required=True, help="number of beds (one sequence each)")
+    ward.add_argument("--minutes", type=float, required=True, help="simulated minutes to run")
+    ward.add_argument("--speed", type=float, default=1.0, help="simulated seconds per wall second (1)")
+    ward.add_argument("--url", default="localhost:8001", help="gRPC address (localhost:8001)")
+    ward.add_argument("--seed", type=int, default=0, help="seed of the ward's patients (0)")
+    ward.add_argument(
+        "--deteriorating", type=float, default=0.2, help="fraction of beds that deteriorate (0.2)"
+    )
+    ward.add_argument("--json", action="store_true", help="print the report as JSON")
+    ward.set_defaults(func=_simulate_ward)
     return parser
 
 

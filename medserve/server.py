@@ -19,7 +19,11 @@ from medserve.core.registry import ModelRegistry
 from medserve.core.service import InferenceService
 from medserve.repository.repository import ModelRepository
 from medserve.settings import Settings
+from medserve.streaming.alerts import AlertHub
+from medserve.streaming.monitor import MonitorSettings, PatientMonitor
+from medserve.streaming.pipeline import MonitorPipeline
 from medserve.transport.http import build_app
+from medserve.transport.stream import stream_routes
 
 log = logging.getLogger("medserve")
 
@@ -41,12 +45,39 @@ class MedServer:
         self._http: _HttpServer | None = None
         self._http_task: asyncio.Task[None] | None = None
         self._grpc: object | None = None
+        self.alerts: AlertHub | None = None
+        self.monitor: PatientMonitor | None = None
+        self._expiry: asyncio.Task[None] | None = None
+
+    def _start_monitor(self) -> None:
+        settings = self.settings
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.alerts = AlertHub(settings.data_dir / "alerts.jsonl")
+        self.monitor = PatientMonitor(
+            self.service,
+            self.alerts,
+            MonitorSettings(
+                max_sessions=settings.monitor_max_sessions,
+                idle_timeout_s=settings.monitor_idle_timeout_s,
+                vitals_max_age_s=settings.monitor_vitals_max_age_s,
+                ecg_model=settings.monitor_ecg_model,
+            ),
+        )
+        self.service.add_pipeline(MonitorPipeline(self.monitor))
+        self._expiry = asyncio.create_task(self._expire_streams())
+
+    async def _expire_streams(self) -> None:
+        while True:
+            await asyncio.sleep(min(5.0, self.settings.monitor_idle_timeout_s / 2))
+            if self.monitor is not None and (count := self.monitor.expire()):
+                log.info("closed %d idle patient stream(s)", count)
 
     async def start(self) -> None:
         settings = self.settings
         self.registry.repository.model_names()
         if settings.load_models:
             await self.registry.load_all()
+        self._start_monitor()
         if settings.grpc_port >= 0:
             from medserve.transport.grpc import GrpcServer
 
@@ -55,7 +86,8 @@ class MedServer:
             )
             await grpc_server.start()
             self._grpc = grpc_server
-        app = build_app(self.service, self.metrics, settings.max_request_bytes)
+        routes = stream_routes(self.monitor, self.alerts) if self.monitor and self.alerts else []
+        app = build_app(self.service, self.metrics, settings.max_request_bytes, routes)
         config = uvicorn.Config(
             app,
             host=settings.host,
@@ -88,13 +120,19 @@ class MedServer:
         grace = self.settings.shutdown_timeout_s
         if self._grpc is not None:
             await self._grpc.stop(grace)  # type: ignore[attr-defined]
+        if self.alerts is not None:
+            self.alerts.end_subscriptions()
         if self._http is not None and self._http_task is not None:
             self._http.should_exit = True
             try:
                 await asyncio.wait_for(self._http_task, grace + 5)
             except TimeoutError:
                 self._http_task.cancel()
+        if self._expiry is not None:
+            self._expiry.cancel()
         await self.registry.close()
+        if self.alerts is not None:
+            self.alerts.close()
         log.info("medserve stopped")
 
     async def run(self) -> None:

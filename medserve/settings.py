@@ -65,6 +65,29 @@ class Settings(BaseSettings):
         default="info", description="Logging level of the server."
     )
     load_models: bool = Field(default=True, description="Load every model in the repository at start-up.")
+    data_dir: Path = Field(
+        default=Path("medserve_data"),
+        description="Folder for the server's own durable data (the alert log alerts.jsonl).",
+    )
+    monitor_max_sessions: int = Field(
+        default=1000,
+        ge=1,
+        description="Patient monitor: most open patient streams; further sequence starts are refused.",
+    )
+    monitor_idle_timeout_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="Patient monitor: a stream idle this long is closed; a reconnect within it resumes.",
+    )
+    monitor_vitals_max_age_s: float = Field(
+        default=900.0,
+        gt=0,
+        description="Patient monitor: NEWS2 is not computed from vital signs older than this.",
+    )
+    monitor_ecg_model: str = Field(
+        default="ecg_rhythm_classifier",
+        description="Patient monitor: model classifying 10 s ECG windows (skipped when not loaded).",
+    )
 
     @classmethod
     def settings_customise_sources(

@@ -109,7 +109,7 @@ def start_server(
         ],
         stdout=handle,
         stderr=subprocess.STDOUT,
-        env={**os.environ, **(env or {})},
+        env={**os.environ, "MEDSERVE_DATA_DIR": str(log.parent / "data"), **(env or {})},
     )
     server = RunningServer(process, http_port, grpc_port, repository, log)
     deadline = time.monotonic() + 120

@@ -6,7 +6,7 @@ returns; they map ``MedserveError`` subclasses to their own status codes and hol
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 from medserve import __version__
 from medserve.core.errors import ModelNotFound
@@ -23,10 +23,24 @@ EXTENSIONS = (
 )
 
 
+class Pipeline(Protocol):
+    """A served model made of server-side logic over other models (e.g. the patient monitor)."""
+
+    name: str
+
+    async def infer(self, request: InferenceRequest) -> InferenceResponse: ...
+
+    def metadata(self) -> ModelMetadata: ...
+
+
 class InferenceService:
     def __init__(self, registry: ModelRegistry) -> None:
         self.registry = registry
         self._ready = False
+        self._pipelines: dict[str, Pipeline] = {}
+
+    def add_pipeline(self, pipeline: Pipeline) -> None:
+        self._pipelines[pipeline.name] = pipeline
 
     # -- server -----------------------------------------------------------------------------
     def set_ready(self, ready: bool) -> None:
@@ -43,6 +57,8 @@ class InferenceService:
 
     # -- models -----------------------------------------------------------------------------
     def model_ready(self, name: str, version: str = "") -> bool:
+        if name in self._pipelines and version in ("", "1"):
+            return True
         try:
             return self.registry.get(name, version).ready()
         except ModelNotFound:
@@ -50,6 +66,9 @@ class InferenceService:
             return False
 
     def model_metadata(self, name: str, version: str = "") -> ModelMetadata:
+        pipeline = self._pipelines.get(name)
+        if pipeline is not None and version in ("", "1"):
+            return pipeline.metadata()
         return self.registry.get(name, version).metadata(self.registry.versions(name))
 
     def model_config(self, name: str, version: str = "") -> dict[str, Any]:
@@ -69,6 +88,11 @@ class InferenceService:
         return {"model_stats": [m.stats.to_dict(m.name, m.version) for m in models]}
 
     async def infer(self, request: InferenceRequest) -> InferenceResponse:
+        pipeline = self._pipelines.get(request.model_name)
+        if pipeline is not None:
+            if request.model_version not in ("", "1"):
+                raise ModelNotFound(f"pipeline '{request.model_name}' has only version '1'")
+            return await pipeline.infer(request)
         return await self.registry.get(request.model_name, request.model_version).infer(request)
 
     # -- repository -------------------------------------------------------------------------

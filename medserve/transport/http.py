@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import logging
 import zlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from medserve.core.errors import (
     InferenceFailed,
@@ -38,12 +38,14 @@ from medserve.protocol.rest_codec import (
     encode_infer_response,
     loads,
 )
+from medserve.streaming.alerts import AlertNotFound
 
 log = logging.getLogger(__name__)
 
 #: MedserveError subclass → HTTP status; the first matching class in order wins.
 STATUS_CODES: tuple[tuple[type[MedserveError], int], ...] = (
     (ModelNotFound, 404),
+    (AlertNotFound, 404),
     (PayloadTooLarge, 413),
     (InvalidInput, 400),
     (InvalidConfig, 400),
@@ -140,7 +142,12 @@ def _metadata_json(meta: ModelMetadata) -> dict[str, Any]:
     }
 
 
-def build_app(service: InferenceService, metrics: ServingMetrics, max_request_bytes: int) -> Starlette:
+def build_app(
+    service: InferenceService,
+    metrics: ServingMetrics,
+    max_request_bytes: int,
+    extra_routes: Sequence[BaseRoute] = (),
+) -> Starlette:
     """The Starlette application of the REST door."""
 
     def model_args(request: Request) -> tuple[str, str]:
@@ -227,7 +234,7 @@ def build_app(service: InferenceService, metrics: ServingMetrics, max_request_by
 
     model = "/v2/models/{model}"
     versioned = "/v2/models/{model}/versions/{version}"
-    routes = [
+    routes: list[BaseRoute] = [
         Route("/v2", _guarded(server_metadata), methods=["GET"]),
         Route("/v2/health/live", _guarded(live), methods=["GET"]),
         Route("/v2/health/ready", _guarded(ready), methods=["GET"]),
@@ -252,4 +259,5 @@ def build_app(service: InferenceService, metrics: ServingMetrics, max_request_by
     async def not_allowed(request: Request, exc: Exception) -> Response:
         return _error(f"method {request.method} is not allowed on {request.url.path}", 405)
 
+    routes += list(extra_routes)
     return Starlette(routes=routes, exception_handlers={404: not_found, 405: not_allowed})

@@ -1,0 +1,164 @@
+"""Streaming door: the patient monitor over WebSocket, and its alerts over REST and Server-Sent Events.
+
+=====================================  ========================================================
+route                                  does
+=====================================  ========================================================
+WS   ``/v2/monitor/stream``            one JSON sample per text frame in (``sample_from_json``),
+                                       one JSON reply per sample out (``result_to_json``); a bad
+                                       sample gets ``{"error", "sample_seq"?, "sequence_id"?}``
+                                       and the socket stays open
+GET  ``/v2/alerts``                    kept alerts, newest first; ``sequence_id``,
+                                       ``unacknowledged=true``, ``limit`` (default 100)
+GET  ``/v2/alerts/stream``             ``text/event-stream``: ``event: alert`` per published or
+                                       acknowledged alert; a comment line every ``keepalive_s``
+POST ``/v2/alerts/{id}/acknowledge``   body ``{"by": "nurse-id"}`` (optional); the updated alert
+=====================================  ========================================================
+
+Routes only translate; the monitor and the ``AlertHub`` hold the logic. Errors map through the REST
+door's one status table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
+
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import BaseRoute, Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from medserve.core.errors import InvalidInput, MedserveError
+from medserve.protocol.rest_codec import dumps, loads
+from medserve.streaming.alerts import AlertHub
+from medserve.streaming.messages import MonitorResult, MonitorSample, result_to_json, sample_from_json
+from medserve.transport.http import _guarded, _json
+
+log = logging.getLogger(__name__)
+
+_MAX_ACK_BODY = 64 * 1024
+_TRUE = ("1", "true", "yes")
+_FALSE = ("", "0", "false", "no")
+
+
+class MonitorLike(Protocol):
+    async def handle(self, sample: MonitorSample) -> MonitorResult: ...
+
+
+def _error_frame(message: str, doc: Any) -> dict[str, Any]:
+    frame: dict[str, Any] = {"error": message}
+    if isinstance(doc, dict):
+        seq = doc.get("sample_seq")
+        if isinstance(seq, int) and not isinstance(seq, bool):
+            frame["sample_seq"] = seq
+        sequence_id = doc.get("sequence_id")
+        if isinstance(sequence_id, (int, str)) and not isinstance(sequence_id, bool):
+            frame["sequence_id"] = sequence_id
+    return frame
+
+
+async def _reply_to(monitor: MonitorLike, data: str | bytes | None) -> dict[str, Any]:
+    """The reply frame for one incoming frame: a result, or an error naming the sample if known."""
+    doc: Any = None
+    try:
+        if not isinstance(data, str):
+            raise InvalidInput("send each sample as one JSON text frame")
+        doc = loads(data.encode(), "monitor message")
+        sample = sample_from_json(doc)
+        return result_to_json(await monitor.handle(sample))
+    except MedserveError as exc:
+        return _error_frame(str(exc), doc)
+    except Exception as exc:  # a bug must not end the patient's stream; the client hears of it
+        log.exception("unexpected error handling a monitor sample")
+        return _error_frame(f"internal error: {type(exc).__name__}: {exc}", doc)
+
+
+def _query_flag(request: Request, name: str) -> bool:
+    raw = request.query_params.get(name, "").strip().lower()
+    if raw in _TRUE:
+        return True
+    if raw in _FALSE:
+        return False
+    raise InvalidInput(f"query parameter '{name}' must be true or false, got '{raw}'")
+
+
+def _query_limit(request: Request) -> int:
+    raw = request.query_params.get("limit", "100").strip()
+    if not raw.isdigit():
+        raise InvalidInput(f"query parameter 'limit' must be a non-negative integer, got '{raw}'")
+    return int(raw)
+
+
+def _sse(event: str, data: bytes) -> bytes:
+    return b"event: " + event.encode() + b"\ndata: " + data + b"\n\n"
+
+
+def stream_routes(monitor: MonitorLike, alerts: AlertHub, keepalive_s: float = 15.0) -> list[BaseRoute]:
+    """The streaming door's routes, to mount beside the REST door's."""
+
+    async def monitor_stream(websocket: WebSocket) -> None:
+        await websocket.accept()
+        try:
+            while True:
+                message = await websocket.receive()
+                if message["type"] == "websocket.disconnect":
+                    return
+                data = message.get("text")
+                if data is None:
+                    data = message.get("bytes")
+                await websocket.send_text(dumps(await _reply_to(monitor, data)).decode())
+        except WebSocketDisconnect:
+            return
+
+    async def list_alerts(request: Request) -> Response:
+        sequence_id = request.query_params.get("sequence_id") or None
+        found = alerts.list(
+            sequence_id=sequence_id,
+            unacknowledged_only=_query_flag(request, "unacknowledged"),
+            limit=_query_limit(request),
+        )
+        return _json([alert.to_json() for alert in found])
+
+    async def alert_stream(request: Request) -> Response:
+        subscription = alerts.subscribe()
+
+        async def events() -> AsyncIterator[bytes]:
+            try:
+                yield b": connected\n\n"
+                while True:
+                    try:
+                        alert = await asyncio.wait_for(anext(subscription), keepalive_s)
+                    except TimeoutError:
+                        yield b": keep-alive\n\n"
+                        continue
+                    except StopAsyncIteration:
+                        return
+                    yield _sse("alert", dumps(alert.to_json()))
+            finally:
+                await subscription.aclose()
+
+        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
+
+    async def acknowledge(request: Request) -> Response:
+        body = await request.body()
+        if len(body) > _MAX_ACK_BODY:
+            raise InvalidInput(f"an acknowledgement body must be under {_MAX_ACK_BODY} bytes")
+        doc = loads(body, "acknowledgement") if body.strip() else {}
+        if not isinstance(doc, dict):
+            raise InvalidInput("an acknowledgement body must be a JSON object")
+        by = doc.get("by", "unspecified")
+        if not isinstance(by, str) or not by.strip():
+            raise InvalidInput("'by' must be a non-empty string naming who acknowledges")
+        alert = alerts.acknowledge(request.path_params["alert_id"], by.strip(), time.time())
+        return _json(alert.to_json())
+
+    return [
+        WebSocketRoute("/v2/monitor/stream", monitor_stream),
+        Route("/v2/alerts", _guarded(list_alerts), methods=["GET"]),
+        Route("/v2/alerts/stream", _guarded(alert_stream), methods=["GET"]),
+        Route("/v2/alerts/{alert_id}/acknowledge", _guarded(acknowledge), methods=["POST"]),
+    ]
