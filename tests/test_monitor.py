@@ -122,3 +122,32 @@ async def test_ecg_windows_are_classified_and_af_alerts_once(service: InferenceS
     rhythm_alerts = [a for a in sink.alerts if a.kind == "rhythm"]
     assert len(rhythm_alerts) == 1
     assert rhythm_alerts[0].observation["valueCodeableConcept"]["coding"][0]["code"] == "49436004"
+
+
+async def test_windows_of_many_patients_are_batched_and_equal_unbatched(
+    service: InferenceService, example_repository: Path
+) -> None:
+    import asyncio
+
+    import onnxruntime as ort
+
+    monitor, _ = monitor_for(service)
+    rng = np.random.default_rng(9)
+    beds = 12
+    windows = [ecg_synthetic.synthesize(ecg_synthetic.CLASSES[b % 5], rng) for b in range(beds)]
+    for bed, window in enumerate(windows, start=1):  # 8 s of ECG each: no window yet
+        await monitor.handle(MonitorSample(bed, 0, 0.0, start=True, ecg=window[:2000]))
+    before = service.model_statistics("ecg_rhythm_classifier")["model_stats"][0]
+    results = await asyncio.gather(
+        *(monitor.handle(MonitorSample(bed, 1, 2.0, ecg=w[2000:])) for bed, w in enumerate(windows, start=1))
+    )
+    after = service.model_statistics("ecg_rhythm_classifier")["model_stats"][0]
+    inferences = after["inference_count"] - before["inference_count"]
+    executions = after["execution_count"] - before["execution_count"]
+    assert inferences == beds and executions < beds, (inferences, executions)
+    path = example_repository / "ecg_rhythm_classifier" / "1" / "model.onnx"
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for window, result in zip(windows, results):
+        (expected,) = session.run(None, {"ecg": window.reshape(1, 1, -1)})
+        assert result.rhythm_probabilities is not None
+        np.testing.assert_allclose(result.rhythm_probabilities, expected[0], rtol=1e-4, atol=1e-5)

@@ -19,7 +19,7 @@ class RhythmTracker:
     """Raises a finding once when an abnormal rhythm holds for ``confirm`` consecutive windows, and
     again only after the rhythm has been something else for ``confirm`` windows (hysteresis)."""
 
-    def __init__(self, confirm: int = 2) -> None:
+    def __init__(self, confirm: int = 3) -> None:
         self.confirm = confirm
         self.current: str | None = None  # the finding alerted and still holding
         self._candidate = ""
