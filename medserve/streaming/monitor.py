@@ -49,6 +49,7 @@ class MonitorSettings:
     ecg_model: str = "ecg_rhythm_classifier"
     ecg_window: int = 2500  # 10 s at 250 Hz
     ecg_hop: int = 500  # a window every 2 s of new samples
+    rhythm_min_probability: float = 0.8  # less confident windows never count towards a rhythm alert
     raise_at: int = 5
     clear_below: int = 3
     min_clear_samples: int = 3
@@ -212,7 +213,8 @@ class PatientMonitor:
         result.rhythm = labels[index] if index < len(labels) else str(index)
         result.rhythm_probabilities = probabilities.astype(np.float32)
         tracker = self._rhythms.setdefault(sample.sequence_id, RhythmTracker())
-        finding = tracker.update(result.rhythm)
+        confident = float(probabilities[index]) >= self.settings.rhythm_min_probability
+        finding = tracker.update(result.rhythm if confident else "uncertain")
         if finding is not None:
             alert_id = str(uuid.uuid4())
             result.alerts.append(
