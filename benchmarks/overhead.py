@@ -27,12 +27,11 @@ import tritonclient.http as httpclient
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serving import machine, medserve  # noqa: E402
+from serving import machine, medserve, write_section  # noqa: E402
 
 from medserve.examples.repository import build_example_repository  # noqa: E402
 
 MODEL = "identity_fp32"
-START, END = "<!-- overhead:start -->", "<!-- overhead:end -->"
 
 
 def prepare(root: Path) -> Path:
@@ -113,14 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(body)
     if not args.no_write:
-        section = f"{START}\n## Per-request overhead of the server\n\n{body}\n{END}"
-        text = args.output.read_text(encoding="utf-8")
-        if START in text:
-            head, rest = text.split(START, 1)
-            text = head + section + rest.split(END, 1)[1]
-        else:
-            text = text.rstrip("\n") + "\n\n" + section + "\n"
-        args.output.write_text(text, encoding="utf-8")
+        write_section(args.output, body, "overhead", "Per-request overhead of the server")
     return 0
 
 

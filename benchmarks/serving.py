@@ -44,7 +44,6 @@ SHAPE = (1, 224, 224)
 BATCH_SIZES = (1, 2, 4, 8)
 DOORS = {"grpc": "gRPC", "http": "HTTP"}
 TARGET_RATIO, TARGET_ADDED_MS = 0.9, 2.0
-START, END = "<!-- serving:start -->", "<!-- serving:end -->"
 DEFAULT_REPOSITORY = Path.home() / ".cache" / "medserve" / "bench_repository"
 
 Caller = Callable[[np.ndarray], np.ndarray]
@@ -339,12 +338,16 @@ Machine of the first run: {machine}.
 """
 
 
-def write_section(path: Path, body: str) -> None:
-    section = f"{START}\n## Serving: medserve against raw ONNX Runtime\n\n{body}\n{END}"
+def write_section(
+    path: Path, body: str, key: str = "serving", title: str = "Serving: medserve against raw ONNX Runtime"
+) -> None:
+    """Replace the section between ``<!-- key:start -->`` and ``<!-- key:end -->`` (or append it)."""
+    start, end = f"<!-- {key}:start -->", f"<!-- {key}:end -->"
+    section = f"{start}\n## {title}\n\n{body}\n{end}"
     text = path.read_text(encoding="utf-8") if path.exists() else HEADER.format(machine=machine())
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        text = head + section + rest.split(END, 1)[1]
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        text = head + section + rest.split(end, 1)[1]
     else:
         text = text.rstrip("\n") + "\n\n" + section + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)

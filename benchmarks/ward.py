@@ -20,12 +20,11 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serving import machine, medserve  # noqa: E402
+from serving import machine, medserve, write_section  # noqa: E402
 
 from medserve.examples.repository import build_example_repository  # noqa: E402
 from medserve.streaming.simulator import run_ward  # noqa: E402
 
-START, END = "<!-- ward:start -->", "<!-- ward:end -->"
 LIMIT_MS = 200.0
 
 
@@ -83,14 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(body)
     if not args.no_write:
-        section = f"{START}\n## Patient monitoring: beds per server\n\n{body}\n{END}"
-        text = args.output.read_text(encoding="utf-8")
-        if START in text:
-            head, rest = text.split(START, 1)
-            text = head + section + rest.split(END, 1)[1]
-        else:
-            text = text.rstrip("\n") + "\n\n" + section + "\n"
-        args.output.write_text(text, encoding="utf-8")
+        write_section(args.output, body, "ward", "Patient monitoring: beds per server")
     return 0
 
 
