@@ -62,6 +62,7 @@ class MedServer:
                 vitals_max_age_s=settings.monitor_vitals_max_age_s,
                 ecg_model=settings.monitor_ecg_model,
             ),
+            metrics=self.metrics,
         )
         self.service.add_pipeline(MonitorPipeline(self.monitor))
         self._expiry = asyncio.create_task(self._expire_streams())

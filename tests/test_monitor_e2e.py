@@ -67,6 +67,10 @@ def test_grpc_stream_with_sequence_parameters_and_resume(server: RunningServer) 
         f"http://{server.http_url}/v2/alerts/{alerts[0]['id']}/acknowledge", json={"by": "nurse-1"}
     )
     assert ack.status_code == 200 and ack.json()["acknowledged_by"] == "nurse-1"
+    metrics = httpx.get(f"http://{server.http_url}/metrics").text
+    assert 'medserve_monitor_samples_total{verdict="duplicate"}' in metrics
+    assert 'medserve_monitor_alerts_total{kind="raised"}' in metrics
+    assert "medserve_monitor_open_streams" in metrics
 
 
 def test_grpc_stream_errors_keep_the_stream_open(server: RunningServer) -> None:

@@ -96,6 +96,19 @@ class ServingMetrics:
             "medserve_queue_depth", "Requests waiting in the batcher's queue.", _LABELS, registry=r
         )
 
+        self.monitor_samples = Counter(
+            "medserve_monitor_samples",
+            "Patient monitor samples, by verdict (accepted, duplicate, out_of_order, refused).",
+            ("verdict",),
+            registry=r,
+        )
+        self.monitor_alerts = Counter(
+            "medserve_monitor_alerts", "Patient monitor alerts, by kind.", ("kind",), registry=r
+        )
+        self.monitor_streams = Gauge(
+            "medserve_monitor_open_streams", "Open patient streams (sequences).", registry=r
+        )
+
     def watch_queue(self, model: str, version: str, depth: Callable[[], int]) -> None:
         self.queue_depth.labels(model, version).set_function(lambda: float(depth()))
 

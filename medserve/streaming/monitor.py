@@ -23,7 +23,8 @@ from medserve.clinical.fhir_observation import news2_observation
 from medserve.clinical.vitals.alert_policy import AlertEvent, AlertPolicy
 from medserve.clinical.vitals.news2 import NEWS2Score, VitalSigns, score_news2
 from medserve.clinical.vitals.validation import ImplausibleVitalSign, check_value
-from medserve.core.errors import InvalidInput, ModelNotFound
+from medserve.core.errors import InvalidInput, MedserveError, ModelNotFound
+from medserve.core.metrics import ServingMetrics
 from medserve.core.service import InferenceService
 from medserve.core.types import InferenceRequest, Tensor
 from medserve.streaming.messages import (
@@ -107,6 +108,7 @@ class PatientMonitor:
         settings: MonitorSettings = MonitorSettings(),
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        metrics: ServingMetrics | None = None,
     ) -> None:
         self.service = service
         self.alerts = alerts
@@ -118,6 +120,9 @@ class PatientMonitor:
         self._wall_clock = wall_clock
         self._policies: dict[int | str, AlertPolicy] = {}
         self._rhythms: dict[int | str, RhythmTracker] = {}
+        self._metrics = metrics
+        if metrics is not None:
+            metrics.monitor_streams.set_function(lambda: float(len(self.sessions)))
 
     def _policy(self, sequence_id: int | str) -> AlertPolicy:
         policy = self._policies.get(sequence_id)
@@ -141,6 +146,19 @@ class PatientMonitor:
         return len(expired)
 
     async def handle(self, sample: MonitorSample) -> MonitorResult:
+        try:
+            result = await self._handle(sample)
+        except MedserveError:
+            if self._metrics is not None:
+                self._metrics.monitor_samples.labels("refused").inc()
+            raise
+        if self._metrics is not None:
+            self._metrics.monitor_samples.labels(result.verdict).inc()
+            for alert in result.alerts:
+                self._metrics.monitor_alerts.labels(alert.kind).inc()
+        return result
+
+    async def _handle(self, sample: MonitorSample) -> MonitorResult:
         now = self._clock()
         _check_sample(sample)
         if sample.start:
