@@ -14,6 +14,8 @@ import tritonclient.grpc as grpcclient
 from conftest import RunningServer
 from websockets.sync.client import connect
 
+from medserve.streaming.messages import VITAL_FIELDS
+
 VITALS_STABLE = [16, 97, 0, 125, 72, 0, 36.8]
 VITALS_SICK = [27, 90, 0, 92, 128, 0, 39.2]
 
@@ -98,15 +100,7 @@ def test_websocket_door(server: RunningServer) -> None:
     with connect(f"ws://{server.http_url}/v2/monitor/stream") as socket:
         vitals = dict(
             zip(
-                [
-                    "respiration_rate",
-                    "spo2",
-                    "on_supplemental_oxygen",
-                    "systolic_bp",
-                    "pulse",
-                    "consciousness",
-                    "temperature",
-                ],
+                VITAL_FIELDS,
                 [16, 97, False, 125, 72, "A", 36.8],
             )
         )

@@ -17,15 +17,15 @@ import uvicorn
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
-from medserve.clinical.vitals.news2 import ClinicalRisk, VitalSigns, score_news2
+from medserve.clinical.vitals.news2 import ClinicalRisk, score_news2
 from medserve.core.errors import InvalidInput
 from medserve.streaming.alerts import AlertHub
 from medserve.streaming.messages import (
-    CONSCIOUSNESS_CODES,
     VITAL_FIELDS,
     Alert,
     MonitorResult,
     MonitorSample,
+    vital_signs,
 )
 from medserve.transport.stream import stream_routes
 
@@ -51,18 +51,7 @@ class News2Monitor:
         missing = [name for name in VITAL_FIELDS if name not in sample.vitals]
         if missing:
             raise InvalidInput(f"sample {sample.sample_seq} lacks {', '.join(missing)}")
-        v = sample.vitals
-        score = score_news2(
-            VitalSigns(
-                respiration_rate=v["respiration_rate"],
-                spo2=v["spo2"],
-                on_supplemental_oxygen=bool(v["on_supplemental_oxygen"]),
-                systolic_bp=v["systolic_bp"],
-                pulse=v["pulse"],
-                consciousness=CONSCIOUSNESS_CODES[int(v["consciousness"])],
-                temperature=v["temperature"],
-            )
-        )
+        score = score_news2(vital_signs(sample.vitals))
         raised: list[Alert] = []
         if score.risk is ClinicalRisk.HIGH:
             alert = Alert(

@@ -26,12 +26,13 @@ and ``ALERTS`` (BYTES [n]: each alert as JSON). The WebSocket door carries the s
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from medserve.clinical.vitals.news2 import ACVPU, NEWS2Score
+from medserve.clinical.vitals.news2 import ACVPU, NEWS2Score, VitalSigns
 from medserve.core.errors import InvalidInput
 
 MONITOR_MODEL = "patient_monitor"
@@ -136,6 +137,20 @@ def _number(doc: dict[str, Any], key: str, kind: type) -> Any:
     if kind is int and (not float(value).is_integer()):
         raise InvalidInput(f"'{key}' must be an integer")
     return kind(value)
+
+
+def vital_signs(vitals: Mapping[str, float]) -> VitalSigns:
+    """A ``VitalSigns`` from values by field name in the wire encoding (oxygen 0/1, consciousness
+    as an index into ``CONSCIOUSNESS_CODES``); every field of ``VITAL_FIELDS`` must be present."""
+    return VitalSigns(
+        respiration_rate=vitals["respiration_rate"],
+        spo2=vitals["spo2"],
+        on_supplemental_oxygen=bool(vitals["on_supplemental_oxygen"]),
+        systolic_bp=vitals["systolic_bp"],
+        pulse=vitals["pulse"],
+        consciousness=CONSCIOUSNESS_CODES[int(vitals["consciousness"])],
+        temperature=vitals["temperature"],
+    )
 
 
 def vitals_from_array(values: np.ndarray) -> dict[str, float]:

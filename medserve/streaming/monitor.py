@@ -21,7 +21,7 @@ import numpy as np
 
 from medserve.clinical.fhir_observation import news2_observation
 from medserve.clinical.vitals.alert_policy import AlertEvent, AlertPolicy
-from medserve.clinical.vitals.news2 import NEWS2Score, VitalSigns, score_news2
+from medserve.clinical.vitals.news2 import NEWS2Score, score_news2
 from medserve.clinical.vitals.validation import ImplausibleVitalSign, check_value
 from medserve.core.errors import InvalidInput, MedserveError, ModelNotFound
 from medserve.core.metrics import ServingMetrics
@@ -33,6 +33,7 @@ from medserve.streaming.messages import (
     Alert,
     MonitorResult,
     MonitorSample,
+    vital_signs,
 )
 from medserve.streaming.rhythm import RhythmTracker, rhythm_observation
 from medserve.streaming.sessions import SampleVerdict, SequenceState, SessionManager
@@ -65,19 +66,6 @@ def patient_reference(sequence_id: int | str) -> str:
     if not _REFERENCE.match(text):
         text = hashlib.sha256(text.encode()).hexdigest()[:32]
     return f"Patient/{text}"
-
-
-def _vital_signs(values: dict[str, tuple[float, float]]) -> VitalSigns:
-    v = {name: values[name][0] for name in VITAL_FIELDS}
-    return VitalSigns(
-        respiration_rate=v["respiration_rate"],
-        spo2=v["spo2"],
-        on_supplemental_oxygen=bool(v["on_supplemental_oxygen"]),
-        systolic_bp=v["systolic_bp"],
-        pulse=v["pulse"],
-        consciousness=CONSCIOUSNESS_CODES[int(v["consciousness"])],
-        temperature=v["temperature"],
-    )
 
 
 def _check_sample(sample: MonitorSample) -> None:
@@ -188,7 +176,7 @@ class PatientMonitor:
         if missing:
             result.news2_missing = missing
             return
-        score = score_news2(_vital_signs(state.vitals), sample.spo2_scale)  # type: ignore[arg-type]
+        score = score_news2(vital_signs({k: v for k, (v, _t) in state.vitals.items()}), sample.spo2_scale)  # type: ignore[arg-type]
         result.news2 = score
         event = self._policy(sample.sequence_id).update(score, sample.timestamp)
         if event is not None:

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from medserve.clinical.vitals.ecg_synthetic import SAMPLE_RATE, synthesize
-from medserve.clinical.vitals.news2 import NEWS2Score, VitalSigns, score_news2
-from medserve.streaming.messages import CONSCIOUSNESS_CODES, VITAL_FIELDS
+from medserve.clinical.vitals.news2 import NEWS2Score, score_news2
+from medserve.streaming.messages import VITAL_FIELDS, vital_signs
 
 DETERIORATION_KINDS = ("sepsis", "atrial_fibrillation", "tachycardia")
 """The kinds of deterioration a bed may follow."""
@@ -149,19 +149,6 @@ class PatientTrajectory:
 
     def ecg_stream(self) -> EcgStream:
         return EcgStream(self)
-
-
-def vital_signs(vitals: dict[str, float]) -> VitalSigns:
-    """A ``VitalSigns`` from ``vitals_at``'s dictionary."""
-    return VitalSigns(
-        respiration_rate=vitals["respiration_rate"],
-        spo2=vitals["spo2"],
-        on_supplemental_oxygen=bool(vitals["on_supplemental_oxygen"]),
-        systolic_bp=vitals["systolic_bp"],
-        pulse=vitals["pulse"],
-        consciousness=CONSCIOUSNESS_CODES[int(vitals["consciousness"])],
-        temperature=vitals["temperature"],
-    )
 
 
 class EcgStream:
