@@ -20,6 +20,7 @@ import shlex
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -128,13 +129,23 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+#: Serving benchmarks measure the dataplane: no credentials needed (benchmarks/trust.py measures
+#: authentication and audit on their own).
+OPEN = {"MEDSERVE_AUTH_DISABLED": "true"}
+
+
 @contextmanager
-def medserve(repository: Path) -> Iterator[tuple[int, int, int]]:
-    """Run ``medserve serve`` in a subprocess; yields (pid, http port, grpc port) once ready."""
+def medserve(repository: Path, env: dict[str, str] | None = None) -> Iterator[tuple[int, int, int]]:
+    """Run ``medserve serve`` in a subprocess; yields (pid, http port, grpc port) once ready.
+
+    The server keeps its data (store, audit journal) in a temporary folder; ``env`` adds settings.
+    """
     http, grpc = free_port(), free_port()
     flags = {"--repository": repository, "--http-port": http, "--grpc-port": grpc, "--log-level": "warning"}
     command = [sys.executable, "-m", "medserve", "serve", *(str(v) for kv in flags.items() for v in kv)]
-    process = subprocess.Popen(command)
+    data = tempfile.mkdtemp(prefix="medserve-bench-")
+    settings = {"MEDSERVE_DATA_DIR": data, **OPEN, **(env or {})}
+    process = subprocess.Popen(command, env={**os.environ, **settings})
     try:
         deadline = time.monotonic() + 120
         while not ready(http):

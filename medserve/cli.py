@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from medserve import __version__
-from medserve.core.errors import MedserveError
+from medserve.core.errors import InvalidInput, MedserveError
+from medserve.trust_cli import add_commands as add_trust_commands
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -30,6 +32,8 @@ def _serve(args: argparse.Namespace) -> int:
 def _models(args: argparse.Namespace) -> int:
     from medserve.repository.inspect import inspect_repository
 
+    if args.repository is None:
+        raise InvalidInput("medserve models: --repository DIR is required")
     rows = inspect_repository(args.repository, load=not args.no_load)
     widths = [
         max(len(str(r[i])) for r in rows + [("MODEL", "VERSION", "STATE", "SHA256", "")]) for i in range(4)
@@ -61,6 +65,7 @@ def _simulate_ward(args: argparse.Namespace) -> int:
         speed=args.speed,
         seed=args.seed,
         deteriorating=args.deteriorating,
+        token=args.token or os.environ.get("MEDSERVE_TOKEN", ""),
     )
     print(json.dumps(report.to_json(), indent=2) if args.json else format_report(report))
     return 0
@@ -80,12 +85,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     serve.set_defaults(func=_serve)
 
-    models = commands.add_parser("models", help="list models, versions, states and artifact digests")
-    models.add_argument("--repository", type=Path, required=True)
+    models = commands.add_parser(
+        "models", help="list models, versions, states and artifact digests; sign; roll back"
+    )
+    models.add_argument("--repository", type=Path)
     models.add_argument(
         "--no-load", action="store_true", help="only validate configs, do not load the engines"
     )
     models.set_defaults(func=_models)
+    add_trust_commands(commands, models)
 
     examples = commands.add_parser("examples", help="example models and data")
     example_commands = examples.add_subparsers(dest="examples_command", required=True)
@@ -109,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--deteriorating", type=float, default=0.2, help="fraction of beds that deteriorate (0.2)"
     )
     ward.add_argument("--json", action="store_true", help="print the report as JSON")
+    ward.add_argument("--token", help="API token with a grant for patient_monitor (default: $MEDSERVE_TOKEN)")
     ward.set_defaults(func=_simulate_ward)
     return parser
 

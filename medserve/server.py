@@ -8,22 +8,36 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import signal
 from collections.abc import Generator
 
 import uvicorn
 
+from medserve.audit.record import AuditEvent
+from medserve.core.errors import InvalidConfig
 from medserve.core.metrics import ServingMetrics
 from medserve.core.registry import ModelRegistry
 from medserve.core.service import InferenceService
+from medserve.monitoring.drift import ModelMonitor
 from medserve.repository.repository import ModelRepository
+from medserve.security.access import Caller
+from medserve.security.tls import (
+    TlsConfig,
+    TlsHttpToolsProtocol,
+    TlsWebSocketsProtocol,
+    grpc_requests_client_certificates,
+    grpc_server_credentials,
+    uvicorn_options,
+)
 from medserve.settings import Settings
 from medserve.streaming.alerts import AlertHub
 from medserve.streaming.monitor import MonitorSettings, PatientMonitor
 from medserve.streaming.pipeline import MonitorPipeline
 from medserve.transport.http import build_app
 from medserve.transport.stream import stream_routes
+from medserve.trust import Trust, build_trust
 
 log = logging.getLogger("medserve")
 
@@ -36,12 +50,46 @@ class _HttpServer(uvicorn.Server):
         yield
 
 
+def _settings_summary(settings: Settings) -> str:
+    """What the server started with, for the audit trail (the database URL's password hidden)."""
+    shown = settings.model_dump(mode="json")
+    if settings.database_url:
+        from sqlalchemy.engine import make_url
+
+        shown["database_url"] = make_url(settings.database_url).render_as_string(hide_password=True)
+    return json.dumps(shown, sort_keys=True)[:2000]
+
+
+def tls_config(settings: Settings) -> TlsConfig | None:
+    if settings.tls_certfile is None and settings.tls_keyfile is None:
+        if settings.tls_client_auth != "none":
+            raise InvalidConfig("tls_client_auth needs TLS: set tls_certfile and tls_keyfile")
+        return None
+    if settings.tls_certfile is None or settings.tls_keyfile is None:
+        raise InvalidConfig("TLS needs both tls_certfile and tls_keyfile")
+    return TlsConfig(
+        settings.tls_certfile, settings.tls_keyfile, settings.tls_client_ca, settings.tls_client_auth
+    )
+
+
 class MedServer:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.metrics = ServingMetrics()
-        self.registry = ModelRegistry(ModelRepository(settings.repository), self.metrics)
-        self.service = InferenceService(self.registry)
+        self.trust: Trust = build_trust(settings)
+        trust = self.trust
+        self.registry = ModelRegistry(ModelRepository(settings.repository), self.metrics, trust.lineage)
+        self.model_monitor = ModelMonitor(window_s=settings.monitoring_window_s)
+        self.service = InferenceService(
+            self.registry,
+            trust.authenticator,
+            audit=None if settings.audit_disabled else trust.audit,
+            pseudonyms=trust.pseudonyms,
+            observer=self.model_monitor,
+        )
+        self.metrics.watch_trust(trust.audit, self.model_monitor)
+        if settings.audit_disabled:
+            log.warning("AUDIT IS DISABLED (audit_disabled=true): no inference is recorded. Benchmarks only.")
         self._http: _HttpServer | None = None
         self._http_task: asyncio.Task[None] | None = None
         self._grpc: object | None = None
@@ -75,26 +123,42 @@ class MedServer:
 
     async def start(self) -> None:
         settings = self.settings
+        tls = tls_config(settings)
+        if tls and tls.client_auth == "optional" and not grpc_requests_client_certificates(tls):
+            log.warning("gRPC cannot ask for client certificates optionally: gRPC clients use tokens")
         self.registry.repository.model_names()
+        await self.service.record(
+            AuditEvent(
+                event="server.start", principal="medserve", door="system", detail=_settings_summary(settings)
+            )
+        )
         if settings.load_models:
-            await self.registry.load_all()
+            await self.service.load_all(Caller.system())
         self._start_monitor()
         if settings.grpc_port >= 0:
             from medserve.transport.grpc import GrpcServer
 
             grpc_server = GrpcServer(
-                self.service, settings.host, settings.grpc_port, settings.max_request_bytes
+                self.service,
+                settings.host,
+                settings.grpc_port,
+                settings.max_request_bytes,
+                credentials=grpc_server_credentials(tls) if tls else None,
             )
             await grpc_server.start()
             self._grpc = grpc_server
-        routes = stream_routes(self.monitor, self.alerts) if self.monitor and self.alerts else []
+        routes = (
+            stream_routes(self.service, self.monitor, self.alerts) if self.monitor and self.alerts else []
+        )
         app = build_app(self.service, self.metrics, settings.max_request_bytes, routes)
         config = uvicorn.Config(
             app,
             host=settings.host,
             port=settings.http_port,
             loop="none",
-            http="httptools",
+            http=TlsHttpToolsProtocol if tls else "httptools",
+            ws=TlsWebSocketsProtocol if tls else "auto",
+            **(uvicorn_options(tls) if tls else {}),
             lifespan="off",
             access_log=False,
             log_level=settings.log_level,
@@ -134,6 +198,8 @@ class MedServer:
         await self.registry.close()
         if self.alerts is not None:
             self.alerts.close()
+        await self.service.record(AuditEvent(event="server.stop", principal="medserve", door="system"))
+        await asyncio.to_thread(self.trust.close)
         log.info("medserve stopped")
 
     async def run(self) -> None:
@@ -142,8 +208,8 @@ class MedServer:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await self.start()
         try:
+            await self.start()
             await stop.wait()
         finally:
             await self.stop()

@@ -67,7 +67,55 @@ class Settings(BaseSettings):
     load_models: bool = Field(default=True, description="Load every model in the repository at start-up.")
     data_dir: Path = Field(
         default=Path("medserve_data"),
-        description="Folder for the server's own durable data (the alert log alerts.jsonl).",
+        description="Folder for the server's own durable data: the SQLite database medserve.db (unless "
+        "database_url is set), the audit journal audit/, the pseudonym key pseudonym.key (keep it secret "
+        "and backed up) and the alert log alerts.jsonl.",
+    )
+    database_url: str = Field(
+        default="",
+        description="SQLAlchemy URL of the store (audit trail, tokens, lineage), e.g. "
+        "postgresql+psycopg://user:password@host/db; empty: SQLite in data_dir.",
+    )
+    auth_disabled: bool = Field(
+        default=False,
+        description="DEVELOPMENT ONLY: serve everyone without credentials (logged loudly at start-up). "
+        "Health endpoints are always open.",
+    )
+    audit_disabled: bool = Field(
+        default=False,
+        description="DEVELOPMENT/BENCHMARK ONLY: write no audit records (logged loudly at start-up).",
+    )
+    audit_fsync: bool = Field(
+        default=True,
+        description="fsync the audit journal before answering (survives power loss); false: a process "
+        "crash loses nothing, a power cut may lose the last records.",
+    )
+    tls_certfile: Path | None = Field(
+        default=None, description="PEM certificate (chain) of the server; with tls_keyfile turns on TLS."
+    )
+    tls_keyfile: Path | None = Field(default=None, description="PEM private key of tls_certfile.")
+    tls_client_ca: Path | None = Field(
+        default=None, description="PEM CA bundle that client certificates (mTLS) must chain to."
+    )
+    tls_client_auth: Literal["none", "optional", "required"] = Field(
+        default="none",
+        description="Client certificates: none, optional (a registered certificate authenticates like a "
+        "token) or required (the TLS handshake fails without one).",
+    )
+    trusted_signing_keys: list[Path] = Field(
+        default_factory=list,
+        description="ed25519 public keys (PEM) whose signatures over model artifact digests are trusted.",
+    )
+    require_signatures: bool = Field(
+        default=False,
+        description="Refuse to load a model version whose artifact has no valid signature "
+        "(<artifact>.sig) by a trusted key.",
+    )
+    monitoring_window_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="Model monitoring: length of the time windows over which output distributions and "
+        "input statistics are kept and compared with the reference window.",
     )
     monitor_max_sessions: int = Field(
         default=1000,

@@ -7,4 +7,9 @@ python3 -m venv .venv
 .venv/bin/pip install --quiet --upgrade pip
 .venv/bin/pip install --quiet -e ".[examples]"
 .venv/bin/medserve examples build model_repository
+# Every door needs a token (health endpoints excepted): on first start, make an admin token.
+if [ "${MEDSERVE_AUTH_DISABLED:-false}" != "true" ] && [ -z "$(.venv/bin/medserve tokens list)" ]; then
+  echo "No API tokens yet; an admin token for this server (shown once, keep it safe):"
+  .venv/bin/medserve tokens create --role admin --name bootstrap-admin
+fi
 exec .venv/bin/medserve serve --repository model_repository "$@"

@@ -89,8 +89,9 @@ class RunningServer:
 
 
 def start_server(
-    repository: Path, log: Path, *extra: str, env: dict[str, str] | None = None
+    repository: Path, log: Path, *extra: str, env: dict[str, str] | None = None, ca: Path | None = None
 ) -> RunningServer:
+    """Start ``medserve serve`` and wait until it is ready (over TLS, trusting ``ca``, when given)."""
     http_port, grpc_port = free_port(), free_port()
     handle = log.open("wb")
     process = subprocess.Popen(
@@ -109,7 +110,14 @@ def start_server(
         ],
         stdout=handle,
         stderr=subprocess.STDOUT,
-        env={**os.environ, "MEDSERVE_DATA_DIR": str(log.parent / "data"), **(env or {})},
+        # Protocol tests run with authentication off (the development flag); tests/test_access.py and
+        # the trust tests start servers with it on.
+        env={
+            **os.environ,
+            "MEDSERVE_DATA_DIR": str(log.parent / "data"),
+            "MEDSERVE_AUTH_DISABLED": "true",
+            **(env or {}),
+        },
     )
     server = RunningServer(process, http_port, grpc_port, repository, log)
     deadline = time.monotonic() + 120
@@ -117,7 +125,9 @@ def start_server(
         if process.poll() is not None:
             raise RuntimeError(f"medserve exited with {process.returncode}:\n{server.output()}")
         try:
-            if httpx.get(f"http://{server.http_url}/v2/health/ready", timeout=1).status_code == 200:
+            scheme, verify = ("https", str(ca)) if ca else ("http", True)
+            ready = f"{scheme}://{server.http_url}/v2/health/ready"
+            if httpx.get(ready, timeout=1, verify=verify).status_code == 200:
                 return server
         except httpx.HTTPError:
             pass

@@ -14,6 +14,8 @@ from medserve.core.errors import InvalidInput, Overloaded
 from medserve.core.metrics import ServingMetrics
 from medserve.core.registry import ModelRegistry
 from medserve.core.service import InferenceService
+from medserve.security.access import Caller
+from medserve.security.authenticate import Authenticator
 from medserve.repository.repository import ModelRepository
 from medserve.streaming.messages import Alert, MonitorSample
 from medserve.streaming.monitor import MonitorSettings, PatientMonitor
@@ -42,7 +44,7 @@ class Collected:
 async def service(example_repository: Path) -> AsyncIterator[InferenceService]:
     registry = ModelRegistry(ModelRepository(example_repository), ServingMetrics())
     await registry.load("ecg_rhythm_classifier")
-    yield InferenceService(registry)
+    yield InferenceService(registry, Authenticator(None, None, disabled=True))
     await registry.close()
 
 
@@ -137,11 +139,11 @@ async def test_windows_of_many_patients_are_batched_and_equal_unbatched(
     windows = [ecg_synthetic.synthesize(ecg_synthetic.CLASSES[b % 5], rng) for b in range(beds)]
     for bed, window in enumerate(windows, start=1):  # 8 s of ECG each: no window yet
         await monitor.handle(MonitorSample(bed, 0, 0.0, start=True, ecg=window[:2000]))
-    before = service.model_statistics("ecg_rhythm_classifier")["model_stats"][0]
+    before = service.model_statistics("ecg_rhythm_classifier", "", Caller.system())["model_stats"][0]
     results = await asyncio.gather(
         *(monitor.handle(MonitorSample(bed, 1, 2.0, ecg=w[2000:])) for bed, w in enumerate(windows, start=1))
     )
-    after = service.model_statistics("ecg_rhythm_classifier")["model_stats"][0]
+    after = service.model_statistics("ecg_rhythm_classifier", "", Caller.system())["model_stats"][0]
     inferences = after["inference_count"] - before["inference_count"]
     executions = after["execution_count"] - before["execution_count"]
     assert inferences == beds and executions < beds, (inferences, executions)

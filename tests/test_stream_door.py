@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+from pathlib import Path
 from collections.abc import AsyncIterator, Iterator
 
 import httpx
@@ -27,6 +28,12 @@ from medserve.streaming.messages import (
     MonitorSample,
     vital_signs,
 )
+from medserve.core.metrics import ServingMetrics
+from medserve.core.registry import ModelRegistry
+from medserve.core.service import InferenceService
+from medserve.repository.repository import ModelRepository
+from medserve.security.access import Caller
+from medserve.security.authenticate import Authenticator
 from medserve.transport.stream import stream_routes
 
 NORMAL = {
@@ -47,7 +54,7 @@ class News2Monitor:
     def __init__(self, alerts: AlertHub) -> None:
         self.alerts = alerts
 
-    async def handle(self, sample: MonitorSample) -> MonitorResult:
+    async def handle(self, sample: MonitorSample, caller: Caller | None = None) -> MonitorResult:
         missing = [name for name in VITAL_FIELDS if name not in sample.vitals]
         if missing:
             raise InvalidInput(f"sample {sample.sample_seq} lacks {', '.join(missing)}")
@@ -76,7 +83,9 @@ def message(seq: int, vitals: dict[str, object], sequence_id: str = "bed-1") -> 
 
 
 def build_app(hub: AlertHub, keepalive_s: float = 15.0) -> Starlette:
-    return Starlette(routes=stream_routes(News2Monitor(hub), hub, keepalive_s=keepalive_s))
+    registry = ModelRegistry(ModelRepository(Path(".")), ServingMetrics())
+    service = InferenceService(registry, Authenticator(None, None, disabled=True))
+    return Starlette(routes=stream_routes(service, News2Monitor(hub), hub, keepalive_s=keepalive_s))
 
 
 @pytest.fixture

@@ -39,3 +39,15 @@ class Unsupported(MedserveError):
 
 class Overloaded(MedserveError):
     """The server is shutting down or its queues are full."""
+
+
+class Unauthenticated(MedserveError):
+    """No valid credentials: the token is missing, unknown, expired or revoked."""
+
+
+class PermissionDenied(MedserveError):
+    """Valid credentials whose role or model grants do not allow the action."""
+
+
+class StoreUnavailable(MedserveError):
+    """The database cannot be reached now."""

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Metric, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 # Latency buckets from 100 µs to 60 s: clinical models range from tiny tabular ones to 3D volumes.
 _SECONDS_BUCKETS = (
@@ -35,6 +38,39 @@ _LABELS = ("model", "version")
 def failure_reason(exc: BaseException) -> str:
     """``InvalidInput`` → ``invalid_input``: the reason label of a failed request."""
     return re.sub(r"(?<!^)(?=[A-Z])", "_", type(exc).__name__).lower()
+
+
+class AuditGauges(Protocol):
+    @property
+    def backlog(self) -> int: ...
+
+    @property
+    def database_healthy(self) -> bool: ...
+
+    @property
+    def written_total(self) -> int: ...
+
+
+class DriftScores(Protocol):
+    def scores(self) -> Iterable[tuple[str, str, str, str, float]]: ...
+
+
+class _DriftCollector(Collector):
+    """``medserve_model_drift_score{model,version,tensor,kind}`` from the model monitor."""
+
+    def __init__(self, drift: DriftScores) -> None:
+        self._drift = drift
+
+    def collect(self) -> Iterable[Metric]:
+        family = GaugeMetricFamily(
+            "medserve_model_drift_score",
+            "Drift of the current window against the reference window: PSI for output distributions "
+            "(kind=psi; > 0.25 significant), standardised mean shift for inputs (kind=mean_shift).",
+            labels=["model", "version", "tensor", "kind"],
+        )
+        for model, version, tensor, kind, value in self._drift.scores():
+            family.add_metric([model, version, tensor, kind], value)
+        yield family
 
 
 class ServingMetrics:
@@ -108,6 +144,20 @@ class ServingMetrics:
         self.monitor_streams = Gauge(
             "medserve_monitor_open_streams", "Open patient streams (sequences).", registry=r
         )
+
+    def watch_trust(self, audit: AuditGauges, drift: DriftScores) -> None:
+        """Audit trail health and model drift scores, read when metrics are scraped."""
+        r = self.registry
+        Gauge(
+            "medserve_audit_backlog", "Audit records journaled but not yet in the database.", registry=r
+        ).set_function(lambda: float(audit.backlog))
+        Gauge(
+            "medserve_audit_database_up", "1 while the audit database accepts records, else 0.", registry=r
+        ).set_function(lambda: 1.0 if audit.database_healthy else 0.0)
+        Gauge(
+            "medserve_audit_records_written", "Audit records written to the journal since start.", registry=r
+        ).set_function(lambda: float(audit.written_total))
+        r.register(_DriftCollector(drift))
 
     def watch_queue(self, model: str, version: str, depth: Callable[[], int]) -> None:
         self.queue_depth.labels(model, version).set_function(lambda: float(depth()))

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -103,13 +104,21 @@ class LoadedVersion:
     instances: list[Runtime]
     inputs: list[TensorConfig]
     outputs: list[TensorConfig]
+    lineage: dict[str, Any] = field(default_factory=dict)
 
 
-def load_version(name: str, version: int, config: ModelConfig, artifact: Path) -> LoadedVersion:
-    """Blocking: digest the artifact, create and warm up ``instance_count`` engine instances."""
+#: Checks an artifact before it is loaded (lineage, signature); returns what model metadata shows.
+ArtifactCheck = Callable[[str, int, Path, str], dict[str, Any]]
+
+
+def load_version(
+    name: str, version: int, config: ModelConfig, artifact: Path, check: ArtifactCheck | None = None
+) -> LoadedVersion:
+    """Blocking: digest and check the artifact, create and warm up ``instance_count`` engine instances."""
     if not artifact.is_file():
         raise ModelLoadError(f"{name} version {version}: artifact {artifact} does not exist")
     digest = sha256_file(artifact)
+    lineage = check(name, version, artifact, digest) if check is not None else {}
     cls = runtime_class(config.runtime)
     instances: list[Runtime] = []
     try:
@@ -126,7 +135,7 @@ def load_version(name: str, version: int, config: ModelConfig, artifact: Path) -
         for instance in instances:
             instance.unload()
         raise
-    return LoadedVersion(name, version, config, artifact, digest, instances, inputs, outputs)
+    return LoadedVersion(name, version, config, artifact, digest, instances, inputs, outputs, lineage)
 
 
 class ServedModel:
@@ -140,6 +149,7 @@ class ServedModel:
         self.stats = VersionStatistics()
         self._metrics = metrics
         self._labels = (self.name, self.version)
+        self.device = loaded.instances[0].device()
         batching = self.config.dynamic_batching
         self.pool = InstancePool(loaded.instances, f"{self.name}-{self.version}")
         self.batcher = DynamicBatcher(
@@ -212,8 +222,11 @@ class ServedModel:
             "sha256": self.loaded.sha256,
             "runtime": self.config.runtime,
             **first.describe(),
+            "device": self.device,
             **self.config.metadata,
         }
+        if self.loaded.lineage:
+            parameters["lineage"] = self.loaded.lineage
         return ModelMetadata(
             self.name,
             versions,

@@ -9,12 +9,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
 
 from medserve.core.errors import MedserveError, ModelLoadError, ModelNotFound
 from medserve.core.metrics import ServingMetrics
 from medserve.core.model import LoadedVersion, ServedModel, load_version
 from medserve.core.types import RepositoryEntry
-from medserve.repository.repository import ModelRepository
+from medserve.repository.repository import ModelRepository, VersionArtifact
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +41,44 @@ class _Attempt:
     failures: dict[int, str]
 
 
+class LineageBook(Protocol):
+    """What the registry needs of ``medserve.repository.lineage.Lineage``."""
+
+    def check(self, model: str, version: int, artifact: Path, digest: str) -> Any: ...
+
+    def pinned(self, model: str) -> int | None: ...
+
+    def pin(self, model: str, version: int, by: str) -> None: ...
+
+    def unpin(self, model: str) -> bool: ...
+
+    def rollback_target(self, model: str, current: int, available: list[int]) -> int: ...
+
+
 class ModelRegistry:
-    def __init__(self, repository: ModelRepository, metrics: ServingMetrics) -> None:
+    def __init__(
+        self, repository: ModelRepository, metrics: ServingMetrics, lineage: LineageBook | None = None
+    ) -> None:
         self.repository = repository
         self.metrics = metrics
+        self.lineage = lineage
         self._entries: dict[str, _Entry] = {}
+
+    def _check(self, name: str, version: int, artifact: Path, digest: str) -> dict[str, Any]:
+        if self.lineage is None:
+            return {}
+        params: dict[str, Any] = self.lineage.check(name, version, artifact, digest).to_parameters()
+        return params
+
+    def _selected(self, name: str) -> list[VersionArtifact]:
+        """The versions to serve: the pinned one after a rollback, else what the version policy selects."""
+        config = self.repository.config(name)
+        pinned = self.lineage.pinned(name) if self.lineage is not None else None
+        if pinned is None:
+            return self.repository.artifacts(name, config)
+        if pinned not in self.repository.versions_on_disk(name):
+            raise ModelLoadError(f"model '{name}' is pinned to version {pinned}, which is not on disk")
+        return [VersionArtifact(pinned, self.repository.model_dir(name) / str(pinned) / config.artifact)]
 
     def _entry(self, name: str) -> _Entry:
         return self._entries.setdefault(name, _Entry())
@@ -51,7 +86,7 @@ class ModelRegistry:
     def _read(self, name: str) -> _Attempt:
         """Blocking: validate the config and load every version its policy selects."""
         config = self.repository.config(name)
-        artifacts = self.repository.artifacts(name, config)
+        artifacts = self._selected(name)
         if not artifacts:
             raise ModelLoadError(
                 f"model '{name}' has no version folder selected by its version policy "
@@ -60,7 +95,9 @@ class ModelRegistry:
         attempt = _Attempt([], {})
         for artifact in artifacts:
             try:
-                attempt.loaded.append(load_version(name, artifact.version, config, artifact.path))
+                attempt.loaded.append(
+                    load_version(name, artifact.version, config, artifact.path, self._check)
+                )
             except MedserveError as exc:
                 attempt.failures[artifact.version] = str(exc)
         return attempt

@@ -1,17 +1,35 @@
-"""InferenceService: the one dataplane every door (HTTP, gRPC, ...) calls.
+"""InferenceService: the one dataplane every door (HTTP, gRPC, WebSocket, DICOM, ...) calls.
 
-Doors decode their wire format into ``core.types`` values, call this service, and encode what it
+Doors decode their wire format into ``core.types`` values, turn the credentials they received into a
+``Caller`` with :meth:`InferenceService.authenticate`, call this service with it, and encode what it
 returns; they map ``MedserveError`` subclasses to their own status codes and hold no other logic.
+
+Here, once for every door: each call is authorised against the caller's role and model grants, and
+every inference, model load/unload/rollback and authentication failure gets an audit record that is
+durably queued before the call returns.
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, TypeVar
+
+import numpy as np
 
 from medserve import __version__
-from medserve.core.errors import ModelNotFound
+from medserve.audit.record import AuditEvent
+from medserve.core.digest import tensors_digest
+from medserve.core.errors import InvalidInput, MedserveError, ModelNotFound, Unauthenticated, Unsupported
 from medserve.core.registry import ModelRegistry
 from medserve.core.types import InferenceRequest, InferenceResponse, ModelMetadata, RepositoryEntry
+from medserve.security.access import Action, Caller, Principal
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 #: Open Inference Protocol / Triton extensions this server implements.
 EXTENSIONS = (
@@ -22,25 +40,169 @@ EXTENSIONS = (
     "model_configuration",
 )
 
+#: Request parameters that name a patient or a study; audit records keep only their pseudonyms.
+PATIENT_PARAMETERS = ("patient_id", "sequence_id")
+STUDY_PARAMETERS = ("study_instance_uid", "study_uid", "accession_number")
+
 
 class Pipeline(Protocol):
     """A served model made of server-side logic over other models (e.g. the patient monitor)."""
 
     name: str
 
-    async def infer(self, request: InferenceRequest) -> InferenceResponse: ...
+    async def infer(self, request: InferenceRequest, caller: Caller) -> InferenceResponse: ...
 
     def metadata(self) -> ModelMetadata: ...
 
 
+class AuditSink(Protocol):
+    async def record(self, event: AuditEvent) -> None: ...
+
+
+class Authenticator(Protocol):
+    def authenticate(
+        self, authorization: str | None, client_cert_cn: str | None = None, *, door: str, peer: str = ""
+    ) -> Principal: ...
+
+
+class Pseudonyms(Protocol):
+    def ref(self, kind: str, value: str) -> str: ...
+
+
+class OutputObserver(Protocol):
+    def observe(
+        self,
+        model: str,
+        version: str,
+        inputs: dict[str, np.ndarray],
+        outputs: dict[str, np.ndarray],
+        now: float | None = None,
+    ) -> None: ...
+
+    def snapshot(self, model: str) -> dict[str, Any]: ...
+
+
+def _first(parameters: dict[str, Any], names: tuple[str, ...]) -> object:
+    return next((parameters[k] for k in names if parameters.get(k) not in (None, "")), "")
+
+
+def _status(exc: BaseException) -> str:
+    return type(exc).__name__ if isinstance(exc, MedserveError) else "internal_error"
+
+
 class InferenceService:
-    def __init__(self, registry: ModelRegistry) -> None:
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        authenticator: Authenticator,
+        *,
+        audit: AuditSink | None = None,
+        pseudonyms: Pseudonyms | None = None,
+        observer: OutputObserver | None = None,
+    ) -> None:
         self.registry = registry
+        self.audit = audit
+        self._authenticator = authenticator
+        self._pseudonyms = pseudonyms
+        self._observer = observer
         self._ready = False
         self._pipelines: dict[str, Pipeline] = {}
 
     def add_pipeline(self, pipeline: Pipeline) -> None:
         self._pipelines[pipeline.name] = pipeline
+
+    # -- identity and audit -----------------------------------------------------------------
+    async def authenticate(
+        self,
+        authorization: str | None,
+        client_cert_cn: str | None = None,
+        *,
+        door: str,
+        peer: str = "",
+        request_id: str = "",
+    ) -> Caller:
+        """The caller behind a door's credentials; a failure is audited, then raised."""
+        try:
+            principal = self._authenticator.authenticate(authorization, client_cert_cn, door=door, peer=peer)
+        except Unauthenticated as exc:
+            await self.record(
+                AuditEvent(
+                    event="auth.failure",
+                    door=door,
+                    request_id=request_id,
+                    status="Unauthenticated",
+                    detail=f"{exc} (peer {peer or 'unknown'})",
+                )
+            )
+            raise
+        return Caller(principal, door, request_id or uuid.uuid4().hex, peer)
+
+    async def record(self, event: AuditEvent) -> None:
+        """Queue an audit record durably (returns once it is safe from a crash)."""
+        if self.audit is not None:
+            await self.audit.record(event)
+
+    def pseudonym(self, kind: str, value: object) -> str:
+        if self._pseudonyms is None or value in (None, ""):
+            return ""
+        return self._pseudonyms.ref(kind, str(value))
+
+    async def call(
+        self,
+        caller: Caller,
+        model: str,
+        work: Callable[[], Awaitable[T]],
+        *,
+        event: str = "inference",
+        action: Action = Action.INFER,
+        input_digest: str = "",
+        output_digest: Callable[[T], str] | None = None,
+        patient: object = "",
+        study: object = "",
+        facts: dict[str, str] | None = None,
+    ) -> T:
+        """Authorise ``caller`` for ``action`` on ``model``, run ``work`` and audit the outcome.
+
+        ``facts`` may be filled by ``work`` while it runs (``model_version``, ``model_digest``,
+        ``device``, ``request_id``). Doors whose unit of work is not an OIP request (a WebSocket
+        sample, a DICOM instance) use this directly; ``infer`` is built on it.
+        """
+        caller.principal.require(action, model)
+        facts = {} if facts is None else facts
+        started = time.perf_counter_ns()
+        status, outcome = "ok", ""
+        result: T | None = None
+        try:
+            result = await work()
+            return result
+        except BaseException as exc:
+            status = _status(exc)
+            outcome = str(exc)[:500] if isinstance(exc, MedserveError) else ""
+            raise
+        finally:
+            patient_ref, study_ref = self.pseudonym("patient", patient), self.pseudonym("study", study)
+            for raw, ref in ((patient, patient_ref), (study, study_ref)):
+                if raw not in (None, "") and str(raw) in outcome:
+                    outcome = outcome.replace(str(raw), f"<{ref or 'redacted'}>")  # error texts may echo ids
+            await self.record(
+                AuditEvent(
+                    event=event,
+                    principal=caller.principal.name,
+                    door=caller.door,
+                    model=model,
+                    model_version=facts.get("model_version", ""),
+                    model_digest=facts.get("model_digest", ""),
+                    device=facts.get("device", ""),
+                    request_id=facts.get("request_id") or caller.request_id,
+                    input_digest=input_digest,
+                    output_digest=output_digest(result) if (output_digest and result is not None) else "",
+                    status=status,
+                    latency_us=(time.perf_counter_ns() - started) // 1000,
+                    patient_ref=patient_ref,
+                    study_ref=study_ref,
+                    detail=outcome,
+                )
+            )
 
     # -- server -----------------------------------------------------------------------------
     def set_ready(self, ready: bool) -> None:
@@ -52,11 +214,13 @@ class InferenceService:
     def ready(self) -> bool:
         return self._ready
 
-    def server_metadata(self) -> dict[str, Any]:
+    def server_metadata(self, caller: Caller) -> dict[str, Any]:
+        caller.principal.require(Action.READ)
         return {"name": "medserve", "version": __version__, "extensions": list(EXTENSIONS)}
 
     # -- models -----------------------------------------------------------------------------
-    def model_ready(self, name: str, version: str = "") -> bool:
+    def model_ready(self, name: str, version: str, caller: Caller) -> bool:
+        caller.principal.require(Action.READ, name)
         if name in self._pipelines and version in ("", "1"):
             return True
         try:
@@ -65,16 +229,19 @@ class InferenceService:
             self.registry.repository.model_dir(name)
             return False
 
-    def model_metadata(self, name: str, version: str = "") -> ModelMetadata:
+    def model_metadata(self, name: str, version: str, caller: Caller) -> ModelMetadata:
+        caller.principal.require(Action.READ, name)
         pipeline = self._pipelines.get(name)
         if pipeline is not None and version in ("", "1"):
             return pipeline.metadata()
         return self.registry.get(name, version).metadata(self.registry.versions(name))
 
-    def model_config(self, name: str, version: str = "") -> dict[str, Any]:
+    def model_config(self, name: str, version: str, caller: Caller) -> dict[str, Any]:
+        caller.principal.require(Action.READ, name)
         return self.registry.get(name, version).triton_config()
 
-    def model_statistics(self, name: str = "", version: str = "") -> dict[str, Any]:
+    def model_statistics(self, name: str, version: str, caller: Caller) -> dict[str, Any]:
+        caller.principal.require(Action.READ, name or None)
         if name:
             if version:
                 models = [self.registry.get(name, version)]
@@ -84,23 +251,128 @@ class InferenceService:
         else:
             if version:
                 raise ModelNotFound("a version was given without a model name")
-            models = self.registry.loaded_models()
+            visible = set(caller.principal.visible(m.name for m in self.registry.loaded_models()))
+            models = [m for m in self.registry.loaded_models() if m.name in visible]
         return {"model_stats": [m.stats.to_dict(m.name, m.version) for m in models]}
 
-    async def infer(self, request: InferenceRequest) -> InferenceResponse:
-        pipeline = self._pipelines.get(request.model_name)
-        if pipeline is not None:
-            if request.model_version not in ("", "1"):
-                raise ModelNotFound(f"pipeline '{request.model_name}' has only version '1'")
-            return await pipeline.infer(request)
-        return await self.registry.get(request.model_name, request.model_version).infer(request)
+    async def infer(self, request: InferenceRequest, caller: Caller) -> InferenceResponse:
+        name = request.model_name
+        pipeline = self._pipelines.get(name)
+        facts = {"model_version": request.model_version, "request_id": request.id}
+
+        async def run() -> InferenceResponse:
+            if pipeline is not None:
+                if request.model_version not in ("", "1"):
+                    raise ModelNotFound(f"pipeline '{name}' has only version '1'")
+                facts["model_version"] = "1"
+                return await pipeline.infer(request, caller)
+            model = self.registry.get(name, request.model_version)
+            facts.update(model_version=model.version, model_digest=model.loaded.sha256, device=model.device)
+            response = await model.infer(request)
+            if self._observer is not None:
+                self._observe(model.name, model.version, request, response)
+            return response
+
+        return await self.call(
+            caller,
+            name,
+            run,
+            input_digest=tensors_digest(request.inputs),
+            output_digest=lambda response: tensors_digest(response.outputs),
+            patient=_first(request.parameters, PATIENT_PARAMETERS),
+            study=_first(request.parameters, STUDY_PARAMETERS),
+            facts=facts,
+        )
+
+    def _observe(
+        self, model: str, version: str, request: InferenceRequest, response: InferenceResponse
+    ) -> None:
+        def numeric(tensors: list[Any]) -> dict[str, np.ndarray]:
+            return {t.name: t.data for t in tensors if t.datatype != "BYTES"}
+
+        try:
+            self._observer.observe(model, version, numeric(request.inputs), numeric(response.outputs))  # type: ignore[union-attr]
+        except (ValueError, TypeError, ArithmeticError) as exc:  # monitoring must never fail a request
+            log.warning("model monitoring skipped a response of %s: %s", model, type(exc).__name__)
+
+    def model_monitoring(self, name: str, caller: Caller) -> dict[str, Any]:
+        """Output distributions and input statistics over time windows, with drift scores."""
+        caller.principal.require(Action.READ, name)
+        if self._observer is None:
+            raise Unsupported("model monitoring is not enabled on this server")
+        try:
+            return self._observer.snapshot(name)
+        except ModelNotFound:
+            self.registry.get(name)  # not loaded: ModelNotFound; loaded but not yet used: no windows
+            return {"model": name, "versions": []}
 
     # -- repository -------------------------------------------------------------------------
-    def repository_index(self, ready_only: bool = False) -> list[RepositoryEntry]:
-        return self.registry.index(ready_only)
+    def repository_index(self, ready_only: bool, caller: Caller) -> list[RepositoryEntry]:
+        caller.principal.require(Action.READ)
+        rows = self.registry.index(ready_only)
+        visible = set(caller.principal.visible(r.name for r in rows))
+        return [r for r in rows if r.name in visible]
 
-    async def load_model(self, name: str) -> None:
-        await self.registry.load(name)
+    async def _audited_change(self, event: str, name: str, caller: Caller, change: Awaitable[None]) -> None:
+        status, detail = "ok", ""
+        try:
+            await change
+        except BaseException as exc:
+            status, detail = _status(exc), str(exc)[:500]
+            raise
+        finally:
+            versions = self.registry.versions(name)
+            digests = ",".join(self.registry.get(name, v).loaded.sha256[:16] for v in versions)
+            await self.record(
+                AuditEvent(
+                    event=event,
+                    principal=caller.principal.name,
+                    door=caller.door,
+                    model=name,
+                    model_version=",".join(versions),
+                    model_digest=digests,
+                    request_id=caller.request_id,
+                    status=status,
+                    detail=detail,
+                )
+            )
 
-    async def unload_model(self, name: str) -> None:
-        await self.registry.unload(name)
+    async def load_model(self, name: str, caller: Caller) -> None:
+        caller.principal.require(Action.MANAGE, name)
+        await self._audited_change("model.load", name, caller, self.registry.load(name))
+
+    async def unload_model(self, name: str, caller: Caller) -> None:
+        caller.principal.require(Action.MANAGE, name)
+        await self._audited_change("model.unload", name, caller, self.registry.unload(name))
+
+    async def load_all(self, caller: Caller) -> None:
+        """Load every model in the repository; one that fails is logged and left unavailable."""
+        for name in self.registry.repository.model_names():
+            try:
+                await self.load_model(name, caller)
+            except MedserveError as exc:
+                log.error("model %s is not serving: %s", name, exc)
+
+    async def rollback_model(
+        self, name: str, caller: Caller, version: int | None = None, clear: bool = False
+    ) -> dict[str, Any]:
+        """Pin ``name`` to an earlier version (default: the one before the newest served), or unpin."""
+        caller.principal.require(Action.MANAGE, name)
+        lineage = self.registry.lineage
+        if lineage is None:
+            raise InvalidInput("rollback needs the lineage store, which this server was started without")
+        if clear:
+            lineage.unpin(name)
+        else:
+            if version is None:
+                served = [int(v) for v in self.registry.versions(name)]
+                if not served:
+                    raise ModelNotFound(f"model '{name}' is not loaded")
+                version = lineage.rollback_target(
+                    name, max(served), self.registry.repository.versions_on_disk(name)
+                )
+            elif version not in self.registry.repository.versions_on_disk(name):
+                raise InvalidInput(f"model '{name}' has no version folder {version}")
+            lineage.pin(name, version, caller.principal.name)
+        await self._audited_change("model.rollback", name, caller, self.registry.load(name))
+        return {"model": name, "pinned": lineage.pinned(name), "serving": self.registry.versions(name)}

@@ -52,6 +52,10 @@ class Runtime(ABC):
     def unload(self) -> None:
         """Release the engine's resources."""
 
+    def device(self) -> str:
+        """Where this instance runs, e.g. ``cpu`` or ``cuda:0`` (audit records and metrics)."""
+        return "cpu"
+
     def describe(self) -> dict[str, Any]:
         """Engine details shown in model metadata (providers, threads, device)."""
         return {}

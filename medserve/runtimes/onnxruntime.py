@@ -138,6 +138,16 @@ class OnnxRuntime(Runtime):
     def outputs(self) -> list[EngineTensor]:
         return list(self._outputs)
 
+    def device(self) -> str:
+        providers = self._session.get_providers() if self._session else []
+        first = providers[0] if providers else "CPUExecutionProvider"
+        if first in ("CUDAExecutionProvider", "TensorrtExecutionProvider"):
+            device_id = self._session.get_provider_options().get(first, {}).get("device_id", "0")  # type: ignore[union-attr]
+            return f"cuda:{device_id}"
+        if first == "OpenVINOExecutionProvider":
+            return "openvino"
+        return "cpu"
+
     def describe(self) -> dict[str, Any]:
         session = self._session
         return {"providers": session.get_providers() if session else [], "onnxruntime": ort.__version__}

@@ -27,6 +27,7 @@ from medserve.core.errors import InvalidInput, MedserveError, ModelNotFound
 from medserve.core.metrics import ServingMetrics
 from medserve.core.service import InferenceService
 from medserve.core.types import InferenceRequest, Tensor
+from medserve.security.access import Caller
 from medserve.streaming.messages import (
     CONSCIOUSNESS_CODES,
     VITAL_FIELDS,
@@ -133,9 +134,11 @@ class PatientMonitor:
             self._forget(state.sequence_id)
         return len(expired)
 
-    async def handle(self, sample: MonitorSample) -> MonitorResult:
+    async def handle(self, sample: MonitorSample, caller: Caller | None = None) -> MonitorResult:
+        """One sample of one patient's stream; ``caller`` is who sent it (models run on its behalf)."""
+        inner = (caller or Caller.system()).for_pipeline("patient_monitor")
         try:
-            result = await self._handle(sample)
+            result = await self._handle(sample, inner)
         except MedserveError:
             if self._metrics is not None:
                 self._metrics.monitor_samples.labels("refused").inc()
@@ -146,7 +149,7 @@ class PatientMonitor:
                 self._metrics.monitor_alerts.labels(alert.kind).inc()
         return result
 
-    async def _handle(self, sample: MonitorSample) -> MonitorResult:
+    async def _handle(self, sample: MonitorSample, caller: Caller) -> MonitorResult:
         now = self._clock()
         _check_sample(sample)
         if sample.start:
@@ -159,7 +162,7 @@ class PatientMonitor:
             self._apply(state, sample, result)
             window = state.take_ecg_window(self.settings.ecg_window, self.settings.ecg_hop)
             if window is not None:
-                await self._classify(window, sample, result)
+                await self._classify(window, sample, result, caller)
         if sample.end:
             self.sessions.end(sample.sequence_id, now)
             self._forget(sample.sequence_id)
@@ -203,18 +206,18 @@ class PatientMonitor:
         )
 
     async def _classify(
-        self, window: np.ndarray[Any, Any], sample: MonitorSample, result: MonitorResult
+        self, window: np.ndarray[Any, Any], sample: MonitorSample, result: MonitorResult, caller: Caller
     ) -> None:
         model = self.settings.ecg_model
         request = InferenceRequest(
             model, inputs=[Tensor("ecg", "FP32", (1, 1, window.size), window.reshape(1, 1, -1))]
         )
         try:
-            response = await self.service.infer(request)
+            response = await self.service.infer(request, caller)
         except ModelNotFound:
             return  # no ECG model loaded: vital signs are still monitored
         probabilities = response.outputs[0].data.reshape(-1)
-        labels = [str(v) for v in self.service.model_metadata(model).parameters.get("labels", [])]
+        labels = [str(v) for v in self.service.model_metadata(model, "", caller).parameters.get("labels", [])]
         index = int(np.argmax(probabilities))
         result.rhythm = labels[index] if index < len(labels) else str(index)
         result.rhythm_probabilities = probabilities.astype(np.float32)

@@ -10,6 +10,7 @@ import numpy as np
 
 from medserve.core.errors import InvalidInput
 from medserve.core.types import InferenceRequest, InferenceResponse, ModelMetadata, Tensor, TensorMetadata
+from medserve.security.access import Caller
 from medserve.streaming.messages import (
     MONITOR_MODEL,
     NEWS2_FIELDS,
@@ -120,8 +121,8 @@ class MonitorPipeline:
     def __init__(self, monitor: PatientMonitor) -> None:
         self.monitor = monitor
 
-    async def infer(self, request: InferenceRequest) -> InferenceResponse:
-        result = await self.monitor.handle(sample_from_request(request))
+    async def infer(self, request: InferenceRequest, caller: Caller) -> InferenceResponse:
+        result = await self.monitor.handle(sample_from_request(request), caller)
         return result_to_response(result, request)
 
     def metadata(self) -> ModelMetadata:

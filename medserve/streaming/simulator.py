@@ -152,6 +152,7 @@ async def _run_bed(
     speed: float,
     start: float,
     stats: _Stats,
+    headers: dict[str, str] | None = None,
 ) -> _BedLog:
     log = _BedLog()
     pending: OrderedDict[str, tuple[int, float]] = OrderedDict()  # request id -> (seq, send time)
@@ -173,7 +174,7 @@ async def _run_bed(
                 sending_done.set()
             yield request
 
-    stream = client.stream_infer(requests())
+    stream = client.stream_infer(requests(), headers=headers)
 
     async def consume() -> None:
         async for result, error in stream:
@@ -238,7 +239,7 @@ def _outcome(patient: PatientTrajectory, truth: float | None, log: _BedLog) -> B
 
 
 async def _run_ward(
-    url: str, beds: int, minutes: float, speed: float, seed: int, deteriorating: float
+    url: str, beds: int, minutes: float, speed: float, seed: int, deteriorating: float, token: str
 ) -> WardReport:
     import tritonclient.grpc as grpc
     from tritonclient.grpc.aio import InferenceServerClient
@@ -265,6 +266,7 @@ async def _run_ward(
                 speed,
                 start + (i / beds) / speed,  # spread the beds over one sample interval
                 stats,
+                {"authorization": f"Bearer {token}"} if token else None,
             )
             for i, patient in enumerate(ward.patients)
         ]
@@ -309,6 +311,7 @@ def run_ward(
     speed: float = 1.0,
     seed: int = 0,
     deteriorating: float = 0.2,
+    token: str = "",
 ) -> WardReport:
     """Stream a simulated ward of ``beds`` patients for ``minutes`` simulated minutes to the
     ``patient_monitor`` model at the gRPC address ``url`` and report what came back."""
@@ -316,7 +319,7 @@ def run_ward(
         raise ValueError(f"beds must be at least 1, got {beds}")
     if not minutes > 0 or not speed > 0:
         raise ValueError("minutes and speed must be positive")
-    return asyncio.run(_run_ward(url, beds, minutes, speed, seed, deteriorating))
+    return asyncio.run(_run_ward(url, beds, minutes, speed, seed, deteriorating, token))
 
 
 def _ms(value: float | None) -> str:

@@ -21,9 +21,11 @@ from grpc_health.v1.health import aio as health_aio
 from medserve.core import errors
 from medserve.protocol import grpc_codec
 from medserve.protocol.grpc_messages import SERVICE_NAME, pb
+from medserve.security.tls import grpc_client_cert_cn
 
 if TYPE_CHECKING:
     from medserve.core.service import InferenceService
+    from medserve.security.access import Caller
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +49,7 @@ for _name, _code in (
     ("DeadlineExceeded", grpc.StatusCode.DEADLINE_EXCEEDED),
     ("Unauthenticated", grpc.StatusCode.UNAUTHENTICATED),
     ("PermissionDenied", grpc.StatusCode.PERMISSION_DENIED),
-    ("Forbidden", grpc.StatusCode.PERMISSION_DENIED),
+    ("StoreUnavailable", grpc.StatusCode.UNAVAILABLE),
     ("Cancelled", grpc.StatusCode.CANCELLED),
 ):
     _cls = getattr(errors, _name, None)
@@ -97,6 +99,18 @@ class GrpcInferenceServicer:
     def __init__(self, service: InferenceService) -> None:
         self._service = service
 
+    async def _caller(self, context: grpc.aio.ServicerContext[Any, Any]) -> Caller:
+        metadata = {key: value for key, value in (context.invocation_metadata() or ())}
+        authorization = metadata.get("authorization")
+        request_id = metadata.get("x-request-id", "")
+        return await self._service.authenticate(
+            authorization if isinstance(authorization, str) else None,
+            grpc_client_cert_cn(context),
+            door="grpc",
+            peer=context.peer() or "",
+            request_id=request_id if isinstance(request_id, str) else "",
+        )
+
     async def server_live(
         self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ServerLiveResponse:
@@ -110,23 +124,27 @@ class GrpcInferenceServicer:
     async def model_ready(
         self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ModelReadyResponse:
-        return pb.ModelReadyResponse(ready=self._service.model_ready(request.name, request.version))
+        return pb.ModelReadyResponse(
+            ready=self._service.model_ready(request.name, request.version, await self._caller(context))
+        )
 
     async def server_metadata(
         self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ServerMetadataResponse:
-        return grpc_codec.encode_server_metadata(self._service.server_metadata())
+        return grpc_codec.encode_server_metadata(self._service.server_metadata(await self._caller(context)))
 
     async def model_metadata(
         self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ModelMetadataResponse:
-        metadata = self._service.model_metadata(request.name, request.version)
+        caller = await self._caller(context)
+        metadata = self._service.model_metadata(request.name, request.version, caller)
         return grpc_codec.encode_model_metadata(metadata)
 
     async def model_infer(
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ModelInferResponse:
-        response = await self._service.infer(grpc_codec.decode_infer_request(request))
+        caller = await self._caller(context)
+        response = await self._service.infer(grpc_codec.decode_infer_request(request), caller)
         return grpc_codec.encode_infer_response(response)
 
     async def model_stream_infer(
@@ -138,8 +156,12 @@ class GrpcInferenceServicer:
 
         Errors go into the answer's ``error_message``; the stream stays open.
         """
+        try:
+            caller = await self._caller(context)
+        except errors.MedserveError as error:
+            await context.abort(status_code_for(error), str(error))
         answers: asyncio.Queue[pb.ModelStreamInferResponse] = asyncio.Queue()
-        reader = asyncio.create_task(self._read_stream(requests, answers))
+        reader = asyncio.create_task(self._read_stream(requests, answers, caller))
         try:
             while True:
                 get = asyncio.create_task(answers.get())
@@ -159,19 +181,21 @@ class GrpcInferenceServicer:
         self,
         requests: AsyncIterator[pb.ModelInferRequest],
         answers: asyncio.Queue[pb.ModelStreamInferResponse],
+        caller: Caller,
     ) -> None:
         """Start one task per incoming request; return once all are answered."""
         async with asyncio.TaskGroup() as group:
             async for request in requests:
-                group.create_task(self._answer(request, answers))
+                group.create_task(self._answer(request, answers, caller))
 
     async def _answer(
         self,
         request: pb.ModelInferRequest,
         answers: asyncio.Queue[pb.ModelStreamInferResponse],
+        caller: Caller,
     ) -> None:
         try:
-            response = await self._service.infer(grpc_codec.decode_infer_request(request))
+            response = await self._service.infer(grpc_codec.decode_infer_request(request), caller)
             answer = pb.ModelStreamInferResponse(infer_response=grpc_codec.encode_infer_response(response))
         except Exception as error:  # reported in the stream, which stays open
             _, message = _describe(error)
@@ -181,31 +205,33 @@ class GrpcInferenceServicer:
     async def model_config(
         self, request: pb.ModelConfigRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ModelConfigResponse:
-        config = self._service.model_config(request.name, request.version)
+        config = self._service.model_config(request.name, request.version, await self._caller(context))
         return grpc_codec.encode_model_config(config)
 
     async def model_statistics(
         self, request: pb.ModelStatisticsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ModelStatisticsResponse:
-        stats = self._service.model_statistics(request.name, request.version)
+        caller = await self._caller(context)
+        stats = self._service.model_statistics(request.name, request.version, caller)
         return grpc_codec.encode_model_statistics(stats)
 
     async def repository_index(
         self, request: pb.RepositoryIndexRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.RepositoryIndexResponse:
-        entries = self._service.repository_index(ready_only=request.ready)
+        entries = self._service.repository_index(request.ready, await self._caller(context))
         return grpc_codec.encode_repository_index(entries)
 
     async def repository_model_load(
         self, request: pb.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.RepositoryModelLoadResponse:
+        caller = await self._caller(context)
         if request.parameters:
             raise errors.Unsupported(
                 f"load of model '{request.model_name}': parameters "
                 f"({', '.join(sorted(request.parameters))}) are not supported; "
                 "models load from the repository only"
             )
-        await self._service.load_model(request.model_name)
+        await self._service.load_model(request.model_name, caller)
         return pb.RepositoryModelLoadResponse()
 
     async def repository_model_unload(
@@ -213,7 +239,7 @@ class GrpcInferenceServicer:
         request: pb.RepositoryModelUnloadRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> pb.RepositoryModelUnloadResponse:
-        await self._service.unload_model(request.model_name)
+        await self._service.unload_model(request.model_name, await self._caller(context))
         return pb.RepositoryModelUnloadResponse()
 
 

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
@@ -26,6 +26,9 @@ from medserve.core.errors import (
     ModelNotReady,
     Overloaded,
     PayloadTooLarge,
+    PermissionDenied,
+    StoreUnavailable,
+    Unauthenticated,
     Unsupported,
 )
 from medserve.core.metrics import ServingMetrics
@@ -38,12 +41,15 @@ from medserve.protocol.rest_codec import (
     encode_infer_response,
     loads,
 )
+from medserve.security.access import Action, Caller
 from medserve.streaming.alerts import AlertNotFound
 
 log = logging.getLogger(__name__)
 
 #: MedserveError subclass → HTTP status; the first matching class in order wins.
 STATUS_CODES: tuple[tuple[type[MedserveError], int], ...] = (
+    (Unauthenticated, 401),
+    (PermissionDenied, 403),
     (ModelNotFound, 404),
     (AlertNotFound, 404),
     (PayloadTooLarge, 413),
@@ -53,6 +59,7 @@ STATUS_CODES: tuple[tuple[type[MedserveError], int], ...] = (
     (Unsupported, 501),
     (ModelNotReady, 503),
     (Overloaded, 503),
+    (StoreUnavailable, 503),
     (InferenceFailed, 500),
 )
 
@@ -71,7 +78,30 @@ def _json(value: Any, status: int = 200) -> Response:
 
 
 def _error(message: str, status: int) -> Response:
-    return _json({"error": message}, status)
+    response = _json({"error": message}, status)
+    if status == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="medserve"'
+    return response
+
+
+async def authenticated(service: InferenceService, connection: HTTPConnection, door: str = "http") -> Caller:
+    """The caller of an HTTP request or WebSocket: bearer token or verified client certificate.
+
+    Browsers cannot set headers on WebSockets and EventSource, so those doors also take the token
+    from an ``access_token`` query parameter.
+    """
+    authorization = connection.headers.get("authorization")
+    if authorization is None and door != "http" and "access_token" in connection.query_params:
+        authorization = f"Bearer {connection.query_params['access_token']}"
+    tls = connection.scope.get("extensions", {}).get("tls", {})
+    client = connection.client
+    return await service.authenticate(
+        authorization,
+        tls.get("client_cert_cn") if isinstance(tls, dict) else None,
+        door=door,
+        peer=f"{client.host}:{client.port}" if client else "",
+        request_id=connection.headers.get("x-request-id", ""),
+    )
 
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -155,7 +185,7 @@ def build_app(
         return params["model"], params.get("version", "")
 
     async def server_metadata(request: Request) -> Response:
-        return _json(service.server_metadata())
+        return _json(service.server_metadata(await authenticated(service, request)))
 
     async def live(request: Request) -> Response:
         return _json({"live": True}) if service.live() else _error("server is not live", 503)
@@ -164,23 +194,27 @@ def build_app(
         return _json({"ready": True}) if service.ready() else _error("server is not ready", 503)
 
     async def model_metadata(request: Request) -> Response:
-        return _json(_metadata_json(service.model_metadata(*model_args(request))))
+        caller = await authenticated(service, request)
+        return _json(_metadata_json(service.model_metadata(*model_args(request), caller)))
 
     async def model_ready(request: Request) -> Response:
         name, version = model_args(request)
-        if service.model_ready(name, version):
+        if service.model_ready(name, version, await authenticated(service, request)):
             return _json({"name": name, "ready": True})
         return _error(f"model '{name}' is not ready", 503)
 
     async def model_config(request: Request) -> Response:
-        return _json(service.model_config(*model_args(request)))
+        caller = await authenticated(service, request)
+        return _json(service.model_config(*model_args(request), caller))
 
     async def model_stats(request: Request) -> Response:
+        caller = await authenticated(service, request)
         name = request.path_params.get("model", "")
-        return _json(service.model_statistics(name, request.path_params.get("version", "")))
+        return _json(service.model_statistics(name, request.path_params.get("version", ""), caller))
 
     async def infer(request: Request) -> Response:
         name, version = model_args(request)
+        caller = await authenticated(service, request)
         body = await _read_body(request, max_request_bytes)
         raw_length = request.headers.get(HEADER_LENGTH)
         header_length = None
@@ -189,7 +223,7 @@ def build_app(
                 raise InvalidInput(f"{HEADER_LENGTH} must be a non-negative integer, got '{raw_length}'")
             header_length = int(raw_length)
         inference = decode_infer_request(body, header_length, name, version)
-        result = await service.infer(inference)
+        result = await service.infer(inference, caller)
         payload, json_length = encode_infer_response(result, inference)
         headers: dict[str, str] = {}
         media_type = _JSON
@@ -204,15 +238,17 @@ def build_app(
         return Response(payload, media_type=media_type, headers=headers)
 
     async def repository_index(request: Request) -> Response:
+        caller = await authenticated(service, request)
         body = await _read_body(request, max_request_bytes)
         doc = loads(body, "repository index request") if body.strip() else {}
         ready_only = bool(doc.get("ready", False)) if isinstance(doc, dict) else False
-        rows = service.repository_index(ready_only)
+        rows = service.repository_index(ready_only, caller)
         return _json(
             [{"name": r.name, "version": r.version, "state": r.state, "reason": r.reason} for r in rows]
         )
 
     async def load(request: Request) -> Response:
+        caller = await authenticated(service, request)
         body = await _read_body(request, max_request_bytes)
         doc = loads(body, "load request") if body.strip() else {}
         parameters = doc.get("parameters", {}) if isinstance(doc, dict) else {}
@@ -221,15 +257,35 @@ def build_app(
                 "load parameters (config or file overrides) are not supported; edit the "
                 "repository and load again"
             )
-        await service.load_model(request.path_params["model"])
+        await service.load_model(request.path_params["model"], caller)
         return _json({})
 
     async def unload(request: Request) -> Response:
+        caller = await authenticated(service, request)
         await _read_body(request, max_request_bytes)
-        await service.unload_model(request.path_params["model"])
+        await service.unload_model(request.path_params["model"], caller)
         return _json({})
 
+    async def rollback(request: Request) -> Response:
+        caller = await authenticated(service, request)
+        body = await _read_body(request, max_request_bytes)
+        doc = loads(body, "rollback request") if body.strip() else {}
+        if not isinstance(doc, dict):
+            raise InvalidInput("rollback request must be a JSON object")
+        version = doc.get("version")
+        if version is not None and (not isinstance(version, int) or isinstance(version, bool)):
+            raise InvalidInput("rollback 'version' must be an integer")
+        outcome = await service.rollback_model(
+            request.path_params["model"], caller, version, bool(doc.get("clear", False))
+        )
+        return _json(outcome)
+
+    async def monitoring(request: Request) -> Response:
+        caller = await authenticated(service, request)
+        return _json(service.model_monitoring(request.path_params["model"], caller))
+
     async def prometheus(request: Request) -> Response:
+        (await authenticated(service, request)).principal.require(Action.READ)
         return Response(metrics.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     model = "/v2/models/{model}"
@@ -242,6 +298,8 @@ def build_app(
         Route("/v2/repository/index", _guarded(repository_index), methods=["POST"]),
         Route("/v2/repository/models/{model}/load", _guarded(load), methods=["POST"]),
         Route("/v2/repository/models/{model}/unload", _guarded(unload), methods=["POST"]),
+        Route("/v2/repository/models/{model}/rollback", _guarded(rollback), methods=["POST"]),
+        Route("/v2/models/{model}/monitoring", _guarded(monitoring), methods=["GET"]),
         Route("/metrics", _guarded(prometheus), methods=["GET"]),
     ]
     for prefix in (model, versioned):

@@ -31,11 +31,21 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from medserve.core.digest import bytes_digest
 from medserve.core.errors import InvalidInput, MedserveError
+from medserve.core.service import InferenceService
 from medserve.protocol.rest_codec import dumps, loads
+from medserve.security.access import Action, Caller
 from medserve.streaming.alerts import AlertHub
-from medserve.streaming.messages import MonitorResult, MonitorSample, result_to_json, sample_from_json
-from medserve.transport.http import _guarded, _json
+from medserve.streaming.messages import (
+    MONITOR_MODEL,
+    Alert,
+    MonitorResult,
+    MonitorSample,
+    result_to_json,
+    sample_from_json,
+)
+from medserve.transport.http import _error, _guarded, _json, authenticated, status_of
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +55,7 @@ _FALSE = ("", "0", "false", "no")
 
 
 class MonitorLike(Protocol):
-    async def handle(self, sample: MonitorSample) -> MonitorResult: ...
+    async def handle(self, sample: MonitorSample, caller: Caller | None = None) -> MonitorResult: ...
 
 
 def _error_frame(message: str, doc: Any) -> dict[str, Any]:
@@ -60,15 +70,27 @@ def _error_frame(message: str, doc: Any) -> dict[str, Any]:
     return frame
 
 
-async def _reply_to(monitor: MonitorLike, data: str | bytes | None) -> dict[str, Any]:
+async def _reply_to(
+    service: InferenceService, monitor: MonitorLike, caller: Caller, data: str | bytes | None
+) -> dict[str, Any]:
     """The reply frame for one incoming frame: a result, or an error naming the sample if known."""
     doc: Any = None
     try:
         if not isinstance(data, str):
             raise InvalidInput("send each sample as one JSON text frame")
-        doc = loads(data.encode(), "monitor message")
+        raw = data.encode()
+        doc = loads(raw, "monitor message")
         sample = sample_from_json(doc)
-        return result_to_json(await monitor.handle(sample))
+        result = await service.call(
+            caller,
+            MONITOR_MODEL,
+            lambda: monitor.handle(sample, caller),
+            input_digest=bytes_digest(raw),
+            output_digest=lambda r: bytes_digest(dumps(result_to_json(r))),
+            patient=sample.sequence_id,
+            facts={"model_version": "1"},
+        )
+        return result_to_json(result)
     except MedserveError as exc:
         return _error_frame(str(exc), doc)
     except Exception as exc:  # a bug must not end the patient's stream; the client hears of it
@@ -96,10 +118,26 @@ def _sse(event: str, data: bytes) -> bytes:
     return b"event: " + event.encode() + b"\ndata: " + data + b"\n\n"
 
 
-def stream_routes(monitor: MonitorLike, alerts: AlertHub, keepalive_s: float = 15.0) -> list[BaseRoute]:
+async def _refuse(websocket: WebSocket, exc: MedserveError) -> None:
+    """Refuse a WebSocket handshake with the HTTP status of ``exc`` (or close 1008 without the extension)."""
+    if "websocket.http.response" in websocket.scope.get("extensions", {}):
+        await websocket.send_denial_response(_error(str(exc), status_of(exc)))
+    else:
+        await websocket.close(code=1008, reason=str(exc)[:120])
+
+
+def stream_routes(
+    service: InferenceService, monitor: MonitorLike, alerts: AlertHub, keepalive_s: float = 15.0
+) -> list[BaseRoute]:
     """The streaming door's routes, to mount beside the REST door's."""
 
     async def monitor_stream(websocket: WebSocket) -> None:
+        try:
+            caller = await authenticated(service, websocket, "websocket")
+            caller.principal.require(Action.INFER, MONITOR_MODEL)
+        except MedserveError as exc:
+            await _refuse(websocket, exc)
+            return
         await websocket.accept()
         try:
             while True:
@@ -109,11 +147,13 @@ def stream_routes(monitor: MonitorLike, alerts: AlertHub, keepalive_s: float = 1
                 data = message.get("text")
                 if data is None:
                     data = message.get("bytes")
-                await websocket.send_text(dumps(await _reply_to(monitor, data)).decode())
+                reply = await _reply_to(service, monitor, caller, data)
+                await websocket.send_text(dumps(reply).decode())
         except WebSocketDisconnect:
             return
 
     async def list_alerts(request: Request) -> Response:
+        (await authenticated(service, request, "http")).principal.require(Action.READ, MONITOR_MODEL)
         sequence_id = request.query_params.get("sequence_id") or None
         found = alerts.list(
             sequence_id=sequence_id,
@@ -123,6 +163,7 @@ def stream_routes(monitor: MonitorLike, alerts: AlertHub, keepalive_s: float = 1
         return _json([alert.to_json() for alert in found])
 
     async def alert_stream(request: Request) -> Response:
+        (await authenticated(service, request, "sse")).principal.require(Action.READ, MONITOR_MODEL)
         subscription = alerts.subscribe()
 
         async def events() -> AsyncIterator[bytes]:
@@ -144,6 +185,8 @@ def stream_routes(monitor: MonitorLike, alerts: AlertHub, keepalive_s: float = 1
         return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
 
     async def acknowledge(request: Request) -> Response:
+        caller = await authenticated(service, request)
+        caller.principal.require(Action.ACKNOWLEDGE, MONITOR_MODEL)
         body = await request.body()
         if len(body) > _MAX_ACK_BODY:
             raise InvalidInput(f"an acknowledgement body must be under {_MAX_ACK_BODY} bytes")
@@ -153,7 +196,19 @@ def stream_routes(monitor: MonitorLike, alerts: AlertHub, keepalive_s: float = 1
         by = doc.get("by", "unspecified")
         if not isinstance(by, str) or not by.strip():
             raise InvalidInput("'by' must be a non-empty string naming who acknowledges")
-        alert = alerts.acknowledge(request.path_params["alert_id"], by.strip(), time.time())
+        alert_id = request.path_params["alert_id"]
+
+        async def ack() -> Alert:
+            return alerts.acknowledge(alert_id, by.strip(), time.time())
+
+        alert = await service.call(
+            caller,
+            MONITOR_MODEL,
+            ack,
+            event="alert.acknowledge",
+            action=Action.ACKNOWLEDGE,
+            facts={"request_id": alert_id},
+        )
         return _json(alert.to_json())
 
     return [

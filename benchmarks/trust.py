@@ -1,0 +1,157 @@
+"""What authentication and the audit trail cost: throughput with both on vs both off.
+
+Two servers over the same repository run side by side: one as deployed (token authentication, an
+audit record per inference, journal fsync'd before each answer), one with ``auth_disabled`` and
+``audit_disabled``. ``--concurrency`` client threads (HTTP, binary tensors, batch 1) load one server
+at a time, alternating rounds, so both see the same machine; the ratio of the medians is reported.
+Models: ``simple`` (two 1×16 FP32 inputs, microseconds of compute, where any overhead shows) and
+``chest_xray_classifier`` (DenseNet-121, 224×224).
+
+    python benchmarks/trust.py [--seconds 8] [--rounds 3] [--concurrency 8] [--output docs/BENCHMARKS.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import tritonclient.http as httpclient
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from serving import machine, medserve, write_section  # noqa: E402
+
+from medserve.examples.repository import build_example_repository  # noqa: E402
+
+MODELS: dict[str, dict[str, tuple[int, ...]]] = {
+    "simple": {"INPUT0": (1, 16), "INPUT1": (1, 16)},
+    "chest_xray_classifier": {"image": (1, 1, 224, 224)},
+}
+
+
+def make_caller(port: int, model: str, token: str) -> Callable[[], None]:
+    client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    rng = np.random.default_rng(3)
+    tensors = []
+    for name, shape in MODELS[model].items():
+        tensor = httpclient.InferInput(name, list(shape), "FP32")
+        tensor.set_data_from_numpy(rng.random(shape, dtype=np.float32), binary_data=True)
+        tensors.append(tensor)
+
+    def call() -> None:
+        client.infer(model, tensors, headers=headers)
+
+    return call
+
+
+def throughput(port: int, model: str, token: str, concurrency: int, seconds: float) -> float:
+    stop, errors, counts = threading.Event(), [], [0] * concurrency
+
+    def worker(i: int) -> None:
+        try:
+            call = make_caller(port, model, token)
+            call()
+            while not stop.is_set():
+                call()
+                counts[i] += 1
+        except Exception as exc:  # reported after the run
+            errors.append(exc)
+            stop.set()
+
+    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    time.sleep(1.0)  # warm-up
+    start_counts, t0 = sum(counts), time.perf_counter()
+    time.sleep(seconds)
+    done, elapsed = sum(counts) - start_counts, time.perf_counter() - t0
+    stop.set()
+    for thread in threads:
+        thread.join(60)
+    if errors:
+        raise RuntimeError(f"{len(errors)} worker(s) failed: {errors[0]!r}")
+    return done / elapsed
+
+
+def admin_token(data_dir: Path) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "medserve", "tokens", "create", "--role", "service", "--name", "benchmark"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "MEDSERVE_DATA_DIR": str(data_dir)},
+    )
+    return done.stdout.strip().splitlines()[-1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seconds", type=float, default=8.0, help="measured seconds per round (8)")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per configuration (3)")
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--models", nargs="*", default=list(MODELS))
+    parser.add_argument("--output", type=Path, default=Path("docs/BENCHMARKS.md"))
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args(argv)
+    command = "python benchmarks/trust.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        repository = Path(tmp) / "repository"
+        build_example_repository(repository, models=args.models)
+        secured_data = Path(tmp) / "secured"
+        token = admin_token(secured_data)
+        secured_env = {"MEDSERVE_AUTH_DISABLED": "false", "MEDSERVE_DATA_DIR": str(secured_data)}
+        open_env = {"MEDSERVE_AUTH_DISABLED": "true", "MEDSERVE_AUDIT_DISABLED": "true"}
+        with (
+            medserve(repository, secured_env) as (_, secured_port, _g),
+            medserve(repository, open_env) as (
+                _,
+                open_port,
+                _g2,
+            ),
+        ):
+            for model in args.models:
+                on: list[float] = []
+                off: list[float] = []
+                for _ in range(args.rounds):
+                    off.append(throughput(open_port, model, "", args.concurrency, args.seconds))
+                    on.append(throughput(secured_port, model, token, args.concurrency, args.seconds))
+                    print(f"{model}: off {off[-1]:.0f}/s, on {on[-1]:.0f}/s", flush=True)
+                rows.append((model, float(np.median(off)), float(np.median(on))))
+    lines = [
+        f"Measured {dt.date.today().isoformat()} on {machine()}, HTTP with binary tensors, batch 1, "
+        f"{args.concurrency} client threads, {args.rounds} alternating rounds of {args.seconds:.0f} s "
+        "(medians). *On*: bearer-token authentication, an audit record per inference with input and "
+        "output digests, journal fsync'd before each answer. *Off*: `auth_disabled` and `audit_disabled`.",
+        "",
+        f"    {command}",
+        "",
+        "| model | off (inferences/s) | on (inferences/s) | on / off | loss |",
+        "|---|---|---|---|---|",
+    ]
+    for model, off_rate, on_rate in rows:
+        ratio = on_rate / off_rate
+        lines.append(
+            f"| `{model}` | {off_rate:.0f} | {on_rate:.0f} | {ratio:.3f} | {100 * (1 - ratio):.1f} % |"
+        )
+    body = "\n".join(lines)
+    print(body)
+    if not args.no_write:
+        write_section(args.output, body, "trust", "Authentication and audit overhead")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

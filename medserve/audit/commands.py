@@ -1,0 +1,92 @@
+"""What the ``medserve audit`` commands do: verify the trail, export it as JSON lines."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TextIO
+
+from medserve.audit.journal import Journal
+from medserve.audit.record import AuditRecord, Verification, to_json_line, verify
+from medserve.audit.rows import MalformedRecord, iter_records
+from medserve.store.database import Database
+
+
+def verify_audit(database: Database, journal_dir: Path | None = None, *, page: int = 1000) -> Verification:
+    """Verify the chain in the database (read by seq in pages); then, with ``journal_dir``, check that
+    every journal record the database also holds is identical there.
+
+    The journal check catches what the chain alone cannot: a database rewritten from some record on
+    with fresh hashes. Journal records beyond the database's head (not yet flushed) are no error.
+    Raises :class:`StoreUnavailable` if the database cannot be read.
+    """
+    malformed: list[MalformedRecord] = []
+    result = verify(_guarded(iter_records(database, page=page), malformed))
+    if malformed and result.ok:
+        bad = malformed[0]
+        return Verification(
+            False, result.count + 1, result.head_seq, result.head_hash, _as_seq(bad.seq), bad.reason
+        )
+    if not result.ok or journal_dir is None:
+        return result
+    journal = Journal(journal_dir, fsync=False)
+    try:
+        mismatch = _compare(journal.iter_records(page=page), database, result.head_seq, page)
+    finally:
+        journal.close()
+    if mismatch is not None:
+        seq, reason = mismatch
+        return Verification(False, result.count, result.head_seq, result.head_hash, seq, reason)
+    return result
+
+
+def _guarded(records: Iterator[AuditRecord], malformed: list[MalformedRecord]) -> Iterator[AuditRecord]:
+    """``records`` until a malformed row, which is kept in ``malformed`` (verify then stops there)."""
+    try:
+        yield from records
+    except MalformedRecord as exc:
+        malformed.append(exc)
+
+
+def _as_seq(value: object) -> int:
+    try:
+        return int(str(value))
+    except ValueError:
+        return -1
+
+
+def _compare(
+    journal_records: Iterator[AuditRecord], database: Database, head_seq: int, page: int
+) -> tuple[int, str] | None:
+    """The first journal record (up to ``head_seq``) that the database lacks or holds differently."""
+    stored: Iterator[AuditRecord] | None = None
+    current: AuditRecord | None = None
+    for record in journal_records:
+        if record.seq > head_seq:
+            return None
+        if stored is None:
+            stored = iter_records(database, after_seq=record.seq - 1, page=page)
+        while current is None or current.seq < record.seq:
+            current = next(stored, None)
+            if current is None:
+                return record.seq, "in the journal but missing from the database (deleted)"
+        if current.seq != record.seq:
+            return record.seq, "in the journal but missing from the database (deleted)"
+        if current != record:
+            return record.seq, "differs from the journal (the database record was changed)"
+    return None
+
+
+def export_audit(database: Database, out: TextIO, since_seq: int = 0) -> int:
+    """Write every record with seq above ``since_seq`` to ``out`` as JSON lines; returns how many."""
+    count = 0
+    for record in iter_records(database, after_seq=since_seq):
+        out.write(to_json_line(record).decode("utf-8"))
+        count += 1
+    return count
+
+
+def format_verification(result: Verification) -> str:
+    if result.ok:
+        return f"audit trail intact: {result.count} records, head {result.head_hash}"
+    return f"audit trail BROKEN at record seq {result.bad_seq}: {result.reason}"

@@ -1,0 +1,1 @@
+"""Authentication, roles, TLS material, model signatures and de-identification."""

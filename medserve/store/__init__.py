@@ -1,0 +1,1 @@
+"""The server's durable store: SQLAlchemy 2 over SQLite (default) or PostgreSQL, migrated by Alembic."""

@@ -1,0 +1,106 @@
+"""The database: one SQLAlchemy engine, sessions, and Alembic migrations to the newest schema.
+
+SQLite (the default, in the data directory) runs in WAL mode with a busy timeout so the server and
+the command line can use it at once; PostgreSQL is chosen by URL (``postgresql+psycopg://...``).
+SQL errors never carry bound parameters (``hide_parameters``), so logging one leaks no values.
+
+SQLite keeps the driver's own transaction handling: ``BEGIN`` is sent before the first write, not
+before reads. Code that must read and write atomically starts ``BEGIN IMMEDIATE`` itself
+(see :func:`lock_for_write`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from medserve.core.errors import InvalidConfig, StoreUnavailable
+
+
+def default_url(data_dir: Path) -> str:
+    return f"sqlite:///{(data_dir / 'medserve.db').resolve()}"
+
+
+class Database:
+    """One database by URL; ``busy_timeout_s`` (SQLite) and ``connect_timeout_s`` (PostgreSQL) bound waits."""
+
+    def __init__(self, url: str, *, busy_timeout_s: float = 10.0, connect_timeout_s: float = 10.0) -> None:
+        if busy_timeout_s < 0 or connect_timeout_s <= 0:
+            raise InvalidConfig("database timeouts must be positive")
+        self.url = url
+        connect_args: dict[str, Any] = {}
+        if url.startswith("sqlite"):
+            path = url.split("///", 1)[-1]
+            if path and path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+        elif url.startswith("postgresql"):
+            connect_args["connect_timeout"] = max(1, round(connect_timeout_s))
+        try:
+            self.engine: Engine = create_engine(
+                url, pool_pre_ping=True, hide_parameters=True, connect_args=connect_args
+            )
+        except (SQLAlchemyError, ValueError) as exc:
+            raise InvalidConfig(f"database URL is not usable: {type(exc).__name__}") from exc
+        if self.engine.dialect.name == "sqlite":
+            busy_ms = round(busy_timeout_s * 1000)
+
+            def _sqlite_pragmas(dbapi_connection: Any, connection_record: Any) -> None:
+                cursor = dbapi_connection.cursor()
+                cursor.execute("PRAGMA journal_mode=WAL")
+                cursor.execute("PRAGMA synchronous=NORMAL")
+                cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
+                cursor.execute("PRAGMA foreign_keys=ON")
+                cursor.close()
+
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @property
+    def dialect(self) -> str:
+        """``sqlite`` or ``postgresql``."""
+        return self.engine.dialect.name
+
+    def session(self) -> Session:
+        """A new session; use ``with db.session() as s, s.begin(): ...``."""
+        return self._sessions()
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest Alembic revision (serialised between processes)."""
+        from medserve.store.migrate import upgrade
+
+        upgrade(self.engine)
+
+    def ping(self) -> None:
+        """Raise :class:`StoreUnavailable` unless the database answers ``SELECT 1``."""
+        try:
+            with self.engine.connect() as connection:
+                connection.execute(text("SELECT 1"))
+        except SQLAlchemyError as exc:
+            raise StoreUnavailable(f"database unreachable: {describe_error(exc)}") from exc
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def lock_for_write(connection: Connection, key: int) -> None:
+    """Start a write transaction that excludes other writers holding the same ``key`` until it ends.
+
+    SQLite: ``BEGIN IMMEDIATE`` (one writer per database). PostgreSQL: a transaction-scoped advisory
+    lock on ``key``.
+    """
+    if connection.dialect.name == "sqlite":
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+    elif connection.dialect.name == "postgresql":
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+
+
+def describe_error(exc: BaseException) -> str:
+    """A short, value-free description of a database error (driver class and first message line)."""
+    orig = getattr(exc, "orig", None) or exc
+    lines = str(orig).strip().splitlines()
+    first = lines[0] if lines else ""
+    return f"{type(orig).__name__}: {first[:200]}"

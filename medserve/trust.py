@@ -1,0 +1,74 @@
+"""The trust parts built from settings, shared by the server and the command line.
+
+The store (migrated to the newest schema), the audit trail over it, tokens and client-certificate
+identities, the authenticator, the pseudonym key and the model lineage book.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from medserve.audit.trail import AuditTrail
+from medserve.core.errors import StoreUnavailable
+from medserve.repository.lineage import Lineage
+from medserve.security.authenticate import Authenticator
+from medserve.security.certificates import CertificateGrants
+from medserve.security.pseudonym import Pseudonymizer, load_or_create_key
+from medserve.security.signing import TrustedKeys
+from medserve.security.tokens import TokenStore
+from medserve.settings import Settings
+from medserve.store.database import Database, default_url
+
+log = logging.getLogger("medserve")
+
+
+@dataclass
+class Trust:
+    database: Database
+    audit: AuditTrail
+    tokens: TokenStore
+    certificates: CertificateGrants
+    authenticator: Authenticator
+    pseudonyms: Pseudonymizer
+    lineage: Lineage
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        self.audit.close(timeout_s)
+        self.database.dispose()
+
+
+def open_database(settings: Settings) -> Database:
+    """The store, migrated; ``StoreUnavailable`` (without the URL's password) when it cannot be reached."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    database = Database(settings.database_url or default_url(settings.data_dir))
+    try:
+        database.migrate()
+    except SQLAlchemyError as exc:
+        database.dispose()
+        where = database.engine.url.render_as_string(hide_password=True)
+        raise StoreUnavailable(
+            f"cannot open the store at {where}: {type(exc).__name__}: {exc.args[0] if exc.args else ''}"
+        ) from None
+    return database
+
+
+def build_trust(settings: Settings) -> Trust:
+    """Open the store and the audit trail (the caller closes them with ``Trust.close``)."""
+    database = open_database(settings)
+    audit = AuditTrail(database, settings.data_dir / "audit", fsync=settings.audit_fsync)
+    audit.open()
+    tokens = TokenStore(database)
+    certificates = CertificateGrants(database)
+    if settings.auth_disabled:
+        log.warning(
+            "AUTHENTICATION IS DISABLED (auth_disabled=true): every caller is served as 'development'. "
+            "Never run a server like this on a network with patient data."
+        )
+    authenticator = Authenticator(tokens, certificates, disabled=settings.auth_disabled)
+    keys = TrustedKeys.load(settings.trusted_signing_keys) if settings.trusted_signing_keys else None
+    lineage = Lineage(database, keys, settings.require_signatures)
+    pseudonyms = Pseudonymizer(load_or_create_key(settings.data_dir / "pseudonym.key"))
+    return Trust(database, audit, tokens, certificates, authenticator, pseudonyms, lineage)
