@@ -85,7 +85,8 @@ class MedServer:
             trust.authenticator,
             audit=None if settings.audit_disabled else trust.audit,
             pseudonyms=trust.pseudonyms,
-            observer=self.model_monitor,
+            observer=self.model_monitor if settings.monitoring_max_per_s > 0 else None,
+            observe_per_s=settings.monitoring_max_per_s,
         )
         self.metrics.watch_trust(trust.audit, self.model_monitor)
         if settings.audit_disabled:
@@ -161,7 +162,8 @@ class MedServer:
             **(uvicorn_options(tls) if tls else {}),
             lifespan="off",
             access_log=False,
-            log_level=settings.log_level,
+            # uvicorn's DEBUG level dumps WebSocket frames, i.e. patient data: never below INFO.
+            log_level="info" if settings.log_level == "debug" else settings.log_level,
             timeout_graceful_shutdown=int(settings.shutdown_timeout_s) or None,
         )
         self._http = _HttpServer(config)

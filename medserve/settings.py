@@ -117,6 +117,12 @@ class Settings(BaseSettings):
         description="Model monitoring: length of the time windows over which output distributions and "
         "input statistics are kept and compared with the reference window.",
     )
+    monitoring_max_per_s: int = Field(
+        default=50,
+        ge=0,
+        description="Model monitoring: at most this many responses a second per model enter the "
+        "distributions (a uniform-in-time sample; 0 turns monitoring off).",
+    )
     monitor_max_sessions: int = Field(
         default=1000,
         ge=1,

@@ -22,6 +22,8 @@ import pytest
 
 from medserve.examples.repository import EXAMPLE_MODELS, build_example_repository
 
+pytest_plugins = ["tests.databases"]
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -14,9 +14,9 @@ from medserve.core.errors import InvalidInput, Overloaded
 from medserve.core.metrics import ServingMetrics
 from medserve.core.registry import ModelRegistry
 from medserve.core.service import InferenceService
+from medserve.repository.repository import ModelRepository
 from medserve.security.access import Caller
 from medserve.security.authenticate import Authenticator
-from medserve.repository.repository import ModelRepository
 from medserve.streaming.messages import Alert, MonitorSample
 from medserve.streaming.monitor import MonitorSettings, PatientMonitor
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-from pathlib import Path
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -20,6 +20,12 @@ from starlette.testclient import TestClient
 
 from medserve.clinical.vitals.news2 import ClinicalRisk, score_news2
 from medserve.core.errors import InvalidInput
+from medserve.core.metrics import ServingMetrics
+from medserve.core.registry import ModelRegistry
+from medserve.core.service import InferenceService
+from medserve.repository.repository import ModelRepository
+from medserve.security.access import Caller
+from medserve.security.authenticate import Authenticator
 from medserve.streaming.alerts import AlertHub
 from medserve.streaming.messages import (
     VITAL_FIELDS,
@@ -28,12 +34,6 @@ from medserve.streaming.messages import (
     MonitorSample,
     vital_signs,
 )
-from medserve.core.metrics import ServingMetrics
-from medserve.core.registry import ModelRegistry
-from medserve.core.service import InferenceService
-from medserve.repository.repository import ModelRepository
-from medserve.security.access import Caller
-from medserve.security.authenticate import Authenticator
 from medserve.transport.stream import stream_routes
 
 NORMAL = {

@@ -16,6 +16,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.pool import NullPool
 import tritonclient.grpc as grpcclient
 from websockets.sync.client import connect
 
@@ -26,8 +28,8 @@ pytestmark = pytest.mark.slow
 SECURED = {"MEDSERVE_AUTH_DISABLED": "false"}
 
 
-def medserve(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "MEDSERVE_DATA_DIR": str(data_dir)}
+def medserve(data_dir: Path, *args: str, database_url: str = "") -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "MEDSERVE_DATA_DIR": str(data_dir), "MEDSERVE_DATABASE_URL": database_url}
     return subprocess.run(
         [sys.executable, "-m", "medserve", *args], capture_output=True, text=True, env=env, timeout=120
     )
@@ -39,8 +41,8 @@ def token(data_dir: Path, role: str, name: str) -> str:
     return done.stdout.strip().splitlines()[-1]
 
 
-def audit_records(data_dir: Path) -> list[dict[str, object]]:
-    done = medserve(data_dir, "audit", "export")
+def audit_records(data_dir: Path, database_url: str = "") -> list[dict[str, object]]:
+    done = medserve(data_dir, "audit", "export", database_url=database_url)
     assert done.returncode == 0, done.stderr
     return [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
 
@@ -58,8 +60,12 @@ def simple_body(request_id: str, **parameters: object) -> dict[str, object]:
     return body
 
 
-def test_kill_9_under_load_loses_no_acknowledged_audit_record(repository_copy: Path, tmp_path: Path) -> None:
-    server = start_server(repository_copy, tmp_path / "first.log")
+def test_kill_9_under_load_loses_no_acknowledged_audit_record(
+    repository_copy: Path, tmp_path: Path, database_url: str
+) -> None:
+    """On SQLite and PostgreSQL: every answered inference has its record after a crash and restart."""
+    store = {"MEDSERVE_DATABASE_URL": database_url}
+    server = start_server(repository_copy, tmp_path / "first.log", env=store)
     acknowledged: list[str] = []
     stop = threading.Event()
 
@@ -88,19 +94,39 @@ def test_kill_9_under_load_loses_no_acknowledged_audit_record(repository_copy: P
     for thread in threads:
         thread.join(30)
     assert len(acknowledged) > 20
-    restarted = start_server(repository_copy, tmp_path / "second.log")  # same data folder
+    restarted = start_server(repository_copy, tmp_path / "second.log", env=store)  # same data folder
     try:
         deadline = time.monotonic() + 60
         missing: set[str] = set(acknowledged)
         while time.monotonic() < deadline and missing:
-            recorded = {str(r["request_id"]) for r in audit_records(tmp_path / "data")}
+            recorded = {str(r["request_id"]) for r in audit_records(tmp_path / "data", database_url)}
             missing = set(acknowledged) - recorded
             time.sleep(0.5)
         assert not missing, f"{len(missing)} acknowledged inferences have no audit record"
-        verified = medserve(tmp_path / "data", "audit", "verify")
+        verified = medserve(tmp_path / "data", "audit", "verify", database_url=database_url)
         assert verified.returncode == 0, verified.stdout + verified.stderr
     finally:
         stop_server(restarted)
+    # An edited row is named by verify.
+    edited = first_inference_seq(database_url or f"sqlite:///{tmp_path / 'data' / 'medserve.db'}")
+    verified = medserve(tmp_path / "data", "audit", "verify", database_url=database_url)
+    assert verified.returncode == 1 and f"seq {edited}" in verified.stdout, verified.stdout
+
+
+def first_inference_seq(url: str) -> int:
+    """Edit the first inference record's status behind the server's back; returns its seq."""
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        with engine.begin() as connection:
+            seq = connection.execute(
+                text("SELECT min(seq) FROM audit_records WHERE event = 'inference'")
+            ).scalar_one()
+            connection.execute(
+                text("UPDATE audit_records SET status = 'ok-edited' WHERE seq = :s"), {"s": seq}
+            )
+        return int(seq)
+    finally:
+        engine.dispose()
 
 
 def test_tampered_artifact_is_refused_and_rollback_pins_a_version(
@@ -119,7 +145,9 @@ def test_tampered_artifact_is_refused_and_rollback_pins_a_version(
         assert rolled.returncode == 0, rolled.stderr
         assert "pinned to version 1" in rolled.stdout
         assert httpx.get(f"{base}/v2/models/simple_nobatch", headers=headers).json()["versions"] == ["1"]
-        cleared = medserve(data, "models", "rollback", "simple_nobatch", "--clear", "--url", base, "--token", admin)
+        cleared = medserve(
+            data, "models", "rollback", "simple_nobatch", "--clear", "--url", base, "--token", admin
+        )
         assert cleared.returncode == 0, cleared.stderr
         assert httpx.get(f"{base}/v2/models/simple_nobatch", headers=headers).json()["versions"] == ["1", "2"]
     finally:
@@ -167,9 +195,7 @@ def test_tls_with_client_certificates_and_tokens(example_repository: Path, tmp_p
             assert reply.status_code == 200
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"{base}/v2/health/ready", verify=True)  # the development CA is not a public one
-        grpc_client = grpcclient.InferenceServerClient(
-            server.grpc_url, ssl=True, root_certificates=ca
-        )
+        grpc_client = grpcclient.InferenceServerClient(server.grpc_url, ssl=True, root_certificates=ca)
         assert grpc_client.is_server_ready()
         meta = grpc_client.get_model_metadata("simple", headers={"authorization": f"Bearer {viewer}"})
         assert meta.name == "simple"
@@ -201,7 +227,9 @@ def test_logs_and_audit_trail_hold_no_patient_data(example_repository: Path, tmp
     headers = {"Authorization": f"Bearer {service}"}
     try:
         base = f"http://{server.http_url}"
-        body = simple_body("phi-1", patient_id=PATIENT_ID, study_instance_uid=STUDY_UID, patient_name=PATIENT_NAME)
+        body = simple_body(
+            "phi-1", patient_id=PATIENT_ID, study_instance_uid=STUDY_UID, patient_name=PATIENT_NAME
+        )
         assert httpx.post(f"{base}/v2/models/simple/infer", json=body, headers=headers).status_code == 200
         bad = simple_body("phi-2", patient_id=PATIENT_ID)
         bad["inputs"][0]["shape"] = [1, 15]  # type: ignore[index]
@@ -209,8 +237,13 @@ def test_logs_and_audit_trail_hold_no_patient_data(example_repository: Path, tmp
         with connect(f"ws://{server.http_url}/v2/monitor/stream", additional_headers=headers) as socket:
             socket.send(
                 json.dumps(
-                    {"sequence_id": PATIENT_ID, "sequence_start": True, "sample_seq": 0,
-                     "timestamp": time.time(), "vitals": {"spo2": -5}}
+                    {
+                        "sequence_id": PATIENT_ID,
+                        "sequence_start": True,
+                        "sample_seq": 0,
+                        "timestamp": time.time(),
+                        "vitals": {"spo2": -5},
+                    }
                 )
             )
             socket.recv(timeout=30)

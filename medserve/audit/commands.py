@@ -27,7 +27,7 @@ def verify_audit(database: Database, journal_dir: Path | None = None, *, page: i
         return Verification(
             False, result.count + 1, result.head_seq, result.head_hash, _as_seq(bad.seq), bad.reason
         )
-    if not result.ok or journal_dir is None:
+    if not result.ok or journal_dir is None or not journal_dir.is_dir():
         return result
     journal = Journal(journal_dir, fsync=False)
     try:

@@ -394,17 +394,20 @@ class Journal:
         while position <= end:
             stop = data.index(b"\n", position)
             line = data[position:stop]
-            try:
-                record = values_from_json_line(line)
-            except InvalidInput as exc:
-                raise StoreUnavailable(
-                    f"audit journal {path.name} is corrupt at byte {self._read_offset + position}: {exc}"
-                ) from exc
+            seq = _seq_of(line)
+            record: RecordValues | None = None
+            if seq is None or seq > after_seq:
+                try:
+                    record = values_from_json_line(line)
+                except InvalidInput as exc:
+                    raise StoreUnavailable(
+                        f"audit journal {path.name} is corrupt at byte {self._read_offset + position}: {exc}"
+                    ) from exc
+                seq = int(record["seq"])
             position = stop + 1
             self._read_offset += len(line) + 1
-            seq = record["seq"]
-            self._read_seq = int(seq)
-            if int(seq) > after_seq:
+            self._read_seq = seq
+            if record is not None and seq > after_seq:
                 into.append(record)
                 added += 1
                 if limit is not None and added >= limit:
@@ -447,6 +450,21 @@ class Journal:
                 self._header.close()
                 os.close(self._lock_fd)
                 self._lock_fd = -1
+
+
+def _seq_of(line: bytes) -> int | None:
+    """The seq of a journal line without parsing all of it (to skip records quickly); None if unsure.
+
+    ``,"seq":`` cannot occur inside a JSON string (its quotes would be escaped), so the first
+    occurrence is the key.
+    """
+    start = line.find(b',"seq":')
+    if start < 0:
+        return None
+    start += 7
+    stop = line.find(b",", start)
+    digits = line[start:stop] if stop >= 0 else b""
+    return int(digits) if digits.isdigit() else None
 
 
 def _fsync_directory(directory: Path) -> None:

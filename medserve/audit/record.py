@@ -8,8 +8,9 @@ A record is an event plus ``seq`` (1, 2, ...), ``time`` (ISO 8601 UTC, microseco
 Canonical JSON is UTF-8 with sorted keys and no whitespace, exactly what Python's
 ``json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False)`` writes; anyone can
 recompute a hash without medserve. Values are strings and integers only. Before sealing, strings are
-cut to their column's length and NUL characters and lone surrogates become U+FFFD, so every database
-stores exactly what was hashed.
+cut to their column's length (``detail`` to :data:`DETAIL_MAX_CHARS`), NUL characters and lone
+surrogates become U+FFFD, and ``latency_us`` becomes a non-negative integer, so every database stores
+exactly what was hashed.
 """
 
 from __future__ import annotations
@@ -161,14 +162,15 @@ def _as_int(value: object) -> int:
 def event_values(event: AuditEvent) -> RecordValues:
     """The event's fields, cleaned for storage: cut to their column, no NUL, valid UTF-8, int latency."""
     strings = _get_strings(event)
-    clean = True
-    for text, limit in zip(strings, _STRING_LIMITS):
-        if type(text) is not str or len(text) > limit:
-            clean = False
-            break
-    if clean:
-        joined = "".join(strings)
-        clean = "\x00" not in joined and joined.isascii()
+    try:
+        joined = "".join(strings)  # also a type check: every field a str
+        clean = (
+            "\x00" not in joined
+            and joined.isascii()
+            and all(map(operator.le, map(len, strings), _STRING_LIMITS))
+        )
+    except TypeError:
+        clean = False
     if not clean:
         strings = tuple(_clean(text, limit) for text, limit in zip(strings, _STRING_LIMITS))
     values: RecordValues = dict(zip(_STRING_FIELDS, strings))

@@ -1,8 +1,8 @@
 """The audit trail: events go durably into the journal first, then, in batches, into the database.
 
 ``record`` only enqueues and awaits. A writer thread takes every waiting event, seals and writes
-them in one append (one ``fsync``) and wakes their callers, so concurrent requests share an
-``fsync`` (group commit). A flusher thread copies journaled records into ``audit_records`` in
+them in one append (with ``fsync``, one durable write) and wakes their callers, so concurrent
+requests share the disk flush (group commit). A flusher thread copies journaled records into ``audit_records`` in
 batches: only seqs above the database's newest, under a lock, so another process flushing the same
 journal at once does no harm. While the database is down, records wait in the journal; the flusher
 retries with capped exponential backoff, logs once per outage, and catches up when it returns.
@@ -131,11 +131,14 @@ class AuditTrail:
         self._stopping = True
         self._urgent.set()
         self._wake.set()
-        if self._flusher is not None:
-            self._flusher.join(max(0.0, deadline - time.monotonic()))
-            if self._flusher.is_alive():
+        flusher, self._flusher = self._flusher, None
+        if flusher is not None:
+            flusher.join(max(0.0, deadline - time.monotonic()))
+            if flusher.is_alive():
+                # Still in its last attempt (a database that hangs): leave it the journal; it exits after.
                 log.warning("audit flusher did not stop in time; the journal keeps the records")
-            self._flusher = None
+                self._journal = None
+                return
         if self._journal is not None:
             self._journal.close()
             self._journal = None
@@ -212,16 +215,16 @@ class AuditTrail:
             _resolve(batch, StoreUnavailable(f"audit writer failed: {type(exc).__name__}"))
 
     def _durable(self, batch: Sequence[_Waiter], sealed: list[RecordValues]) -> None:
-        """The batch is on disk: wake its callers first, then do the bookkeeping."""
+        """The batch is on disk: count it, wake its callers, then hand it to the flusher."""
+        self._written_total += len(batch)
+        self._note_journal_seq(int(sealed[-1]["seq"]))
         _resolve(batch, None)
         if not self._journal_healthy:
             log.warning("audit journal writable again")
             self._journal_healthy = True
-        self._written_total += len(batch)
         with self._recent_lock:
             if len(self._recent) < _RECENT_MAX:
                 self._recent.extend(sealed)
-        self._note_journal_seq(int(sealed[-1]["seq"]))
         self._wake.set()
 
     def _fail_queued(self) -> None:
@@ -346,13 +349,13 @@ class AuditTrail:
                     self.journal_dir,
                 )
             return
-        if not self._healthy:
-            log.info("audit database available again; journal backlog flushed")
-        self._healthy = True
-        self._backoff = 0.0
         journal = self._journal
-        if journal is not None and len(journal.numbers()) > 1:
-            journal.prune(self._db_seq)
+        if journal is not None:
+            try:
+                if len(journal.numbers()) > 1:
+                    journal.prune(self._db_seq)
+            except (OSError, MedserveError) as exc:
+                log.warning("audit journal files could not be pruned: %s", exc)
 
     def _flush_once(self, adopt: bool) -> int:
         """Insert one batch of journaled records the database lacks; returns how many."""
@@ -368,9 +371,12 @@ class AuditTrail:
                 record = record_at(connection, head_seq)
                 if record is not None and journal.adopt(record):
                     self._note_journal_seq(head_seq)
-            records = self._take_recent(head_seq) or journal.read_values(head_seq, self.flush_batch)
+            records = self._take_recent(head_seq)
+            if not records and self._journal_seq_now(journal) > head_seq:
+                records = journal.read_values(head_seq, self.flush_batch)  # other processes, recovery
             if not records:
                 connection.rollback()
+                self._reachable()
                 return 0
             first = records[0]
             if first["seq"] != head_seq + 1 or first["prev_hash"] != head_hash:
@@ -380,12 +386,19 @@ class AuditTrail:
                 )
             insert_records(connection, records)
             connection.commit()
+        self._reachable()
         last = int(records[-1]["seq"])
         self._flushed_total += len(records)
         self._note_journal_seq(last)
         self._set_db_seq(last)
         self._drop_recent(last)
         return len(records)
+
+    def _reachable(self) -> None:
+        if not self._healthy:
+            log.info("audit database available again; flushing the journal backlog")
+        self._healthy = True
+        self._backoff = 0.0
 
     def _take_recent(self, head_seq: int) -> list[RecordValues]:
         """The records in memory that continue seq ``head_seq`` without a gap (at most a batch)."""
@@ -407,6 +420,10 @@ class AuditTrail:
             while count < len(recent) and int(recent[count]["seq"]) <= up_to_seq:
                 count += 1
             del recent[:count]
+
+    def _journal_seq_now(self, journal: Journal) -> int:
+        self._note_journal_seq(journal.head()[0])
+        return self._journal_seq
 
     def _note_journal_seq(self, seq: int) -> None:
         with self._progress:

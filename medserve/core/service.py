@@ -99,6 +99,7 @@ class InferenceService:
         audit: AuditSink | None = None,
         pseudonyms: Pseudonyms | None = None,
         observer: OutputObserver | None = None,
+        observe_per_s: int = 50,
     ) -> None:
         self.registry = registry
         self.audit = audit
@@ -107,6 +108,8 @@ class InferenceService:
         self._observer = observer
         self._ready = False
         self._pipelines: dict[str, Pipeline] = {}
+        self.observe_per_s = observe_per_s
+        self._observed: dict[str, tuple[int, int]] = {}
 
     def add_pipeline(self, pipeline: Pipeline) -> None:
         self._pipelines[pipeline.name] = pipeline
@@ -204,6 +207,20 @@ class InferenceService:
                 )
             )
 
+    async def refuse(self, caller: Caller, model: str, exc: MedserveError) -> None:
+        """Audit an inference request a door could not even decode (the door then raises ``exc``)."""
+        await self.record(
+            AuditEvent(
+                event="inference",
+                principal=caller.principal.name,
+                door=caller.door,
+                model=model,
+                request_id=caller.request_id,
+                status=_status(exc),
+                detail=str(exc)[:500],
+            )
+        )
+
     # -- server -----------------------------------------------------------------------------
     def set_ready(self, ready: bool) -> None:
         self._ready = ready
@@ -287,6 +304,15 @@ class InferenceService:
     def _observe(
         self, model: str, version: str, request: InferenceRequest, response: InferenceResponse
     ) -> None:
+        """Feed the model monitor a sample of the traffic: at most ``observe_per_s`` responses a second."""
+        second, count = self._observed.get(model, (0, 0))
+        now = int(time.monotonic())
+        if now != second:
+            second, count = now, 0
+        if count >= self.observe_per_s:
+            return
+        self._observed[model] = (second, count + 1)
+
         def numeric(tensors: list[Any]) -> dict[str, np.ndarray]:
             return {t.name: t.data for t in tensors if t.datatype != "BYTES"}
 

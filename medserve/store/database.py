@@ -11,10 +11,12 @@ before reads. Code that must read and write atomically starts ``BEGIN IMMEDIATE`
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, make_url, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -33,15 +35,15 @@ class Database:
             raise InvalidConfig("database timeouts must be positive")
         self.url = url
         connect_args: dict[str, Any] = {}
-        if url.startswith("sqlite"):
-            path = url.split("///", 1)[-1]
-            if path and path != ":memory:":
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
-        elif url.startswith("postgresql"):
-            connect_args["connect_timeout"] = max(1, round(connect_timeout_s))
         try:
+            parsed = make_url(url)
+            backend = parsed.get_backend_name()
+            if backend == "sqlite" and parsed.database and parsed.database != ":memory:":
+                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            elif backend == "postgresql":
+                connect_args["connect_timeout"] = max(1, round(connect_timeout_s))
             self.engine: Engine = create_engine(
-                url, pool_pre_ping=True, hide_parameters=True, connect_args=connect_args
+                parsed, pool_pre_ping=True, hide_parameters=True, connect_args=connect_args
             )
         except (SQLAlchemyError, ValueError) as exc:
             raise InvalidConfig(f"database URL is not usable: {type(exc).__name__}") from exc
@@ -50,11 +52,13 @@ class Database:
 
             def _sqlite_pragmas(dbapi_connection: Any, connection_record: Any) -> None:
                 cursor = dbapi_connection.cursor()
-                cursor.execute("PRAGMA journal_mode=WAL")
-                cursor.execute("PRAGMA synchronous=NORMAL")
-                cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
-                cursor.execute("PRAGMA foreign_keys=ON")
-                cursor.close()
+                try:
+                    cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
+                    _wal_mode(cursor, busy_timeout_s)
+                    cursor.execute("PRAGMA synchronous=NORMAL")
+                    cursor.execute("PRAGMA foreign_keys=ON")
+                finally:
+                    cursor.close()
 
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
@@ -84,6 +88,25 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def _wal_mode(cursor: Any, busy_timeout_s: float) -> None:
+    """Switch a SQLite database to WAL (persistent; a no-op once done).
+
+    The switch needs the database to itself and SQLite may refuse it at once, without waiting, when
+    another connection is opening the same new database; so retry for up to the busy timeout.
+    """
+    deadline = time.monotonic() + max(busy_timeout_s, 0.05)
+    while True:
+        try:
+            mode = str(cursor.execute("PRAGMA journal_mode=WAL").fetchone()[0]).lower()
+        except sqlite3.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            mode = ""
+        if mode in ("wal", "memory") or time.monotonic() > deadline:
+            return  # an in-memory database has no WAL
+        time.sleep(0.01)
 
 
 def lock_for_write(connection: Connection, key: int) -> None:

@@ -149,7 +149,9 @@ class AlertHub:
         if self._file is None:
             if self._path is not None:
                 # Name the alert only: the record carries the patient's stream id (no patient data in logs).
-                log.warning("alert journal %s is closed; alert %s kept in memory only", self._path, record.get("id"))
+                log.warning(
+                    "alert journal %s is closed; alert %s kept in memory only", self._path, record.get("id")
+                )
             return
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()

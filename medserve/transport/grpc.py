@@ -21,10 +21,12 @@ from grpc_health.v1.health import aio as health_aio
 from medserve.core import errors
 from medserve.protocol import grpc_codec
 from medserve.protocol.grpc_messages import SERVICE_NAME, pb
+from medserve.security.access import Action
 from medserve.security.tls import grpc_client_cert_cn
 
 if TYPE_CHECKING:
     from medserve.core.service import InferenceService
+    from medserve.core.types import InferenceRequest
     from medserve.security.access import Caller
 
 logger = logging.getLogger(__name__)
@@ -144,8 +146,17 @@ class GrpcInferenceServicer:
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ModelInferResponse:
         caller = await self._caller(context)
-        response = await self._service.infer(grpc_codec.decode_infer_request(request), caller)
+        response = await self._service.infer(await self._decoded(request, caller), caller)
         return grpc_codec.encode_infer_response(response)
+
+    async def _decoded(self, request: pb.ModelInferRequest, caller: Caller) -> InferenceRequest:
+        """The request decoded; one that cannot be is audited as refused."""
+        caller.principal.require(Action.INFER, request.model_name)
+        try:
+            return grpc_codec.decode_infer_request(request)
+        except errors.MedserveError as exc:
+            await self._service.refuse(caller, request.model_name, exc)
+            raise
 
     async def model_stream_infer(
         self,
@@ -195,7 +206,7 @@ class GrpcInferenceServicer:
         caller: Caller,
     ) -> None:
         try:
-            response = await self._service.infer(grpc_codec.decode_infer_request(request), caller)
+            response = await self._service.infer(await self._decoded(request, caller), caller)
             answer = pb.ModelStreamInferResponse(infer_response=grpc_codec.encode_infer_response(response))
         except Exception as error:  # reported in the stream, which stays open
             _, message = _describe(error)

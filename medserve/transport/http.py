@@ -222,7 +222,12 @@ def build_app(
             if not raw_length.strip().isdigit():
                 raise InvalidInput(f"{HEADER_LENGTH} must be a non-negative integer, got '{raw_length}'")
             header_length = int(raw_length)
-        inference = decode_infer_request(body, header_length, name, version)
+        caller.principal.require(Action.INFER, name)  # before reading what the body says
+        try:
+            inference = decode_infer_request(body, header_length, name, version)
+        except MedserveError as exc:
+            await service.refuse(caller, name, exc)
+            raise
         result = await service.infer(inference, caller)
         payload, json_length = encode_infer_response(result, inference)
         headers: dict[str, str] = {}
