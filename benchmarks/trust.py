@@ -1,11 +1,12 @@
 """What authentication and the audit trail cost: throughput with both on vs both off.
 
-Two servers over the same repository run side by side: one as deployed (token authentication, an
-audit record per inference, journal fsync'd before each answer), one with ``auth_disabled`` and
-``audit_disabled``. ``--concurrency`` client threads (HTTP, binary tensors, batch 1) load one server
-at a time, alternating rounds, so both see the same machine; the ratio of the medians is reported.
-Models: ``simple`` (two 1×16 FP32 inputs, microseconds of compute, where any overhead shows) and
-``chest_xray_classifier`` (DenseNet-121, 224×224).
+Three servers over the same repository run side by side: *off* (``auth_disabled`` and
+``audit_disabled``), *on* as deployed by default (bearer-token authentication, an audit record per
+inference with input and output digests, in the journal before each answer) and *on + fsync*
+(``audit_fsync``: each record on the disk before the answer). ``--concurrency`` client threads (HTTP,
+binary tensors, batch 1) load one server at a time, in alternating rounds, so all see the same
+machine; ratios of the medians are reported. Models: ``simple`` (two 1×16 FP32 inputs, microseconds
+of compute, where any overhead shows) and ``chest_xray_classifier`` (DenseNet-121, 224×224).
 
     python benchmarks/trust.py [--seconds 8] [--rounds 3] [--concurrency 8] [--output docs/BENCHMARKS.md]
 """
@@ -13,6 +14,7 @@ Models: ``simple`` (two 1×16 FP32 inputs, microseconds of compute, where any ov
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import os
 import shlex
@@ -112,39 +114,40 @@ def main(argv: list[str] | None = None) -> int:
         build_example_repository(repository, models=args.models)
         secured_data = Path(tmp) / "secured"
         token = admin_token(secured_data)
-        secured_env = {"MEDSERVE_AUTH_DISABLED": "false", "MEDSERVE_DATA_DIR": str(secured_data)}
-        open_env = {"MEDSERVE_AUTH_DISABLED": "true", "MEDSERVE_AUDIT_DISABLED": "true"}
-        with (
-            medserve(repository, secured_env) as (_, secured_port, _g),
-            medserve(repository, open_env) as (
-                _,
-                open_port,
-                _g2,
-            ),
-        ):
+        secured = {"MEDSERVE_AUTH_DISABLED": "false", "MEDSERVE_DATA_DIR": str(secured_data)}
+        configurations = {
+            "off": ({"MEDSERVE_AUTH_DISABLED": "true", "MEDSERVE_AUDIT_DISABLED": "true"}, ""),
+            "on": (secured, token),
+            "on + fsync": ({**secured, "MEDSERVE_AUDIT_FSYNC": "true"}, token),
+        }
+        with contextlib.ExitStack() as stack:
+            ports = {
+                name: (stack.enter_context(medserve(repository, env))[1], key)
+                for name, (env, key) in configurations.items()
+            }
             for model in args.models:
-                on: list[float] = []
-                off: list[float] = []
+                rates: dict[str, list[float]] = {name: [] for name in ports}
                 for _ in range(args.rounds):
-                    off.append(throughput(open_port, model, "", args.concurrency, args.seconds))
-                    on.append(throughput(secured_port, model, token, args.concurrency, args.seconds))
-                    print(f"{model}: off {off[-1]:.0f}/s, on {on[-1]:.0f}/s", flush=True)
-                rows.append((model, float(np.median(off)), float(np.median(on))))
+                    for name, (port, key) in ports.items():
+                        rates[name].append(throughput(port, model, key, args.concurrency, args.seconds))
+                    print(model, {n: round(r[-1]) for n, r in rates.items()}, flush=True)
+                rows.append((model, {n: float(np.median(r)) for n, r in rates.items()}))
     lines = [
         f"Measured {dt.date.today().isoformat()} on {machine()}, HTTP with binary tensors, batch 1, "
         f"{args.concurrency} client threads, {args.rounds} alternating rounds of {args.seconds:.0f} s "
-        "(medians). *On*: bearer-token authentication, an audit record per inference with input and "
-        "output digests, journal fsync'd before each answer. *Off*: `auth_disabled` and `audit_disabled`.",
+        "(medians). *Off*: `auth_disabled` and `audit_disabled`. *On* (the default): bearer-token "
+        "authentication and an audit record per inference, with input and output digests, in the journal "
+        "before each answer. *On + fsync*: `audit_fsync`, each record on the disk before the answer.",
         "",
         f"    {command}",
         "",
-        "| model | off (inferences/s) | on (inferences/s) | on / off | loss |",
-        "|---|---|---|---|---|",
+        "| model | off (inferences/s) | on | on / off | on + fsync | on + fsync / off |",
+        "|---|---|---|---|---|---|",
     ]
-    for model, off_rate, on_rate in rows:
-        ratio = on_rate / off_rate
+    for model, rate in rows:
+        off, on, synced = rate["off"], rate["on"], rate["on + fsync"]
         lines.append(
-            f"| `{model}` | {off_rate:.0f} | {on_rate:.0f} | {ratio:.3f} | {100 * (1 - ratio):.1f} % |"
+            f"| `{model}` | {off:.0f} | {on:.0f} | {on / off:.3f} | {synced:.0f} | {synced / off:.3f} |"
         )
     body = "\n".join(lines)
     print(body)

@@ -86,9 +86,10 @@ class Settings(BaseSettings):
         description="DEVELOPMENT/BENCHMARK ONLY: write no audit records (logged loudly at start-up).",
     )
     audit_fsync: bool = Field(
-        default=True,
-        description="fsync the audit journal before answering (survives power loss); false: a process "
-        "crash loses nothing, a power cut may lose the last records.",
+        default=False,
+        description="Write each audit record to the disk (O_DSYNC) before answering, so even a power cut "
+        "loses nothing; false: records reach the operating system before the answer (a crash of the "
+        "server loses nothing) and the disk within about 0.2 s.",
     )
     tls_certfile: Path | None = Field(
         default=None, description="PEM certificate (chain) of the server; with tls_keyfile turns on TLS."

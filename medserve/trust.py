@@ -46,7 +46,7 @@ def open_database(settings: Settings) -> Database:
     database = Database(settings.database_url or default_url(settings.data_dir))
     try:
         database.migrate()
-    except SQLAlchemyError as exc:
+    except (SQLAlchemyError, StoreUnavailable) as exc:
         database.dispose()
         where = database.engine.url.render_as_string(hide_password=True)
         raise StoreUnavailable(

@@ -22,7 +22,7 @@ import pytest
 
 from medserve.examples.repository import EXAMPLE_MODELS, build_example_repository
 
-pytest_plugins = ["tests.databases"]
+pytest_plugins = ["databases"]
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -16,9 +16,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+import tritonclient.grpc as grpcclient
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
-import tritonclient.grpc as grpcclient
 from websockets.sync.client import connect
 
 from tests.conftest import RunningServer, start_server, stop_server

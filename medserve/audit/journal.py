@@ -441,6 +441,12 @@ class Journal:
                 deleted += 1
         return deleted
 
+    def sync(self) -> None:
+        """Flush appended records to the disk (for journals opened without ``fsync``)."""
+        with self._mutex:
+            if self._fd is not None:
+                os.fdatasync(self._fd)
+
     def close(self) -> None:
         with self._mutex:
             if self._fd is not None:

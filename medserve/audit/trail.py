@@ -1,11 +1,14 @@
 """The audit trail: events go durably into the journal first, then, in batches, into the database.
 
 ``record`` only enqueues and awaits. A writer thread takes every waiting event, seals and writes
-them in one append (with ``fsync``, one durable write) and wakes their callers, so concurrent
-requests share the disk flush (group commit). A flusher thread copies journaled records into ``audit_records`` in
-batches: only seqs above the database's newest, under a lock, so another process flushing the same
-journal at once does no harm. While the database is down, records wait in the journal; the flusher
-retries with capped exponential backoff, logs once per outage, and catches up when it returns.
+them in one append and wakes their callers, so concurrent requests share the write (group commit).
+With ``fsync`` that write reaches the disk before the callers wake (survives power loss); without,
+it reaches the operating system (survives any crash of the process) and the flusher syncs the
+journal to the disk at each of its cycles, a fraction of a second later. A flusher thread copies
+journaled records into ``audit_records`` in batches: only seqs above the database's newest, under a
+lock, so another process flushing the same journal at once does no harm. While the database is
+down, records wait in the journal; the flusher retries with capped exponential backoff, logs once
+per outage, and catches up when it returns.
 
 One journal directory belongs to one database: every process appending to that database (the server,
 ``medserve`` commands) must use the same directory, so all records form one chain.
@@ -87,6 +90,7 @@ class AuditTrail:
         self._journal_healthy = True
         # What this process wrote, for the flusher to insert without reading the journal back.
         self._recent: list[RecordValues] = []
+        self._inline: list[_Waiter] = []  # awaiting the loop's next append (without fsync)
         self._recent_lock = threading.Lock()
         self._backoff = 0.0
         self._written_total = 0
@@ -140,6 +144,8 @@ class AuditTrail:
                 self._journal = None
                 return
         if self._journal is not None:
+            if not self.fsync:
+                self._sync_journal()
             self._journal.close()
             self._journal = None
 
@@ -155,11 +161,30 @@ class AuditTrail:
     # -- recording ------------------------------------------------------------------------------
 
     async def record(self, event: AuditEvent) -> None:
-        """Return once ``event`` is in the journal; :class:`StoreUnavailable` if it cannot be."""
+        """Return once ``event`` is in the journal; :class:`StoreUnavailable` if it cannot be.
+
+        Without ``fsync`` the append is a short write to the operating system: the records of one
+        event-loop iteration are written together on the loop itself, sparing a thread handoff per
+        request. With ``fsync`` the (slow) durable write happens on the writer thread.
+        """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
-        self._enqueue((event, time.time_ns(), loop, future))
+        waiter: _Waiter = (event, time.time_ns(), loop, future)
+        if self.fsync:
+            self._enqueue(waiter)
+        else:
+            if not self._accepting:
+                raise StoreUnavailable("audit trail is not open")
+            self._inline.append(waiter)
+            if len(self._inline) == 1:
+                loop.call_soon(self._write_inline)
         await future
+
+    def _write_inline(self) -> None:
+        """The records gathered during one loop iteration, in one append (runs on the loop)."""
+        batch, self._inline = self._inline, []
+        if batch:
+            self._write(batch)
 
     def record_blocking(self, event: AuditEvent, timeout_s: float | None = None) -> None:
         """:meth:`record` for threads without an event loop."""
@@ -297,6 +322,8 @@ class AuditTrail:
                 self._urgent.wait(remaining)
             self._urgent.clear()
             self._wake.clear()
+            if woken and not self.fsync:
+                self._sync_journal()
             try:
                 if self._stopping:
                     self._flush_cycle()
@@ -310,6 +337,16 @@ class AuditTrail:
                 self._last_attempt = time.monotonic()
                 if self._stopping:
                     return
+
+    def _sync_journal(self) -> None:
+        """Without ``fsync`` per write, records reach the disk here, one flush interval later at most."""
+        journal = self._journal
+        if journal is None:
+            return
+        try:
+            journal.sync()
+        except OSError as exc:
+            log.warning("audit journal could not be synced to disk: %s", exc)
 
     def _journal_grew(self) -> bool:
         """Whether the journal (perhaps through another process) holds seqs the database lacks."""
@@ -448,10 +485,21 @@ def _resolve(batch: Sequence[_Waiter], error: MedserveError | None) -> None:
         elif isinstance(future, asyncio.Future):
             by_loop.setdefault(loop, []).append(future)
     for loop, futures in by_loop.items():
+        message = str(error) if error is not None else None
+        if _running_loop() is loop:
+            _settle(futures, message)  # written on the loop itself: wake the callers directly
+            continue
         try:
-            loop.call_soon_threadsafe(_settle, futures, str(error) if error is not None else None)
+            loop.call_soon_threadsafe(_settle, futures, message)
         except RuntimeError:
             continue  # the loop is closed; nobody waits any more
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def _settle(futures: list[asyncio.Future[None]], error: str | None) -> None:

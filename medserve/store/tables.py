@@ -41,7 +41,7 @@ class AuditRecordRow(Base):
     patient_ref: Mapped[str] = mapped_column(String(64), default="")
     detail: Mapped[str] = mapped_column(Text, default="")
     prev_hash: Mapped[str] = mapped_column(String(64))
-    hash: Mapped[str] = mapped_column(String(64), unique=True)
+    hash: Mapped[str] = mapped_column(String(64))  # not indexed: seq is the key, the chain checks it
 
 
 class ApiTokenRow(Base):

@@ -39,7 +39,6 @@ def upgrade() -> None:
         sa.Column("prev_hash", sa.String(length=64), nullable=False),
         sa.Column("hash", sa.String(length=64), nullable=False),
         sa.PrimaryKeyConstraint("seq", name="pk_audit_records"),
-        sa.UniqueConstraint("hash", name="uq_audit_records_hash"),
     )
     op.create_index("ix_audit_records_event", "audit_records", ["event"], unique=False)
     op.create_index("ix_audit_records_model", "audit_records", ["model"], unique=False)

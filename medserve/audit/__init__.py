@@ -1,0 +1,1 @@
+"""The audit trail: hash-chained records, journaled durably first, then stored in the database."""
