@@ -215,6 +215,7 @@ def build_app(
     async def infer(request: Request) -> Response:
         name, version = model_args(request)
         caller = await authenticated(service, request)
+        caller.principal.require(Action.INFER, name)  # before the body is read
         body = await _read_body(request, max_request_bytes)
         raw_length = request.headers.get(HEADER_LENGTH)
         header_length = None
@@ -222,7 +223,6 @@ def build_app(
             if not raw_length.strip().isdigit():
                 raise InvalidInput(f"{HEADER_LENGTH} must be a non-negative integer, got '{raw_length}'")
             header_length = int(raw_length)
-        caller.principal.require(Action.INFER, name)  # before reading what the body says
         try:
             inference = decode_infer_request(body, header_length, name, version)
         except MedserveError as exc:
