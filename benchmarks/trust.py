@@ -30,7 +30,7 @@ import numpy as np
 import tritonclient.http as httpclient
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serving import machine, medserve, write_section  # noqa: E402
+from serving import cpu_seconds, machine, medserve, write_section  # noqa: E402
 
 from medserve.examples.repository import build_example_repository  # noqa: E402
 
@@ -56,7 +56,10 @@ def make_caller(port: int, model: str, token: str) -> Callable[[], None]:
     return call
 
 
-def throughput(port: int, model: str, token: str, concurrency: int, seconds: float) -> float:
+def throughput(
+    port: int, pid: int, model: str, token: str, concurrency: int, seconds: float
+) -> tuple[float, float]:
+    """Inferences per second, and the server's CPU microseconds per inference, under the load."""
     stop, errors, counts = threading.Event(), [], [0] * concurrency
 
     def worker(i: int) -> None:
@@ -74,15 +77,15 @@ def throughput(port: int, model: str, token: str, concurrency: int, seconds: flo
     for thread in threads:
         thread.start()
     time.sleep(1.0)  # warm-up
-    start_counts, t0 = sum(counts), time.perf_counter()
+    start_counts, t0, cpu0 = sum(counts), time.perf_counter(), cpu_seconds(pid)
     time.sleep(seconds)
-    done, elapsed = sum(counts) - start_counts, time.perf_counter() - t0
+    done, elapsed, cpu = sum(counts) - start_counts, time.perf_counter() - t0, cpu_seconds(pid) - cpu0
     stop.set()
     for thread in threads:
         thread.join(60)
     if errors:
         raise RuntimeError(f"{len(errors)} worker(s) failed: {errors[0]!r}")
-    return done / elapsed
+    return done / elapsed, cpu / max(done, 1) * 1e6
 
 
 def admin_token(data_dir: Path) -> str:
@@ -121,17 +124,23 @@ def main(argv: list[str] | None = None) -> int:
             "on + fsync": ({**secured, "MEDSERVE_AUDIT_FSYNC": "true"}, token),
         }
         with contextlib.ExitStack() as stack:
-            ports = {
-                name: (stack.enter_context(medserve(repository, env))[1], key)
+            servers = {
+                name: (stack.enter_context(medserve(repository, env)), key)
                 for name, (env, key) in configurations.items()
             }
             for model in args.models:
-                rates: dict[str, list[float]] = {name: [] for name in ports}
+                runs: dict[str, list[tuple[float, float]]] = {name: [] for name in servers}
                 for _ in range(args.rounds):
-                    for name, (port, key) in ports.items():
-                        rates[name].append(throughput(port, model, key, args.concurrency, args.seconds))
-                    print(model, {n: round(r[-1]) for n, r in rates.items()}, flush=True)
-                rows.append((model, {n: float(np.median(r)) for n, r in rates.items()}))
+                    for name, ((pid, port, _grpc), key) in servers.items():
+                        runs[name].append(throughput(port, pid, model, key, args.concurrency, args.seconds))
+                    print(model, {n: [round(v) for v in r[-1]] for n, r in runs.items()}, flush=True)
+                rows.append(
+                    (
+                        model,
+                        {n: float(np.median([rate for rate, _ in r])) for n, r in runs.items()},
+                        {n: float(np.median([cpu for _, cpu in r])) for n, r in runs.items()},
+                    )
+                )
     lines = [
         f"Measured {dt.date.today().isoformat()} on {machine()}, HTTP with binary tensors, batch 1, "
         f"{args.concurrency} client threads, {args.rounds} alternating rounds of {args.seconds:.0f} s "
@@ -141,13 +150,15 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"    {command}",
         "",
-        "| model | off (inferences/s) | on | on / off | on + fsync | on + fsync / off |",
-        "|---|---|---|---|---|---|",
+        "| model | off (inferences/s) | on | on / off | on + fsync | on + fsync / off |"
+        " server CPU µs per inference, off / on / on + fsync |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for model, rate in rows:
+    for model, rate, cpu in rows:
         off, on, synced = rate["off"], rate["on"], rate["on + fsync"]
         lines.append(
-            f"| `{model}` | {off:.0f} | {on:.0f} | {on / off:.3f} | {synced:.0f} | {synced / off:.3f} |"
+            f"| `{model}` | {off:.0f} | {on:.0f} | {on / off:.3f} | {synced:.0f} | {synced / off:.3f} "
+            f"| {cpu['off']:.0f} / {cpu['on']:.0f} / {cpu['on + fsync']:.0f} |"
         )
     body = "\n".join(lines)
     print(body)
