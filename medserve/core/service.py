@@ -339,37 +339,29 @@ class InferenceService:
         visible = set(caller.principal.visible(r.name for r in rows))
         return [r for r in rows if r.name in visible]
 
-    async def _audited_change(self, event: str, name: str, caller: Caller, change: Awaitable[None]) -> None:
-        status, detail = "ok", ""
-        try:
-            await change
-        except BaseException as exc:
-            status, detail = _status(exc), str(exc)[:500]
-            raise
-        finally:
-            versions = self.registry.versions(name)
-            digests = ",".join(self.registry.get(name, v).loaded.sha256[:16] for v in versions)
-            await self.record(
-                AuditEvent(
-                    event=event,
-                    principal=caller.principal.name,
-                    door=caller.door,
-                    model=name,
-                    model_version=",".join(versions),
-                    model_digest=digests,
-                    request_id=caller.request_id,
-                    status=status,
-                    detail=detail,
+    async def _audited_change(
+        self, event: str, name: str, caller: Caller, change: Callable[[], Awaitable[None]]
+    ) -> None:
+        """Authorise and run a repository change; its record names the versions serving after it."""
+        facts: dict[str, str] = {}
+
+        async def run() -> None:
+            try:
+                await change()
+            finally:
+                versions = self.registry.versions(name)
+                facts["model_version"] = ",".join(versions)
+                facts["model_digest"] = ",".join(
+                    self.registry.get(name, v).loaded.sha256[:16] for v in versions
                 )
-            )
+
+        await self.call(caller, name, run, event=event, action=Action.MANAGE, facts=facts)
 
     async def load_model(self, name: str, caller: Caller) -> None:
-        caller.principal.require(Action.MANAGE, name)
-        await self._audited_change("model.load", name, caller, self.registry.load(name))
+        await self._audited_change("model.load", name, caller, lambda: self.registry.load(name))
 
     async def unload_model(self, name: str, caller: Caller) -> None:
-        caller.principal.require(Action.MANAGE, name)
-        await self._audited_change("model.unload", name, caller, self.registry.unload(name))
+        await self._audited_change("model.unload", name, caller, lambda: self.registry.unload(name))
 
     async def load_all(self, caller: Caller) -> None:
         """Load every model in the repository; one that fails is logged and left unavailable."""
@@ -400,5 +392,5 @@ class InferenceService:
             elif version not in self.registry.repository.versions_on_disk(name):
                 raise InvalidInput(f"model '{name}' has no version folder {version}")
             lineage.pin(name, version, caller.principal.name)
-        await self._audited_change("model.rollback", name, caller, self.registry.load(name))
+        await self._audited_change("model.rollback", name, caller, lambda: self.registry.load(name))
         return {"model": name, "pinned": lineage.pinned(name), "serving": self.registry.versions(name)}
