@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import queue
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -50,8 +51,9 @@ def status_of(error: InferenceServerException) -> str:
 
 
 @pytest.fixture()
-def client(server: RunningServer) -> grpcclient.InferenceServerClient:
-    return grpcclient.InferenceServerClient(server.grpc_url)
+def client(server: RunningServer) -> Iterator[grpcclient.InferenceServerClient]:
+    with grpcclient.InferenceServerClient(server.grpc_url) as own:
+        yield own
 
 
 @pytest.fixture()
@@ -187,10 +189,10 @@ def test_concurrent_requests_are_batched_and_match_raw_onnxruntime(
     images = np.random.default_rng(1).random((16, 1, 1, 224, 224), dtype=np.float32)
 
     def one(image: np.ndarray) -> np.ndarray:
-        own = grpcclient.InferenceServerClient(server.grpc_url)
-        result = own.infer("chest_xray_classifier", [infer_input("image", image, "FP32")])
-        probabilities: np.ndarray = result.as_numpy("probabilities")
-        return probabilities
+        with grpcclient.InferenceServerClient(server.grpc_url) as own:
+            result = own.infer("chest_xray_classifier", [infer_input("image", image, "FP32")])
+            probabilities: np.ndarray = result.as_numpy("probabilities")
+            return probabilities
 
     with ThreadPoolExecutor(8) as pool:
         results = list(pool.map(one, images))

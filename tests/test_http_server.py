@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -37,8 +38,9 @@ def raw_session(server: RunningServer, model: str, version: int = 1) -> ort.Infe
 
 
 @pytest.fixture()
-def client(server: RunningServer) -> httpclient.InferenceServerClient:
-    return httpclient.InferenceServerClient(server.http_url)
+def client(server: RunningServer) -> Iterator[httpclient.InferenceServerClient]:
+    with httpclient.InferenceServerClient(server.http_url) as own:
+        yield own
 
 
 def test_server_endpoints(client: httpclient.InferenceServerClient) -> None:
@@ -153,15 +155,17 @@ def test_concurrent_requests_are_batched_and_match_raw_onnxruntime(
     images = rng.random((16, 1, 1, 224, 224), dtype=np.float32)
 
     def one(image: np.ndarray) -> np.ndarray:
-        own = httpclient.InferenceServerClient(server.http_url)
-        tensor = httpclient.InferInput("image", [1, 1, 224, 224], "FP32")
-        tensor.set_data_from_numpy(image)
-        out = own.infer(
-            "chest_xray_classifier",
-            [tensor],
-            outputs=[httpclient.InferRequestedOutput("probabilities", binary_data=True)],
-        )
-        return out.as_numpy("probabilities")
+        # A gevent-based client belongs to the thread that made it: close it there, never leave it
+        # to the garbage collector of another thread.
+        with httpclient.InferenceServerClient(server.http_url) as own:
+            tensor = httpclient.InferInput("image", [1, 1, 224, 224], "FP32")
+            tensor.set_data_from_numpy(image)
+            out = own.infer(
+                "chest_xray_classifier",
+                [tensor],
+                outputs=[httpclient.InferRequestedOutput("probabilities", binary_data=True)],
+            )
+            return out.as_numpy("probabilities")
 
     with ThreadPoolExecutor(8) as pool:
         results = list(pool.map(one, images))
@@ -179,12 +183,12 @@ def test_requests_with_different_shapes_are_never_merged(server: RunningServer) 
     lengths = [3, 5, 3, 7, 5, 2, 7, 3] * 2
 
     def one(length: int) -> tuple[int, np.ndarray]:
-        own = httpclient.InferenceServerClient(server.http_url)
-        data = np.arange(length, dtype=np.float32).reshape(1, length)
-        tensor = httpclient.InferInput("INPUT0", [1, length], "FP32")
-        tensor.set_data_from_numpy(data)
-        result = own.infer("variable_sum", [tensor])
-        return length, result.as_numpy("OUTPUT0")
+        with httpclient.InferenceServerClient(server.http_url) as own:
+            data = np.arange(length, dtype=np.float32).reshape(1, length)
+            tensor = httpclient.InferInput("INPUT0", [1, length], "FP32")
+            tensor.set_data_from_numpy(data)
+            result = own.infer("variable_sum", [tensor])
+            return length, result.as_numpy("OUTPUT0")
 
     with ThreadPoolExecutor(8) as pool:
         for length, total in pool.map(one, lengths):
