@@ -16,13 +16,16 @@ from collections.abc import Generator
 import uvicorn
 
 from medserve.audit.record import AuditEvent
-from medserve.core.errors import InvalidConfig
+from medserve.core.errors import InvalidConfig, InvalidInput, PermissionDenied, StoreUnavailable
 from medserve.core.metrics import ServingMetrics
 from medserve.core.registry import ModelRegistry
 from medserve.core.service import InferenceService
+from medserve.imaging.config import load_config
+from medserve.imaging.destinations import destination_from_config
+from medserve.imaging.service import ImagingService
 from medserve.monitoring.drift import ModelMonitor
 from medserve.repository.repository import ModelRepository
-from medserve.security.access import Caller
+from medserve.security.access import Caller, Principal, Role
 from medserve.security.tls import (
     TlsConfig,
     TlsHttpToolsProtocol,
@@ -35,6 +38,8 @@ from medserve.settings import Settings
 from medserve.streaming.alerts import AlertHub
 from medserve.streaming.monitor import MonitorSettings, PatientMonitor
 from medserve.streaming.pipeline import MonitorPipeline
+from medserve.transport.dicomweb import dicomweb_routes
+from medserve.transport.dimse import StorageSCP, StoreStatus
 from medserve.transport.http import build_app
 from medserve.transport.stream import stream_routes
 from medserve.trust import Trust, build_trust
@@ -97,6 +102,8 @@ class MedServer:
         self.alerts: AlertHub | None = None
         self.monitor: PatientMonitor | None = None
         self._expiry: asyncio.Task[None] | None = None
+        self.imaging: ImagingService | None = None
+        self._scp: StorageSCP | None = None
 
     def _start_monitor(self) -> None:
         settings = self.settings
@@ -121,6 +128,57 @@ class MedServer:
             await asyncio.sleep(min(5.0, self.settings.monitor_idle_timeout_s / 2))
             if self.monitor is not None and (count := self.monitor.expire()):
                 log.info("closed %d idle patient stream(s)", count)
+
+    async def _start_imaging(self) -> None:
+        settings = self.settings
+        config = load_config(settings.imaging_config, settings.data_dir)
+        destinations = [destination_from_config(d) for d in config.destinations]
+        self.imaging = ImagingService(
+            self.service,
+            self.trust.database,
+            settings.data_dir,
+            config,
+            destinations,
+            quiet_time_s=settings.dicom_quiet_time_s,
+            workers=settings.imaging_workers,
+        )
+        await self.imaging.start()
+        if settings.dicom_port < 0:
+            return
+        loop = asyncio.get_running_loop()
+
+        def accept(encoded: bytes, calling_aet: str, peer: str) -> int:
+            future = asyncio.run_coroutine_threadsafe(self._dimse_store(encoded, calling_aet, peer), loop)
+            try:
+                return future.result(timeout=120)
+            except TimeoutError:  # the store is stalled: the sender should try again later
+                future.cancel()
+                return int(StoreStatus.OUT_OF_RESOURCES)
+
+        self._scp = StorageSCP(
+            settings.dicom_ae_title,
+            accept,
+            host=settings.host,
+            port=settings.dicom_port,
+            allowed_calling_aets=settings.dicom_allowed_calling_aets,
+        )
+        await asyncio.to_thread(self._scp.start)
+
+    async def _dimse_store(self, encoded: bytes, calling_aet: str, peer: str) -> int:
+        """C-STORE: the calling AE title is the principal (allowed titles are checked at association)."""
+        if self.imaging is None:
+            return int(StoreStatus.OUT_OF_RESOURCES)
+        principal = Principal(f"aet:{calling_aet}", Role.SERVICE, None, f"aet:{calling_aet}")
+        caller = Caller(principal, "dimse", "", peer)
+        try:
+            await self.imaging.ingest(encoded, caller)
+        except PermissionDenied:
+            return int(StoreStatus.NOT_AUTHORISED)
+        except StoreUnavailable:
+            return int(StoreStatus.OUT_OF_RESOURCES)
+        except InvalidInput:
+            return int(StoreStatus.CANNOT_UNDERSTAND)
+        return int(StoreStatus.SUCCESS)
 
     async def start(self) -> None:
         settings = self.settings
@@ -151,6 +209,9 @@ class MedServer:
         routes = (
             stream_routes(self.service, self.monitor, self.alerts) if self.monitor and self.alerts else []
         )
+        await self._start_imaging()
+        if self.imaging is not None:
+            routes += dicomweb_routes(self.imaging, settings.stow_max_request_bytes)
         app = build_app(self.service, self.metrics, settings.max_request_bytes, routes)
         config = uvicorn.Config(
             app,
@@ -175,16 +236,19 @@ class MedServer:
             await asyncio.sleep(0.01)
         self.service.set_ready(True)
         log.info(
-            "medserve ready: HTTP on %s:%s, gRPC on %s",
+            "medserve ready: HTTP on %s:%s, gRPC on %s, DICOM on %s",
             settings.host,
             settings.http_port,
             f"{settings.host}:{settings.grpc_port}" if settings.grpc_port >= 0 else "off",
+            f"{settings.host}:{self._scp.port} (AE {settings.dicom_ae_title})" if self._scp else "off",
         )
 
     async def stop(self) -> None:
         log.info("medserve shutting down")
         self.service.set_ready(False)
         grace = self.settings.shutdown_timeout_s
+        if self._scp is not None:
+            await asyncio.to_thread(self._scp.stop)
         if self._grpc is not None:
             await self._grpc.stop(grace)  # type: ignore[attr-defined]
         if self.alerts is not None:
@@ -197,6 +261,8 @@ class MedServer:
                 self._http_task.cancel()
         if self._expiry is not None:
             self._expiry.cancel()
+        if self.imaging is not None:
+            await self.imaging.stop()
         await self.registry.close()
         if self.alerts is not None:
             self.alerts.close()
@@ -221,6 +287,8 @@ def serve(settings: Settings) -> None:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # pynetdicom logs every association and DIMSE message at INFO: keep it to warnings.
+    logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, logging.getLogger().level))
     server = MedServer(settings)
     try:
         import uvloop

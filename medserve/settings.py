@@ -143,6 +143,36 @@ class Settings(BaseSettings):
         default="ecg_rhythm_classifier",
         description="Patient monitor: model classifying 10 s ECG windows (skipped when not loaded).",
     )
+    dicom_port: int = Field(
+        default=11112,
+        ge=-1,
+        le=65535,
+        description="Port of the DICOM Storage SCP (C-ECHO, C-STORE); -1 turns the DIMSE door off.",
+    )
+    dicom_ae_title: str = Field(default="MEDSERVE", description="AE title of the DICOM Storage SCP.")
+    dicom_allowed_calling_aets: list[str] = Field(
+        default_factory=list,
+        description="Calling AE titles allowed to associate with the SCP; empty: any. In the environment, "
+        "a JSON list.",
+    )
+    dicom_quiet_time_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="A series is complete, and is routed, once no instance of it has arrived for this long.",
+    )
+    imaging_config: Path | None = Field(
+        default=None,
+        description="YAML file with the imaging pipelines, routing rules and export destinations; "
+        "none: the example pipelines and a folder destination <data_dir>/exports.",
+    )
+    imaging_workers: int = Field(
+        default=1, ge=1, description="Series processed at once (each one's images or patches are batched)."
+    )
+    stow_max_request_bytes: int = Field(
+        default=1 << 30,
+        gt=0,
+        description="Largest STOW-RS request body; it is spooled to disk, so memory holds one instance.",
+    )
 
     @classmethod
     def settings_customise_sources(

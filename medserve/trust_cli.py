@@ -199,6 +199,37 @@ def _models_rollback(args: argparse.Namespace) -> int:
 
 
 # -- de-identification ------------------------------------------------------------------------
+def _dicom_send(args: argparse.Namespace) -> int:
+    from medserve.clinical.dicom.scu import send_files
+
+    host, _, port = str(args.to).rpartition(":")
+    if not host or not port.isdigit():
+        print(f"--to must be HOST:PORT, not {args.to!r}", file=sys.stderr)
+        return 2
+    files: list[Path] = []
+    for path in args.files:
+        if path.is_dir():
+            files.extend(sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")))
+        else:
+            files.append(path)
+    if not files:
+        print("no files to send", file=sys.stderr)
+        return 2
+    report = send_files(
+        [str(f) for f in files],
+        host,
+        int(port),
+        called_aet=args.called_aet,
+        calling_aet=args.calling_aet,
+        timeout=args.timeout,
+    )
+    for result in report.results:
+        if not result.ok:
+            print(result.describe(), file=sys.stderr)
+    print(report.summary())
+    return 0 if report.ok else 1
+
+
 def _dicom_deidentify(args: argparse.Namespace) -> int:
     import pydicom
 
@@ -307,3 +338,10 @@ def add_commands(commands: Any, models: argparse.ArgumentParser) -> None:
     deid.add_argument("--retain-uids", action="store_true", help="Retain UIDs Option")
     deid.add_argument("--retain-dates", action="store_true", help="Retain Longitudinal Temporal Information")
     deid.set_defaults(func=_dicom_deidentify)
+    send = dicom_commands.add_parser("send", help="send DICOM files to a Storage SCP (C-STORE)")
+    send.add_argument("files", nargs="+", type=Path, help="files, or folders searched for *.dcm")
+    send.add_argument("--to", required=True, metavar="HOST:PORT", help="the SCP, e.g. 127.0.0.1:11112")
+    send.add_argument("--called-aet", default="MEDSERVE", help="the SCP's AE title (default MEDSERVE)")
+    send.add_argument("--calling-aet", default="MEDSERVE_SCU", help="this sender's AE title")
+    send.add_argument("--timeout", type=float, default=30.0, help="seconds per network step")
+    send.set_defaults(func=_dicom_send)

@@ -118,6 +118,7 @@ def start_server(
             **os.environ,
             "MEDSERVE_DATA_DIR": str(log.parent / "data"),
             "MEDSERVE_AUTH_DISABLED": "true",
+            "MEDSERVE_DICOM_PORT": "-1",  # imaging tests give their servers a free DICOM port
             **(env or {}),
         },
     )

@@ -170,7 +170,7 @@ class InferenceService:
         ``device``, ``request_id``). Doors whose unit of work is not an OIP request (a WebSocket
         sample, a DICOM instance) use this directly; ``infer`` is built on it.
         """
-        caller.principal.require(action, model)
+        caller.principal.require(action, model or None)  # "": not about one model (DICOM ingestion)
         facts = {} if facts is None else facts
         started = time.perf_counter_ns()
         status, outcome = "ok", ""

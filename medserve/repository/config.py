@@ -1,7 +1,9 @@
 """The per-model ``config.yaml`` schema, validated with pydantic.
 
 A repository is ``<repo>/<model>/config.yaml`` plus ``<repo>/<model>/<version>/<artifact>``. When
-``max_batch_size`` > 0, tensor ``dims`` exclude the batch dimension (as in Triton).
+``max_batch_size`` > 0, tensor ``dims`` exclude the batch dimension (as in Triton). A model whose
+version folders are MONAI bundles needs no ``config.yaml``: its configuration is derived from the bundle
+and ``config.yaml``, when present, overrides it (see ``medserve.runtimes.monai_bundle``).
 """
 
 from __future__ import annotations
@@ -139,8 +141,22 @@ def _field_path(loc: tuple[int | str, ...]) -> str:
     return path or "(top level)"
 
 
-def parse_model_config(text: str, source: str, model_name: str) -> ModelConfig:
-    """Validate YAML text; errors name the file and the field."""
+def _validated(raw: dict[str, Any], source: str) -> ModelConfig:
+    try:
+        return ModelConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(f"field '{_field_path(err['loc'])}': {err['msg']}" for err in exc.errors())
+        raise InvalidConfig(f"{source}: {problems}") from None
+
+
+def parse_model_config(
+    text: str, source: str, model_name: str, defaults: dict[str, Any] | None = None
+) -> ModelConfig:
+    """Validate YAML text; errors name the file and the field.
+
+    ``defaults`` (a configuration derived from the model folder, e.g. a MONAI bundle's) fill what the
+    text leaves out, unless the text names another runtime.
+    """
     try:
         raw = yaml.safe_load(text) if text.strip() else {}
     except yaml.YAMLError as exc:
@@ -151,16 +167,23 @@ def parse_model_config(text: str, source: str, model_name: str) -> ModelConfig:
         raise InvalidConfig(
             f"{source}: field 'name' is '{raw.get('name')}' but the model folder is '{model_name}'"
         )
+    if defaults is not None and raw.get("runtime", defaults.get("runtime")) == defaults.get("runtime"):
+        metadata = raw.get("metadata", {})
+        if isinstance(metadata, dict):
+            metadata = {**defaults.get("metadata", {}), **metadata}
+        raw = {**defaults, **raw, "metadata": metadata}
     raw["name"] = model_name
-    try:
-        return ModelConfig.model_validate(raw)
-    except ValidationError as exc:
-        problems = "; ".join(f"field '{_field_path(err['loc'])}': {err['msg']}" for err in exc.errors())
-        raise InvalidConfig(f"{source}: {problems}") from None
+    return _validated(raw, source)
 
 
 def load_model_config(model_dir: Path) -> ModelConfig:
+    """``config.yaml``, over the configuration derived from MONAI bundle version folders if any."""
+    from medserve.runtimes.monai_bundle import bundle_model_defaults
+
     path = model_dir / "config.yaml"
+    defaults = bundle_model_defaults(model_dir) if model_dir.is_dir() else None
     if not path.is_file():
+        if defaults is not None:
+            return _validated({**defaults, "name": model_dir.name}, f"{model_dir} (derived from its bundle)")
         raise InvalidConfig(f"{path}: missing (every model folder needs a config.yaml)")
-    return parse_model_config(path.read_text(encoding="utf-8"), str(path), model_dir.name)
+    return parse_model_config(path.read_text(encoding="utf-8"), str(path), model_dir.name, defaults)

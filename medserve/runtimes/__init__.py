@@ -9,6 +9,7 @@ from medserve.runtimes.base import EngineTensor, Runtime
 
 _RUNTIMES: dict[str, str] = {
     "onnxruntime": "medserve.runtimes.onnxruntime:OnnxRuntime",
+    "monai_bundle": "medserve.runtimes.monai_bundle:MonaiBundleRuntime",
 }
 
 

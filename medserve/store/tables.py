@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, DateTime, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -94,3 +94,78 @@ class ModelPinRow(Base):
     version: Mapped[int] = mapped_column(Integer)
     pinned_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     pinned_by: Mapped[str] = mapped_column(String(128), default="")
+
+
+class DicomSeriesRow(Base):
+    """A DICOM series received by the server: its routing and processing state.
+
+    ``state``: receiving → complete → processing → done, or unmatched / rejected / failed with
+    ``reason``. ``attributes`` are the series-level attributes routing looks at (no patient data).
+    """
+
+    __tablename__ = "dicom_series"
+
+    series_uid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    study_uid: Mapped[str] = mapped_column(String(64), index=True)
+    modality: Mapped[str] = mapped_column(String(16), default="")
+    attributes: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    instances: Mapped[int] = mapped_column(Integer, default=0)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    pipeline: Mapped[str] = mapped_column(String(128), default="")
+    rule: Mapped[str] = mapped_column(String(128), default="")
+    reason: Mapped[str] = mapped_column(Text, default="")
+    patient_ref: Mapped[str] = mapped_column(String(64), default="")
+    first_received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class DicomInstanceRow(Base):
+    """A stored DICOM instance: where its file is (relative to the DICOM store folder)."""
+
+    __tablename__ = "dicom_instances"
+
+    sop_uid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    series_uid: Mapped[str] = mapped_column(String(64), index=True)
+    sop_class_uid: Mapped[str] = mapped_column(String(64), default="")
+    transfer_syntax: Mapped[str] = mapped_column(String(64), default="")
+    path: Mapped[str] = mapped_column(String(512))
+    size: Mapped[int] = mapped_column(BigInteger, default=0)
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ImagingResultRow(Base):
+    """A result object written for a series: a DICOM SEG or SR, or a FHIR bundle."""
+
+    __tablename__ = "imaging_results"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    series_uid: Mapped[str] = mapped_column(String(64), index=True)
+    study_uid: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16))  # "seg", "sr", "fhir"
+    uid: Mapped[str] = mapped_column(String(64))  # SOP Instance UID, or the FHIR bundle id
+    path: Mapped[str] = mapped_column(String(512))  # relative to the results folder
+    model: Mapped[str] = mapped_column(String(256), default="")
+    model_version: Mapped[str] = mapped_column(String(32), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ExportRow(Base):
+    """The outbox: one result to one destination, retried with backoff until sent.
+
+    ``state``: pending → sent, or failed (not retryable, or out of attempts) with ``last_error``.
+    """
+
+    __tablename__ = "exports"
+    __table_args__ = (UniqueConstraint("result_id", "destination", name="uq_exports_result_destination"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    result_id: Mapped[str] = mapped_column(String(32), index=True)
+    destination: Mapped[str] = mapped_column(String(128))
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    receipt: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

@@ -1,0 +1,1 @@
+"""Imaging workflow: DICOM ingestion, the export outbox and the destinations results are sent to."""

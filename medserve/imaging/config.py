@@ -1,0 +1,99 @@
+"""The imaging configuration: pipelines, routing rules and export destinations (one YAML file).
+
+```yaml
+pipelines:
+  ct-lesions: {kind: segmentation_3d, model: ct_lesion_segmentation}
+  chest-xray: {kind: classification_2d, model: chest_xray_classifier, threshold: 0.5}
+routes:                       # first match wins; unmatched series are recorded with the reason
+  - {name: ct, pipeline: ct-lesions, modality: CT}
+  - {name: xray, pipeline: chest-xray, modality: [CR, DX]}
+destinations:                 # every result goes to every destination that takes its kind
+  - {name: folder, type: folder, path: /var/lib/medserve/exports}
+  - {name: pacs, type: dicom, host: pacs.example, port: 104, called_aet: PACS}
+```
+
+Without a file, the server uses :func:`default_config`: the example pipelines and a folder
+destination ``<data_dir>/exports``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from medserve.core.errors import InvalidConfig
+from medserve.imaging.pipelines import KINDS, PipelineSpec
+
+
+class PipelineConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: str
+    model: str
+    threshold: float | None = Field(default=None, ge=0.0, le=1.0)
+    min_lesion_voxels: int = Field(default=10, ge=1)
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, value: str) -> str:
+        if value not in KINDS:
+            raise ValueError(f"unknown pipeline kind '{value}' (one of {', '.join(KINDS)})")
+        return value
+
+
+class ImagingConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    pipelines: dict[str, PipelineConfig] = Field(default_factory=dict)
+    routes: list[dict[str, Any]] = Field(default_factory=list)
+    destinations: list[dict[str, Any]] = Field(default_factory=list)
+
+    def pipeline_specs(self) -> dict[str, PipelineSpec]:
+        return {
+            name: PipelineSpec(name, p.kind, p.model, p.threshold, p.min_lesion_voxels)
+            for name, p in self.pipelines.items()
+        }
+
+
+def default_config(data_dir: Path) -> ImagingConfig:
+    return ImagingConfig(
+        pipelines={
+            "ct-lesions": PipelineConfig(kind="segmentation_3d", model="ct_lesion_segmentation"),
+            "chest-xray": PipelineConfig(kind="classification_2d", model="chest_xray_classifier"),
+        },
+        routes=[
+            {"name": "ct", "pipeline": "ct-lesions", "modality": "CT"},
+            {"name": "chest-xray", "pipeline": "chest-xray", "modality": ["CR", "DX"]},
+        ],
+        destinations=[{"name": "folder", "type": "folder", "path": str(data_dir / "exports")}],
+    )
+
+
+def load_config(path: Path | None, data_dir: Path) -> ImagingConfig:
+    """The configuration in ``path`` (YAML), or the default when ``path`` is None."""
+    if path is None:
+        return default_config(data_dir)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise InvalidConfig(f"imaging configuration {path}: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise InvalidConfig(f"imaging configuration {path}: expected a mapping at the top level")
+    try:
+        config = ImagingConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors(include_url=False)
+        )
+        raise InvalidConfig(f"imaging configuration {path}: {problems}") from exc
+    for rule in config.routes:
+        pipeline = rule.get("pipeline")
+        if pipeline not in config.pipelines:
+            raise InvalidConfig(
+                f"imaging configuration {path}: route '{rule.get('name', '?')}' names pipeline "
+                f"'{pipeline}', which is not among the pipelines ({', '.join(config.pipelines) or 'none'})"
+            )
+    return config

@@ -1,0 +1,84 @@
+"""How an imaging pipeline, running in a worker thread, reaches models: through the core's registry
+and batcher on the server's event loop, one request per image or sliding-window patch, so that the
+dynamic batcher merges them into batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from medserve.core.errors import InvalidInput
+from medserve.core.registry import ModelRegistry
+from medserve.core.types import InferenceRequest, Tensor
+
+#: Requests a pipeline keeps in flight at once: enough to fill the largest batches.
+IN_FLIGHT = 32
+
+
+@dataclass
+class ModelInfo:
+    name: str
+    version: str
+    digest: str
+    device: str
+    metadata: dict[str, Any]
+    input_name: str
+    output_name: str
+
+
+@dataclass
+class ModelClient:
+    """Runs models for one pipeline execution; records which version served (for the audit record)."""
+
+    registry: ModelRegistry
+    loop: asyncio.AbstractEventLoop
+    used: dict[str, ModelInfo] = field(default_factory=dict)
+    timeout_s: float = 600.0
+
+    def info(self, model: str) -> ModelInfo:
+        served = self.registry.get(model)
+        config = served.config
+        if not config.inputs or not config.outputs:
+            raise InvalidInput(f"model '{model}' declares no inputs or outputs")
+        info = ModelInfo(
+            served.name,
+            served.version,
+            served.loaded.sha256,
+            served.device,
+            dict(config.metadata or {}),
+            config.inputs[0].name,
+            config.outputs[0].name,
+        )
+        self.used[model] = info
+        return info
+
+    def infer_each(self, model: str, items: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Run ``model`` on every item (one batch item each, float32, without the batch axis)."""
+        info = self.info(model)
+        future = asyncio.run_coroutine_threadsafe(self._infer_each(info, items), self.loop)
+        return future.result(self.timeout_s)
+
+    async def _infer_each(self, info: ModelInfo, items: Sequence[np.ndarray]) -> list[np.ndarray]:
+        served = self.registry.get(info.name, info.version)
+        gate = asyncio.Semaphore(IN_FLIGHT)
+
+        async def one(k: int, item: np.ndarray) -> np.ndarray:
+            data = np.ascontiguousarray(item, dtype=np.float32)[None]
+            request = InferenceRequest(
+                info.name,
+                info.version,
+                id=f"item-{k}",
+                inputs=[Tensor(info.input_name, "FP32", tuple(data.shape), data)],
+            )
+            async with gate:
+                response = await served.infer(request)
+            output = next((t for t in response.outputs if t.name == info.output_name), response.outputs[0])
+            result: np.ndarray = output.data[0]
+            return result
+
+        return list(await asyncio.gather(*(one(k, item) for k, item in enumerate(items))))

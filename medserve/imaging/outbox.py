@@ -1,0 +1,201 @@
+"""The export outbox: every result goes to every destination that takes it, surviving restarts.
+
+A row per (result, destination) is written in the same transaction as the result itself, so nothing
+is lost between "result stored" and "export queued". A sender task picks due rows, sends each in a
+worker thread and records the outcome: ``sent`` (never sent again), a retry after an exponential
+backoff (destination down, 5xx), or ``failed`` for a refusal that resending cannot fix (e.g. 4xx).
+A crash between a successful send and its ``sent`` row can make one resend after restart; the
+destinations send stable identifiers (SOP Instance UID, bundle id) so receivers recognise it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy import select, update
+
+from medserve.imaging.destinations import Destination, ExportFailed, ExportItem
+from medserve.store.database import Database
+from medserve.store.tables import ExportRow, ImagingResultRow
+
+log = logging.getLogger(__name__)
+
+PENDING, SENT, FAILED = "pending", "sent", "failed"
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _utc(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+class Outbox:
+    def __init__(
+        self,
+        database: Database,
+        results_root: Path,
+        destinations: Sequence[Destination],
+        *,
+        backoff_s: float = 2.0,
+        max_backoff_s: float = 300.0,
+        poll_s: float = 0.5,
+        audit: Callable[[ExportRow, ImagingResultRow, str], Awaitable[None]] | None = None,
+    ) -> None:
+        self.database = database
+        self.results_root = results_root
+        self.destinations = {d.name: d for d in destinations}
+        self.backoff_s = backoff_s
+        self.max_backoff_s = max_backoff_s
+        self.poll_s = poll_s
+        self._audit = audit
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+
+    def rows_for(self, result: ImagingResultRow) -> list[ExportRow]:
+        """The outbox rows for a new result (added by the caller in the result's transaction)."""
+        now = _now()
+        return [
+            ExportRow(
+                id=uuid.uuid4().hex,
+                result_id=result.id,
+                destination=name,
+                state=PENDING,
+                attempts=0,
+                next_attempt_at=now,
+                last_error="",
+                receipt="",
+                created_at=now,
+            )
+            for name, destination in self.destinations.items()
+            if destination.accepts(_item_kind(result.kind))
+        ]
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="export-outbox")
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for destination in self.destinations.values():
+            destination.close()
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                due = await asyncio.to_thread(self._due)
+                for export, result in due:
+                    try:
+                        await self._send(export, result)
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception as exc:  # one bad row must not block the others: park it as failed
+                        log.exception("export %s could not be attempted", export.id[:8])
+                        await asyncio.to_thread(
+                            self._finish, export.id, FAILED, f"internal error: {type(exc).__name__}: {exc}"
+                        )
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the outbox must outlive a database hiccup; the rows stay pending
+                log.exception("export outbox pass failed; retrying")
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.poll_s)
+
+    def _due(self) -> list[tuple[ExportRow, ImagingResultRow]]:
+        with self.database.session() as session:
+            rows = session.execute(
+                select(ExportRow, ImagingResultRow)
+                .join(ImagingResultRow, ImagingResultRow.id == ExportRow.result_id)
+                .where(ExportRow.state == PENDING, ExportRow.next_attempt_at <= _now())
+                .order_by(ExportRow.next_attempt_at)
+                .limit(64)
+            ).all()
+        return [(export, result) for export, result in rows]
+
+    async def _send(self, export: ExportRow, result: ImagingResultRow) -> None:
+        destination = self.destinations.get(export.destination)
+        if destination is None:
+            await asyncio.to_thread(
+                self._finish, export.id, FAILED, f"destination '{export.destination}' is no longer configured"
+            )
+            return
+        item = ExportItem(
+            kind=_item_kind(result.kind),
+            path=self.results_root / result.path,
+            uid=result.uid,
+            study_instance_uid=result.study_uid,
+        )
+        try:
+            receipt = await asyncio.to_thread(destination.send, item)
+        except ExportFailed as exc:
+            attempts = export.attempts + 1
+            if exc.retryable:
+                delay = min(self.max_backoff_s, self.backoff_s * 2 ** min(attempts - 1, 20))
+                delay = max(delay, min(exc.retry_after or 0.0, self.max_backoff_s))  # Retry-After
+                await asyncio.to_thread(self._retry_later, export.id, attempts, str(exc), delay)
+                outcome = f"retry in {delay:.0f} s: {exc}"
+            else:
+                await asyncio.to_thread(self._finish, export.id, FAILED, str(exc), attempts)
+                outcome = f"failed: {exc}"
+            log.warning("export %s to %s: %s", export.id[:8], export.destination, outcome)
+            if self._audit is not None:
+                await self._audit(export, result, f"ExportFailed: {exc}")
+            return
+        await asyncio.to_thread(self._finish, export.id, SENT, "", export.attempts + 1, receipt)
+        if self._audit is not None:
+            await self._audit(export, result, "ok")
+
+    def _retry_later(self, export_id: str, attempts: int, error: str, delay: float) -> None:
+        with self.database.session() as session, session.begin():
+            session.execute(
+                update(ExportRow)
+                .where(ExportRow.id == export_id)
+                .values(
+                    attempts=attempts,
+                    last_error=error[:2000],
+                    next_attempt_at=_now() + timedelta(seconds=delay),
+                )
+            )
+
+    def _finish(self, export_id: str, state: str, error: str, attempts: int = 0, receipt: str = "") -> None:
+        with self.database.session() as session, session.begin():
+            values: dict[str, object] = {
+                "state": state,
+                "last_error": error[:2000],
+                "receipt": receipt[:2000],
+            }
+            if attempts:
+                values["attempts"] = attempts
+            if state == SENT:
+                values["sent_at"] = _now()
+            session.execute(update(ExportRow).where(ExportRow.id == export_id).values(**values))
+
+    def retry(self, export_id: str) -> bool:
+        """Put a failed export back in the queue (operator action); False when there is no such row."""
+        with self.database.session() as session, session.begin():
+            done = session.execute(
+                update(ExportRow)
+                .where(ExportRow.id == export_id, ExportRow.state == FAILED)
+                .values(state=PENDING, next_attempt_at=_now())
+            )
+        self.wake()
+        return bool(done.rowcount)  # type: ignore[attr-defined]
+
+
+def _item_kind(result_kind: str) -> str:
+    return "fhir" if result_kind == "fhir" else "dicom"
+
+

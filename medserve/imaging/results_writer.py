@@ -1,0 +1,55 @@
+"""Writes an ``ImagingResult`` as files: a DICOM SEG (segmentations), a Comprehensive 3D SR (TID 1500)
+and a FHIR R4 transaction Bundle (DiagnosticReport + Observations), each atomically.
+
+Returns ``(kind, uid, path)`` for each file, for the results table and the export outbox.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+from medserve.clinical.dicom.results import ImagingResult
+from medserve.clinical.dicom.seg_writer import write_seg
+from medserve.clinical.dicom.sr_writer import write_sr
+from medserve.clinical.fhir_report import diagnostic_report
+
+
+def write_results(result: ImagingResult, folder: Path) -> list[tuple[str, str, Path]]:
+    folder.mkdir(parents=True, exist_ok=True)
+    written: list[tuple[str, str, Path]] = []
+    seg = None
+    if result.label_map is not None and result.volume is not None:
+        seg = write_seg(result)
+        path = folder / f"SEG-{seg.SOPInstanceUID}.dcm"
+        _atomic(path, lambda target: seg.save_as(target, enforce_file_format=True))
+        written.append(("seg", str(seg.SOPInstanceUID), path))
+    sr = write_sr(result, seg=seg)
+    sr_path = folder / f"SR-{sr.SOPInstanceUID}.dcm"
+    _atomic(sr_path, lambda target: sr.save_as(target, enforce_file_format=True))
+    written.append(("sr", str(sr.SOPInstanceUID), sr_path))
+    bundle = diagnostic_report(
+        result, sr_uid=str(sr.SOPInstanceUID), seg_uid=str(seg.SOPInstanceUID) if seg is not None else None
+    )
+    bundle_id = str(bundle.setdefault("id", str(uuid.uuid4())))  # stable across resends
+    fhir_path = folder / f"FHIR-{bundle_id}.json"
+    text = json.dumps(bundle, indent=2, sort_keys=True)
+    _atomic(fhir_path, lambda target: Path(target).write_text(text, encoding="utf-8"))
+    written.append(("fhir", bundle_id, fhir_path))
+    return written
+
+
+def _atomic(path: Path, write: Callable[[str], object]) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    try:
+        write(str(temporary))
+        with open(temporary, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            temporary.unlink()

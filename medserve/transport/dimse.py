@@ -1,0 +1,297 @@
+"""DICOM door: a Storage SCP (C-STORE and C-ECHO) over DIMSE, on pynetdicom.
+
+The door only translates, like the HTTP door: for every C-STORE request it hands the received
+instance, as a complete DICOM Part-10 file (preamble, file meta information, data set exactly as the
+peer encoded it), to an ``accept`` callable and answers the peer with the DIMSE status that callable
+returns. Deciding what to keep, and why to refuse, is the ingestion core's job.
+
+pynetdicom serves every association in its own thread, so ``accept`` is called from those threads
+and must be thread-safe and blocking. An asyncio core bridges with
+``asyncio.run_coroutine_threadsafe(coro, loop).result(timeout)`` inside ``accept``; for the same
+reason call :meth:`StorageSCP.stop` off the event loop (``await asyncio.to_thread(scp.stop)``).
+
+Nothing here logs protected health information: log lines name the calling AE title, the peer
+address, DIMSE statuses and a short hash of the SOP Instance UID, never data set contents or
+exception messages (which may quote them).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import ssl
+import threading
+from collections.abc import Callable, Collection, Sequence
+from enum import IntEnum
+from typing import Any
+
+from pydicom import uid as dicom_uid
+from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom.dsutils import encode_file_meta
+from pynetdicom.transport import ThreadedAssociationServer
+
+from medserve.clinical.dicom.scu import no_delay
+from medserve.core.errors import InvalidConfig
+
+log = logging.getLogger(__name__)
+
+#: ``accept(encoded, calling_aet, peer) -> DIMSE status``; called from a pynetdicom thread.
+AcceptStore = Callable[[bytes, str, str], int]
+
+
+class StoreStatus(IntEnum):
+    """The C-STORE response statuses an ``accept`` callable usually returns (PS3.4 B.2.3, PS3.7 C)."""
+
+    SUCCESS = 0x0000
+    WARNING_COERCION_OF_DATA_ELEMENTS = 0xB000
+    WARNING_ELEMENTS_DISCARDED = 0xB006
+    WARNING_DATA_SET_DOES_NOT_MATCH_SOP_CLASS = 0xB007
+    OUT_OF_RESOURCES = 0xA700
+    DATA_SET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
+    CANNOT_UNDERSTAND = 0xC000
+    PROCESSING_FAILURE = 0x0110
+    SOP_CLASS_NOT_SUPPORTED = 0x0122
+    NOT_AUTHORISED = 0x0124
+
+
+#: Transfer syntaxes accepted for every storage SOP class: uncompressed, deflated, JPEG, JPEG-LS,
+#: JPEG 2000, HTJ2K and RLE. Whether the pixel data can be decoded is found out (and reported) later.
+TRANSFER_SYNTAXES: tuple[str, ...] = (
+    dicom_uid.ExplicitVRLittleEndian,
+    dicom_uid.ImplicitVRLittleEndian,
+    dicom_uid.DeflatedExplicitVRLittleEndian,
+    dicom_uid.ExplicitVRBigEndian,
+    dicom_uid.JPEGBaseline8Bit,
+    dicom_uid.JPEGExtended12Bit,
+    dicom_uid.JPEGLossless,
+    dicom_uid.JPEGLosslessSV1,
+    dicom_uid.JPEGLSLossless,
+    dicom_uid.JPEGLSNearLossless,
+    dicom_uid.JPEG2000Lossless,
+    dicom_uid.JPEG2000,
+    dicom_uid.HTJ2KLossless,
+    dicom_uid.HTJ2KLosslessRPCL,
+    dicom_uid.HTJ2K,
+    dicom_uid.RLELossless,
+)
+
+_UNCOMPRESSED = (dicom_uid.ExplicitVRLittleEndian, dicom_uid.ImplicitVRLittleEndian)
+_VERIFICATION = "1.2.840.10008.1.1"
+_AE_TITLE_MAX = 16
+
+
+def uid_hash(uid: object) -> str:
+    """A short, stable pseudonym of a UID for log lines (the first 12 hex digits of its SHA-256)."""
+    return hashlib.sha256(str(uid).encode("ascii", "replace")).hexdigest()[:12]
+
+
+def check_ae_title(value: str, field: str = "AE title") -> str:
+    """``value`` stripped, if it is a valid AE title (1-16 printable ASCII, no backslash); else raise."""
+    title = value.strip() if isinstance(value, str) else ""
+    if not title or len(title) > _AE_TITLE_MAX:
+        raise InvalidConfig(f"{field} must be 1 to {_AE_TITLE_MAX} characters, not {value!r}")
+    if "\\" in title or any(not (0x20 <= ord(ch) < 0x7F) for ch in title):
+        raise InvalidConfig(f"{field} {value!r} may hold only printable ASCII characters and no backslash")
+    return title
+
+
+class StorageSCP:
+    """A DICOM Storage SCP: Verification and every storage SOP class, handing instances to ``accept``.
+
+    ``allowed_calling_aets`` limits which calling AE titles may associate (``None`` or empty: any);
+    other callers are rejected during association negotiation. ``ssl_context`` (a server-side
+    context) turns on DICOM TLS. Timeouts are in seconds: ``acse_timeout`` for association
+    messages, ``dimse_timeout`` for DIMSE messages, ``network_timeout`` for an idle connection.
+    ``maximum_pdu`` is the largest P-DATA PDU this SCP receives (0: unlimited).
+    """
+
+    def __init__(
+        self,
+        ae_title: str,
+        accept: AcceptStore,
+        *,
+        host: str = "0.0.0.0",
+        port: int = 11112,
+        allowed_calling_aets: Collection[str] | None = None,
+        maximum_pdu: int = 65536,
+        maximum_associations: int = 10,
+        acse_timeout: float = 30.0,
+        dimse_timeout: float = 60.0,
+        network_timeout: float = 60.0,
+        ssl_context: ssl.SSLContext | None = None,
+        transfer_syntaxes: Sequence[str] = TRANSFER_SYNTAXES,
+    ) -> None:
+        self.ae_title = check_ae_title(ae_title, "DICOM AE title")
+        if not isinstance(port, int) or not 0 <= port <= 65535:
+            raise InvalidConfig(f"DICOM port must be 0 to 65535, not {port!r}")
+        if maximum_pdu != 0 and maximum_pdu < 4096:
+            raise InvalidConfig(f"DICOM maximum PDU size must be 0 (unlimited) or >= 4096, not {maximum_pdu}")
+        if maximum_associations < 1:
+            raise InvalidConfig(f"DICOM maximum associations must be >= 1, not {maximum_associations}")
+        for name, value in (
+            ("acse_timeout", acse_timeout),
+            ("dimse_timeout", dimse_timeout),
+            ("network_timeout", network_timeout),
+        ):
+            if value <= 0:
+                raise InvalidConfig(f"DICOM {name} must be a positive number of seconds, not {value}")
+        if not transfer_syntaxes:
+            raise InvalidConfig("DICOM transfer syntaxes must not be empty")
+        self.allowed_calling_aets = frozenset(
+            check_ae_title(t, "allowed calling AE title") for t in (allowed_calling_aets or ())
+        )
+        self.host = host
+        self._port = port
+        self._accept = accept
+        self._ssl_context = ssl_context
+        self._server: ThreadedAssociationServer | None = None
+        self._lock = threading.Lock()
+        self._counts = {"received": 0, "succeeded": 0, "warnings": 0, "failed": 0, "errors": 0, "rejected": 0}
+
+        ae = AE(ae_title=self.ae_title)
+        ae.maximum_pdu_size = maximum_pdu
+        ae.maximum_associations = maximum_associations
+        ae.acse_timeout = acse_timeout
+        ae.dimse_timeout = dimse_timeout
+        ae.network_timeout = network_timeout
+        ae.require_calling_aet = sorted(self.allowed_calling_aets)
+        ae.add_supported_context(_VERIFICATION, list(_UNCOMPRESSED))
+        for context in AllStoragePresentationContexts:
+            ae.add_supported_context(str(context.abstract_syntax), list(transfer_syntaxes))
+        self._ae = ae
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start listening in background threads; returns at once. Raises ``OSError`` if it cannot bind."""
+        with self._lock:
+            if self._server is not None:
+                return
+            handlers: list[Any] = [
+                (evt.EVT_CONN_OPEN, no_delay),
+                (evt.EVT_C_STORE, self._on_store),
+                (evt.EVT_C_ECHO, self._on_echo),
+                (evt.EVT_REJECTED, self._on_rejected),
+            ]
+            self._server = self._ae.start_server(
+                (self.host, self._port), block=False, ssl_context=self._ssl_context, evt_handlers=handlers
+            )
+        log.info(
+            "DICOM storage SCP %s listening on %s:%d%s",
+            self.ae_title,
+            self.host,
+            self.port,
+            " (TLS)" if self._ssl_context else "",
+        )
+
+    def stop(self) -> None:
+        """Abort open associations, stop listening and close the socket. Safe to call twice.
+
+        Blocks up to about half a second; call it off the event loop in asyncio code.
+        """
+        with self._lock:
+            server, self._server = self._server, None
+        if server is None:
+            return
+        self._ae.shutdown()
+        log.info("DICOM storage SCP %s stopped", self.ae_title)
+
+    def __enter__(self) -> StorageSCP:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    @property
+    def running(self) -> bool:
+        return self._server is not None
+
+    @property
+    def port(self) -> int:
+        """The bound port once started (the real one when configured with port 0), else the configured one."""
+        server = self._server
+        if server is None:
+            return self._port
+        return int(server.server_address[1])
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """How many C-STORE requests were received, succeeded, warned, failed or raised, and rejections."""
+        with self._lock:
+            return dict(self._counts)
+
+    def _count(self, key: str) -> None:
+        with self._lock:
+            self._counts[key] += 1
+
+    # -- event handlers (pynetdicom threads) ------------------------------------------------------
+
+    def _on_echo(self, event: evt.Event) -> int:
+        return int(StoreStatus.SUCCESS)
+
+    def _on_rejected(self, event: evt.Event) -> None:
+        try:
+            self._count("rejected")
+            requestor = event.assoc.requestor
+            log.warning(
+                "DICOM association from AE %r at %s:%s rejected",
+                requestor.ae_title,
+                requestor.address,
+                requestor.port,
+            )
+        except Exception:  # logging must never break the association machinery
+            pass
+
+    def _on_store(self, event: evt.Event) -> int:
+        """Answer one C-STORE request; never raises: any error becomes ``0xC000`` (cannot understand)."""
+        instance = "?"
+        calling_aet = "?"
+        stage = "reading the request"
+        try:
+            self._count("received")
+            instance = uid_hash(getattr(event.request, "AffectedSOPInstanceUID", ""))
+            requestor = event.assoc.requestor
+            calling_aet = str(requestor.ae_title).strip()
+            peer = f"{requestor.address}:{requestor.port}"
+            stage = "encoding the file"
+            encoded = self._encode(event, calling_aet)
+            stage = "storing"
+            status = self._accept(encoded, calling_aet, peer)
+            if isinstance(status, bool) or not isinstance(status, int) or not 0 <= status <= 0xFFFF:
+                log.error(
+                    "C-STORE of instance %s from AE %r: the store returned %s, not a DIMSE status",
+                    instance,
+                    calling_aet,
+                    type(status).__name__,
+                )
+                self._count("errors")
+                return int(StoreStatus.CANNOT_UNDERSTAND)
+        except Exception as exc:
+            log.error(
+                "C-STORE of instance %s from AE %r failed while %s: %s",
+                instance,
+                calling_aet,
+                stage,
+                type(exc).__name__,
+            )
+            self._count("errors")
+            return int(StoreStatus.CANNOT_UNDERSTAND)
+        status = int(status)
+        if status == 0:
+            self._count("succeeded")
+        elif 0xB000 <= status <= 0xBFFF or status in (0x0001, 0x0107, 0x0116):
+            self._count("warnings")
+        else:
+            self._count("failed")
+            log.info("C-STORE of instance %s from AE %r answered 0x%04X", instance, calling_aet, status)
+        return status
+
+    @staticmethod
+    def _encode(event: evt.Event, calling_aet: str) -> bytes:
+        """The instance as a Part-10 file: the peer's data set bytes behind new file meta information."""
+        meta = event.file_meta
+        if calling_aet and calling_aet != "?":
+            meta.SourceApplicationEntityTitle = calling_aet
+        dataset = event.encoded_dataset(include_meta=False)
+        return b"".join((b"\x00" * 128, b"DICM", encode_file_meta(meta), dataset))
