@@ -199,6 +199,14 @@ def _models_rollback(args: argparse.Namespace) -> int:
 
 
 # -- de-identification ------------------------------------------------------------------------
+def _is_part10(path: Path) -> bool:
+    try:
+        with path.open("rb") as handle:
+            return handle.read(132)[128:132] == b"DICM"
+    except OSError:
+        return False
+
+
 def _dicom_send(args: argparse.Namespace) -> int:
     from medserve.clinical.dicom.scu import send_files
 
@@ -208,8 +216,8 @@ def _dicom_send(args: argparse.Namespace) -> int:
         return 2
     files: list[Path] = []
     for path in args.files:
-        if path.is_dir():
-            files.extend(sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")))
+        if path.is_dir():  # a folder: its DICOM files (Part-10 "DICM" marker), other files skipped
+            files.extend(sorted(p for p in path.rglob("*") if p.is_file() and _is_part10(p)))
         else:
             files.append(path)
     if not files:
