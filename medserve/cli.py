@@ -53,6 +53,33 @@ def _examples_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _examples_dicom(args: argparse.Namespace) -> int:
+    from medserve.clinical.dicom.synthetic import write_study
+
+    if args.studies < 1:
+        raise InvalidInput("medserve examples dicom: --studies must be at least 1")
+    if args.seed < 0:
+        raise InvalidInput("medserve examples dicom: --seed must be >= 0")
+    total = 0
+    for index in range(args.studies):
+        folder = args.out if args.studies == 1 else args.out / f"study_{index + 1:03d}"
+        try:
+            paths = write_study(
+                args.modality,
+                folder,
+                seed=args.seed + index,
+                findings=args.findings or (),
+                photometric=args.photometric,
+            )
+        except ValueError as error:
+            raise InvalidInput(f"medserve examples dicom: {error}") from None
+        total += len(paths)
+        print(f"{args.modality} study (seed {args.seed + index}): {len(paths)} file(s) in {folder}")
+    studies = "study" if args.studies == 1 else "studies"
+    print(f"wrote {args.studies} synthetic {args.modality} {studies}, {total} DICOM file(s), in {args.out}")
+    return 0
+
+
 def _simulate_ward(args: argparse.Namespace) -> int:
     import json
 
@@ -68,6 +95,17 @@ def _simulate_ward(args: argparse.Namespace) -> int:
         token=args.token or os.environ.get("MEDSERVE_TOKEN", ""),
     )
     print(json.dumps(report.to_json(), indent=2) if args.json else format_report(report))
+    return 0
+
+
+def _devices(args: argparse.Namespace) -> int:
+    import json
+
+    from medserve.hardware.devices import discover_devices
+    from medserve.hardware.report import format_discovery
+
+    discovery = discover_devices()
+    print(json.dumps(discovery.to_json(), indent=2) if args.json else format_discovery(discovery))
     return 0
 
 
@@ -95,6 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
     models.set_defaults(func=_models)
     add_trust_commands(commands, models)
 
+    devices = commands.add_parser(
+        "devices", help="list this machine's devices (CPU, GPUs, NPUs) and the engines that can use them"
+    )
+    devices.add_argument("--json", action="store_true", help="print the discovery as JSON")
+    devices.set_defaults(func=_devices)
+
     examples = commands.add_parser("examples", help="example models and data")
     example_commands = examples.add_subparsers(dest="examples_command", required=True)
     build = example_commands.add_parser("build", help="write the example model repository")
@@ -102,6 +146,25 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--models", nargs="*", help="only these models (default: all)")
     build.add_argument("--force", action="store_true", help="rebuild models already present")
     build.set_defaults(func=_examples_build)
+    dicom = example_commands.add_parser(
+        "dicom", help="write synthetic DICOM studies (phantoms, not real patients) for testing"
+    )
+    dicom.add_argument("--modality", required=True, choices=["CT", "MR", "CR", "DX", "US"])
+    dicom.add_argument("--out", type=Path, required=True, help="folder (one subfolder per study if several)")
+    dicom.add_argument("--seed", type=int, default=0, help="seed of the first study; the next get +1 (0)")
+    dicom.add_argument("--studies", type=int, default=1, help="number of studies (1)")
+    dicom.add_argument(
+        "--findings",
+        nargs="*",
+        choices=["Cardiomegaly", "Effusion", "Mass", "Nodule", "Pneumothorax"],
+        help="CR/DX: synthetic findings to draw (default: none)",
+    )
+    dicom.add_argument(
+        "--photometric",
+        choices=["MONOCHROME1", "MONOCHROME2", "RGB"],
+        help="CR/DX: MONOCHROME1 or MONOCHROME2 (default); US: MONOCHROME2 (default) or RGB",
+    )
+    dicom.set_defaults(func=_examples_dicom)
 
     simulate = commands.add_parser("simulate", help="simulated clients for load and alert testing")
     simulate_commands = simulate.add_subparsers(dest="simulate_command", required=True)

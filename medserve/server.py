@@ -83,7 +83,12 @@ class MedServer:
         self.metrics = ServingMetrics()
         self.trust: Trust = build_trust(settings)
         trust = self.trust
-        self.registry = ModelRegistry(ModelRepository(settings.repository), self.metrics, trust.lineage)
+        self.registry = ModelRegistry(
+            ModelRepository(settings.repository),
+            self.metrics,
+            trust.lineage,
+            priority_classes=settings.priority_table(),
+        )
         self.model_monitor = ModelMonitor(window_s=settings.monitoring_window_s)
         self.service = InferenceService(
             self.registry,

@@ -9,11 +9,17 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from medserve.core.errors import InvalidConfig
+from medserve.scheduling.priority import (
+    DEFAULT_CLASS_NAME,
+    DEFAULT_CLASS_SPECS,
+    PriorityClasses,
+    build_classes,
+)
 
 
 class _FileSource(PydanticBaseSettingsSource):
@@ -28,6 +34,18 @@ class _FileSource(PydanticBaseSettingsSource):
 
     def __call__(self) -> dict[str, Any]:
         return dict(self._values)
+
+
+class PriorityClassSetting(BaseModel):
+    """One priority class of the ``priority_classes`` setting."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, description="Class name, as in the priority_class request parameter.")
+    priority: int = Field(ge=1, description="Priority level: 1 is the most urgent (Triton's semantics).")
+    deadline_ms: float | None = Field(
+        default=None, gt=0, description="Deadline from arrival; none: no deadline (offline work)."
+    )
 
 
 class Settings(BaseSettings):
@@ -174,6 +192,32 @@ class Settings(BaseSettings):
         description="Largest STOW-RS request body; it is spooled to disk, so memory holds one instance.",
     )
 
+    priority_classes: list[PriorityClassSetting] = Field(
+        default_factory=lambda: [PriorityClassSetting(**spec) for spec in DEFAULT_CLASS_SPECS],
+        description="Priority classes of inference requests, each {name, priority, deadline_ms}: priority 1 "
+        "is the most urgent and always goes first (strict precedence), earliest deadline first within a "
+        "class; a request that cannot meet its deadline is refused at once (HTTP 503 with Retry-After). "
+        "Requests pick one with the parameter priority (level) or priority_class (name). In the "
+        "environment, a JSON list.",
+    )
+    default_priority_class: str = Field(
+        default=DEFAULT_CLASS_NAME,
+        description="Priority class of a request that names none (or sends priority 0).",
+    )
+
+    @model_validator(mode="after")
+    def _priority_classes_consistent(self) -> Settings:
+        try:
+            self.priority_table()
+        except ValueError as exc:
+            raise ValueError(f"priority_classes / default_priority_class: {exc}") from None
+        return self
+
+    def priority_table(self) -> PriorityClasses:
+        """The configured priority classes (ValueError when names or levels repeat, or the default is
+        not one of them)."""
+        return build_classes((c.model_dump() for c in self.priority_classes), self.default_priority_class)
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -201,7 +245,9 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     try:
         return Settings(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        problems = "; ".join(
+            (f"{'.'.join(map(str, e['loc']))}: " if e["loc"] else "") + e["msg"] for e in exc.errors()
+        )
         source = f"{config_file}" if config_file else "settings"
         raise InvalidConfig(f"{source}: {problems}") from None
     finally:

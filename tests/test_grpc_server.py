@@ -164,6 +164,22 @@ def test_invalid_input_is_invalid_argument(client: grpcclient.InferenceServerCli
     assert "INPUT0" in str(caught.value.message())
 
 
+def test_priority_and_timeout_parameters(client: grpcclient.InferenceServerClient) -> None:
+    a = np.ones((1, 16), np.float32)
+    result = client.infer("simple", simple_inputs(a, a), priority=1, timeout=5_000_000)
+    np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), a + a)
+    result = client.infer("simple", simple_inputs(a, a), parameters={"priority_class": "bulk"})
+    np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), a + a)
+    with pytest.raises(InferenceServerException) as caught:
+        client.infer("simple", simple_inputs(a, a), priority=9)
+    assert status_of(caught.value) == "StatusCode.INVALID_ARGUMENT"
+    assert "priority level" in str(caught.value.message())
+    with pytest.raises(InferenceServerException) as caught:
+        client.infer("simple", simple_inputs(a, a), parameters={"priority_class": "vip"})
+    assert status_of(caught.value) == "StatusCode.INVALID_ARGUMENT"
+    assert "unknown priority class 'vip'" in str(caught.value.message())
+
+
 def test_raw_size_mismatch_is_invalid_argument(stub: Any) -> None:
     request = service_pb2.ModelInferRequest(model_name="identity_fp32")
     request.inputs.add(name="INPUT0", datatype="FP32", shape=[1, 4])

@@ -112,6 +112,38 @@ def test_invalid_inputs_are_400(server: RunningServer, inputs: list[object], nee
     still_serving(server)
 
 
+@pytest.mark.parametrize(
+    ("parameters", "needles"),
+    [
+        ({"priority": "high"}, ["'priority'", "unsigned integer"]),
+        ({"priority": -2}, ["'priority'", "-2"]),
+        ({"priority": 7}, ["not a configured priority level", "1 stat"]),
+        ({"priority_class": "vip"}, ["unknown priority class 'vip'", "stat, urgent, routine, bulk"]),
+        ({"timeout": "soon"}, ["'timeout'", "microseconds"]),
+    ],
+    ids=["priority-type", "priority-negative", "priority-level", "class-name", "timeout-type"],
+)
+def test_bad_priority_parameters_are_400(
+    server: RunningServer, parameters: dict[str, object], needles: list[str]
+) -> None:
+    message = error_of(post(server, "/v2/models/simple/infer", json=simple_body(parameters=parameters)), 400)
+    for needle in needles:
+        assert needle in message, message
+    still_serving(server)
+
+
+def test_priority_class_and_timeout_are_served(server: RunningServer) -> None:
+    for parameters in ({"priority_class": "stat"}, {"priority": 4, "timeout": 10_000_000}):
+        reply = post(server, "/v2/models/simple/infer", json=simple_body(parameters=parameters))
+        assert reply.status_code == 200, reply.text
+    metrics = httpx.get(f"http://{server.http_url}/metrics", timeout=30).text
+    assert (
+        'medserve_requests_by_class_total{class="stat",model="simple",outcome="met_deadline",version="1"}'
+        in (metrics)
+    )
+    assert 'medserve_queue_depth_by_class{class="bulk",model="simple",version="1"}' in metrics
+
+
 def test_unknown_output_is_400(server: RunningServer) -> None:
     message = error_of(
         post(server, "/v2/models/simple/infer", json=simple_body(outputs=[{"name": "NOPE"}])), 400

@@ -38,7 +38,19 @@ class Unsupported(MedserveError):
 
 
 class Overloaded(MedserveError):
-    """The server is shutting down or its queues are full."""
+    """The server is shutting down, its queues are full, or a request's deadline cannot be met.
+
+    ``retry_after_s``, when set, is how long the client should wait before trying again (HTTP sends it
+    as ``Retry-After``, gRPC as ``retry-after`` trailing metadata).
+    """
+
+    def __init__(self, message: str = "", retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class DeadlineExceeded(MedserveError):
+    """A request's deadline (its priority class's, or its ``timeout``) passed before it could run."""
 
 
 class Unauthenticated(MedserveError):

@@ -34,6 +34,10 @@ _SECONDS_BUCKETS = (
 )
 _LABELS = ("model", "version")
 
+#: Outcomes of a request as its priority class's deadline sees it: attainment of a class is
+#: met_deadline / (met_deadline + missed_deadline + expired + rejected).
+CLASS_OUTCOMES = ("met_deadline", "missed_deadline", "expired", "rejected")
+
 
 def failure_reason(exc: BaseException) -> str:
     """``InvalidInput`` → ``invalid_input``: the reason label of a failed request."""
@@ -131,6 +135,22 @@ class ServingMetrics:
         self.queue_depth = Gauge(
             "medserve_queue_depth", "Requests waiting in the batcher's queue.", _LABELS, registry=r
         )
+        self.requests_by_class = Counter(
+            "medserve_requests_by_class",
+            "Inference requests by priority class and deadline outcome: met_deadline (answered in time; "
+            "always for a class without deadline), missed_deadline (answered late), expired (deadline "
+            "passed while queued, HTTP 504) or rejected (refused by admission control or a full queue, "
+            "HTTP 503). Requests failing for other reasons are not counted.",
+            (*_LABELS, "class", "outcome"),
+            registry=r,
+        )
+        self.class_queue_depth = Gauge(
+            "medserve_queue_depth_by_class",
+            "Requests waiting in the batcher's queue, by priority class.",
+            (*_LABELS, "class"),
+            registry=r,
+        )
+        self._watched_classes: dict[tuple[str, str], list[str]] = {}
 
         self.monitor_samples = Counter(
             "medserve_monitor_samples",
@@ -162,10 +182,31 @@ class ServingMetrics:
     def watch_queue(self, model: str, version: str, depth: Callable[[], int]) -> None:
         self.queue_depth.labels(model, version).set_function(lambda: float(depth()))
 
+    def watch_class_queues(
+        self, model: str, version: str, classes: Iterable[str], depth: Callable[[str], int]
+    ) -> None:
+        """Queue length per priority class, read when metrics are scraped; outcome counters start at 0."""
+        names = list(classes)
+        self._watched_classes[(model, version)] = names
+
+        def reader(name: str) -> Callable[[], float]:
+            return lambda: float(depth(name))
+
+        for name in names:
+            self.class_queue_depth.labels(model, version, name).set_function(reader(name))
+            for outcome in CLASS_OUTCOMES:
+                self.requests_by_class.labels(model, version, name, outcome)
+
+    def class_outcome(self, model: str, version: str, class_name: str, outcome: str) -> None:
+        self.requests_by_class.labels(model, version, class_name, outcome).inc()
+
     def forget(self, model: str, version: str) -> None:
         """Stop watching the queue of an unloaded version (its counters keep their totals)."""
         with contextlib.suppress(KeyError):
             self.queue_depth.remove(model, version)
+        for name in self._watched_classes.pop((model, version), []):
+            with contextlib.suppress(KeyError):
+                self.class_queue_depth.remove(model, version, name)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -13,7 +13,7 @@ import numpy as np
 
 from medserve.core.classification import classify
 from medserve.core.datatypes import TRITON_CONFIG_TYPES, numpy_dtype
-from medserve.core.errors import MedserveError, ModelLoadError
+from medserve.core.errors import DeadlineExceeded, MedserveError, ModelLoadError, Overloaded
 from medserve.core.metrics import ServingMetrics, failure_reason
 from medserve.core.statistics import VersionStatistics
 from medserve.core.types import (
@@ -31,6 +31,12 @@ from medserve.runtimes import Runtime, runtime_class
 from medserve.runtimes.base import EngineTensor
 from medserve.scheduling.batcher import DynamicBatcher, ExecutionTimes
 from medserve.scheduling.pool import InstancePool
+from medserve.scheduling.priority import (
+    DEFAULT_CLASSES,
+    PriorityClass,
+    PriorityClasses,
+    resolve_request_class,
+)
 
 log = logging.getLogger(__name__)
 
@@ -141,11 +147,14 @@ def load_version(
 class ServedModel:
     """A model version ready to serve: requests are validated, queued, batched and run."""
 
-    def __init__(self, loaded: LoadedVersion, metrics: ServingMetrics) -> None:
+    def __init__(
+        self, loaded: LoadedVersion, metrics: ServingMetrics, classes: PriorityClasses = DEFAULT_CLASSES
+    ) -> None:
         self.loaded = loaded
         self.name = loaded.name
         self.version = str(loaded.version)
         self.config = loaded.config
+        self.classes = classes
         self.stats = VersionStatistics()
         self._metrics = metrics
         self._labels = (self.name, self.version)
@@ -160,8 +169,11 @@ class ServedModel:
             max_queue_delay_us=batching.max_queue_delay_us if batching else 0,
             preferred_batch_sizes=batching.preferred_batch_sizes if batching else (),
             on_execution=self._executed,
+            max_queue_size=self.config.max_queue_size,
+            label=f"model '{self.name}' version {self.version}",
         )
         metrics.watch_queue(self.name, self.version, self.batcher.queue_depth)
+        metrics.watch_class_queues(self.name, self.version, classes.names, self.batcher.queue_depth)
 
     def _executed(self, execution: ExecutionTimes) -> None:
         self.stats.executed(execution)
@@ -172,20 +184,37 @@ class ServedModel:
         m.compute_duration.labels(*self._labels).observe(total / 1e9)
 
     async def infer(self, request: InferenceRequest) -> InferenceResponse:
+        """Validate, queue by priority class and deadline, run (batched), and answer.
+
+        The class and deadline come from the request parameters ``priority``, ``priority_class`` and
+        ``timeout`` (see :mod:`medserve.scheduling.priority`).
+        """
         started = time.perf_counter_ns()
+        request_class: PriorityClass | None = None
+        deadline_ns: int | None = None
         try:
+            request_class, deadline_ns = resolve_request_class(request.parameters, self.classes, started)
             arrays, batch_size = validate_inputs(
                 self.name, self.loaded.inputs, self.config.max_batch_size, request.inputs
             )
             requested = validate_outputs(self.name, self.loaded.outputs, request.outputs)
-            result = await self.batcher.submit(arrays, batch_size)
+            result = await self.batcher.submit(
+                arrays, batch_size, request_class=request_class, deadline_ns=deadline_ns
+            )
             outputs = self._outputs(result.outputs, requested)
         except MedserveError as exc:
             elapsed = time.perf_counter_ns() - started
             self.stats.request_failed(elapsed)
             self._metrics.request_failure.labels(*self._labels, failure_reason(exc)).inc()
+            if request_class is not None and isinstance(exc, (Overloaded, DeadlineExceeded)):
+                outcome = "rejected" if isinstance(exc, Overloaded) else "expired"
+                self._metrics.class_outcome(self.name, self.version, request_class.name, outcome)
             raise
-        elapsed = time.perf_counter_ns() - started
+        finished = time.perf_counter_ns()
+        in_time = deadline_ns is None or finished <= deadline_ns
+        outcome = "met_deadline" if in_time else "missed_deadline"
+        self._metrics.class_outcome(self.name, self.version, request_class.name, outcome)
+        elapsed = finished - started
         self.stats.request_succeeded(batch_size, elapsed, result.queue_ns, result.execution)
         m = self._metrics
         m.request_success.labels(*self._labels).inc()
@@ -265,6 +294,12 @@ class ServedModel:
             result["dynamic_batching"] = {
                 "preferred_batch_size": list(config.dynamic_batching.preferred_batch_sizes),
                 "max_queue_delay_microseconds": config.dynamic_batching.max_queue_delay_us,
+                "priority_levels": max(c.priority for c in self.classes.classes),
+                "default_priority_level": self.classes.default.priority,
+                "default_queue_policy": {
+                    "max_queue_size": config.max_queue_size,
+                    "allow_timeout_override": True,
+                },
             }
         return result
 

@@ -17,6 +17,7 @@ from medserve.core.metrics import ServingMetrics
 from medserve.core.model import LoadedVersion, ServedModel, load_version
 from medserve.core.types import RepositoryEntry
 from medserve.repository.repository import ModelRepository, VersionArtifact
+from medserve.scheduling.priority import DEFAULT_CLASSES, PriorityClasses
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +58,17 @@ class LineageBook(Protocol):
 
 class ModelRegistry:
     def __init__(
-        self, repository: ModelRepository, metrics: ServingMetrics, lineage: LineageBook | None = None
+        self,
+        repository: ModelRepository,
+        metrics: ServingMetrics,
+        lineage: LineageBook | None = None,
+        *,
+        priority_classes: PriorityClasses = DEFAULT_CLASSES,
     ) -> None:
         self.repository = repository
         self.metrics = metrics
         self.lineage = lineage
+        self.priority_classes = priority_classes
         self._entries: dict[str, _Entry] = {}
 
     def _check(self, name: str, version: int, artifact: Path, digest: str) -> dict[str, Any]:
@@ -117,7 +124,9 @@ class ModelRegistry:
                 raise
             retired = [m for v, m in entry.versions.items() if v not in attempt.failures]
             kept = {v: m for v, m in entry.versions.items() if v in attempt.failures}
-            fresh = {lv.version: ServedModel(lv, self.metrics) for lv in attempt.loaded}
+            fresh = {
+                lv.version: ServedModel(lv, self.metrics, self.priority_classes) for lv in attempt.loaded
+            }
             entry.versions = {**kept, **fresh}
             entry.failures = attempt.failures
             entry.error = ""

@@ -35,6 +35,7 @@ class PipelineConfig(BaseModel):
     model: str
     threshold: float | None = Field(default=None, ge=0.0, le=1.0)
     min_lesion_voxels: int = Field(default=10, ge=1)
+    priority_class: str = "bulk"
 
     @field_validator("kind")
     @classmethod
@@ -53,7 +54,7 @@ class ImagingConfig(BaseModel):
 
     def pipeline_specs(self) -> dict[str, PipelineSpec]:
         return {
-            name: PipelineSpec(name, p.kind, p.model, p.threshold, p.min_lesion_voxels)
+            name: PipelineSpec(name, p.kind, p.model, p.threshold, p.min_lesion_voxels, p.priority_class)
             for name, p in self.pipelines.items()
         }
 

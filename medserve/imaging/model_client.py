@@ -57,13 +57,18 @@ class ModelClient:
         self.used[model] = info
         return info
 
-    def infer_each(self, model: str, items: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """Run ``model`` on every item (one batch item each, float32, without the batch axis)."""
+    def infer_each(
+        self, model: str, items: Sequence[np.ndarray], priority_class: str = "bulk"
+    ) -> list[np.ndarray]:
+        """Run ``model`` on every item (one batch item each, float32, without the batch axis), in
+        ``priority_class`` (default ``bulk``: interactive requests go first; no deadline)."""
         info = self.info(model)
-        future = asyncio.run_coroutine_threadsafe(self._infer_each(info, items), self.loop)
+        future = asyncio.run_coroutine_threadsafe(self._infer_each(info, items, priority_class), self.loop)
         return future.result(self.timeout_s)
 
-    async def _infer_each(self, info: ModelInfo, items: Sequence[np.ndarray]) -> list[np.ndarray]:
+    async def _infer_each(
+        self, info: ModelInfo, items: Sequence[np.ndarray], priority_class: str
+    ) -> list[np.ndarray]:
         served = self.registry.get(info.name, info.version)
         gate = asyncio.Semaphore(IN_FLIGHT)
 
@@ -74,6 +79,7 @@ class ModelClient:
                 info.version,
                 id=f"item-{k}",
                 inputs=[Tensor(info.input_name, "FP32", tuple(data.shape), data)],
+                parameters={"priority_class": priority_class},
             )
             async with gate:
                 response = await served.infer(request)

@@ -197,5 +197,3 @@ class Outbox:
 
 def _item_kind(result_kind: str) -> str:
     return "fhir" if result_kind == "fhir" else "dicom"
-
-

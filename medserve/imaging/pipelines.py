@@ -38,6 +38,7 @@ class PipelineSpec:
     model: str
     threshold: float | None = None
     min_lesion_voxels: int = 10
+    priority_class: str = "bulk"
 
 
 def _algorithm(info: ModelInfo) -> Algorithm:
@@ -73,7 +74,7 @@ def classify_2d(
     frames = series_to_frames(datasets)
     size = int(_preprocessing(info).get("image_size", 224))
     images = prep.scale_to_unit(prep.resize_2d(frames.array, (size, size)))
-    outputs = models.infer_each(spec.model, [image[None] for image in images])
+    outputs = models.infer_each(spec.model, [image[None] for image in images], spec.priority_class)
     labels = [str(label) for label in info.metadata.get("labels", [])]
     thresholds = info.metadata.get("thresholds", {})
     findings: list[Finding] = []
@@ -109,7 +110,7 @@ def segment_3d(spec: PipelineSpec, datasets: Sequence[pydicom.Dataset], models: 
     overlap = float(settings.get("overlap", 0.25))
     padded, crop = prep.pad_to(array, patch)
     windows = prep.sliding_window_patches(padded.shape, patch, overlap)
-    outputs = models.infer_each(spec.model, [padded[w][None] for w in windows])
+    outputs = models.infer_each(spec.model, [padded[w][None] for w in windows], spec.priority_class)
     accumulator = prep.PatchAccumulator((int(outputs[0].shape[0]), *padded.shape), patch)
     for w, out in zip(windows, outputs):
         accumulator.add(w, out)

@@ -111,6 +111,12 @@ class ModelConfig(_Strict):
     inputs: list[TensorConfig] | None = None
     outputs: list[TensorConfig] | None = None
     dynamic_batching: DynamicBatching | None = None
+    max_queue_size: int = Field(
+        default=1024,
+        ge=1,
+        description="Most requests waiting in a version's queue (all priority classes together); when "
+        "full, a lower-class request is shed for a more urgent one, else the newcomer gets HTTP 503.",
+    )
     instance_count: int = Field(default=1, ge=1, le=64)
     version_policy: VersionPolicy = Field(default_factory=VersionPolicy)
     runtime_options: dict[str, Any] = Field(default_factory=dict)

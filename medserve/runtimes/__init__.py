@@ -10,6 +10,8 @@ from medserve.runtimes.base import EngineTensor, Runtime
 _RUNTIMES: dict[str, str] = {
     "onnxruntime": "medserve.runtimes.onnxruntime:OnnxRuntime",
     "monai_bundle": "medserve.runtimes.monai_bundle:MonaiBundleRuntime",
+    "torch": "medserve.runtimes.torch:TorchRuntime",
+    "openvino": "medserve.runtimes.openvino:OpenVinoRuntime",
 }
 
 

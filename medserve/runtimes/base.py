@@ -37,7 +37,8 @@ class Runtime(ABC):
 
     @abstractmethod
     def load(self) -> None:
-        """Load the artifact; raise ``ModelLoadError`` with the reason when it cannot be loaded."""
+        """Load the artifact; raise ``ModelLoadError`` with the reason when it cannot be loaded, or
+        ``InvalidConfig`` when a ``runtime_options`` value is unknown or unavailable on this machine."""
 
     @abstractmethod
     def inputs(self) -> list[EngineTensor]: ...

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
-from medserve.core.errors import InferenceFailed, InvalidInput, ModelLoadError
+from medserve.core.errors import InferenceFailed, InvalidConfig, InvalidInput, ModelLoadError
 from medserve.runtimes.base import EngineTensor, Runtime
 
 log = logging.getLogger(__name__)
@@ -51,9 +52,13 @@ _KNOWN_OPTIONS = {
     "intra_op_threads",
     "inter_op_threads",
     "execution_providers",
+    "providers",
+    "device",
     "graph_optimization_level",
     "allow_spinning",
 }
+#: providers that run on a CUDA device and take a ``device_id`` provider option
+_CUDA_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 
 
 def _shape(dims: list[Any]) -> tuple[int, ...]:
@@ -87,7 +92,62 @@ class OnnxRuntime(Runtime):
         self._string_inputs: set[str] = set()
         self._string_outputs: set[str] = set()
 
-    def _session_options(self) -> tuple[ort.SessionOptions, list[str]]:
+    def _where(self) -> str:
+        """Error prefix: the model's config.yaml field when the artifact is in a repository."""
+        from medserve.runtimes._declared import repository_declaration
+
+        declared = repository_declaration(self.artifact)
+        return f"{declared.source}: field 'runtime_options'" if declared else "onnxruntime option"
+
+    def _providers(self) -> list[Any]:
+        """Execution providers from ``providers`` / ``execution_providers`` and ``device``.
+
+        ``device: cuda[:N]`` alone means CUDA (device N) then CPU; with a provider list, N becomes the
+        ``device_id`` of its CUDA and TensorRT providers. Neither given: ``default_providers()``.
+        """
+        installed = ort.get_available_providers()
+        if "providers" in self.options and "execution_providers" in self.options:
+            raise InvalidConfig(f"{self._where()}: give 'providers' or 'execution_providers', not both")
+        requested = self.options.get("providers", self.options.get("execution_providers"))
+        if requested is not None and (
+            not isinstance(requested, list) or not all(isinstance(p, str) for p in requested) or not requested
+        ):
+            raise InvalidConfig(
+                f"{self._where()} 'providers': must be a list of provider names, got {requested!r}"
+            )
+        device = self.options.get("device")
+        device_id: int | None = None
+        if device is not None:
+            text = str(device).strip().lower()
+            match = re.fullmatch(r"cuda(?::(\d+))?", text)
+            if text == "cpu":
+                requested = requested or ["CPUExecutionProvider"]
+            elif match:
+                device_id = int(match.group(1) or 0)
+                requested = requested or ["CUDAExecutionProvider", "CPUExecutionProvider"]
+                if not any(p in _CUDA_PROVIDERS for p in requested):
+                    raise InvalidConfig(
+                        f"{self._where()} 'device': '{device}' needs one of {list(_CUDA_PROVIDERS)} in "
+                        f"'providers' (given {requested})"
+                    )
+            else:
+                raise InvalidConfig(
+                    f"{self._where()} 'device': '{device}' is not cpu, cuda or cuda:N; available "
+                    f"providers: {installed} (ort.get_available_providers())"
+                )
+        if requested is None:
+            return list(default_providers())
+        missing = [p for p in requested if p not in installed]
+        if missing:
+            raise InvalidConfig(
+                f"{self._where()} 'providers': execution provider(s) {missing} are not available; "
+                f"available: {installed} (ort.get_available_providers())"
+            )
+        if device_id is None:
+            return list(requested)
+        return [(p, {"device_id": str(device_id)}) if p in _CUDA_PROVIDERS else p for p in requested]
+
+    def _session_options(self) -> tuple[ort.SessionOptions, list[Any]]:
         unknown = set(self.options) - _KNOWN_OPTIONS
         if unknown:
             raise ModelLoadError(
@@ -104,17 +164,7 @@ class OnnxRuntime(Runtime):
         so.graph_optimization_level = _OPTIMIZATION_LEVELS[level]
         if not self.options.get("allow_spinning", True):
             so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        requested = self.options.get("execution_providers")
-        if requested is None:
-            providers = default_providers()
-        else:
-            providers = [str(p) for p in requested]
-            missing = [p for p in providers if p not in ort.get_available_providers()]
-            if missing:
-                raise ModelLoadError(
-                    f"execution provider(s) {missing} are not available; installed: "
-                    f"{ort.get_available_providers()}"
-                )
+        providers = self._providers()
         return so, providers
 
     def load(self) -> None:
@@ -125,6 +175,14 @@ class OnnxRuntime(Runtime):
             self._session = ort.InferenceSession(str(self.artifact), so, providers=providers)
         except Exception as exc:  # ORT raises several unrelated exception types for bad models
             raise ModelLoadError(f"onnxruntime cannot load {self.artifact}: {exc}") from exc
+        if "providers" in self.options or "execution_providers" in self.options or "device" in self.options:
+            wanted = [p if isinstance(p, str) else p[0] for p in providers]
+            dropped = [p for p in wanted[:1] if p not in self._session.get_providers()]
+            if dropped:  # ORT falls back to CPU when a GPU provider fails to initialise
+                raise ModelLoadError(
+                    f"onnxruntime could not initialise {dropped[0]} for {self.artifact} (the session "
+                    f"has {self._session.get_providers()}); check the device and its libraries"
+                )
         self._inputs = [_to_engine(v) for v in self._session.get_inputs()]
         self._outputs = [_to_engine(v) for v in self._session.get_outputs()]
         self._bf16_inputs = {t.name for t in self._inputs if t.datatype == "BF16"}

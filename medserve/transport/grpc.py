@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -44,6 +45,7 @@ STATUS_CODES: dict[type[errors.MedserveError], grpc.StatusCode] = {
     errors.InferenceFailed: grpc.StatusCode.INTERNAL,
     errors.Unsupported: grpc.StatusCode.UNIMPLEMENTED,
     errors.Overloaded: grpc.StatusCode.UNAVAILABLE,
+    errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
 
 # Optional members of the error tree other modules may add later; mapped when present.
@@ -75,6 +77,16 @@ def _describe(error: BaseException) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, f"{type(error).__name__}: {error}"
 
 
+def _retry_trailers(error: BaseException) -> tuple[tuple[str, str], ...]:
+    """``retry-after`` (seconds, as HTTP's header) and gRPC's ``grpc-retry-pushback-ms`` for an
+    error that advises when to retry (an overloaded model); empty otherwise."""
+    seconds = getattr(error, "retry_after_s", None)
+    if not isinstance(seconds, int | float) or not math.isfinite(seconds):
+        return ()
+    seconds = max(1.0, float(seconds))
+    return (("retry-after", str(math.ceil(seconds))), ("grpc-retry-pushback-ms", str(int(seconds * 1000))))
+
+
 _Req = TypeVar("_Req", bound=Message)
 _Resp = TypeVar("_Resp", bound=Message)
 _Unary = Callable[[_Req, grpc.aio.ServicerContext[Any, Any]], Awaitable[_Resp]]
@@ -88,7 +100,8 @@ def _guarded(handler: _Unary[_Req, _Resp]) -> _Unary[_Req, _Resp]:
             return await handler(request, context)
         except Exception as error:  # mapped to a status below, never swallowed
             code, message = _describe(error)
-        await context.abort(code, message)
+            trailers = _retry_trailers(error)
+        await context.abort(code, message, trailing_metadata=trailers)
         raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
 
     call.__name__ = getattr(handler, "__name__", "handler")

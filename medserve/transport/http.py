@@ -7,6 +7,7 @@ Routes only translate: parse the request, call ``InferenceService``, encode the 
 from __future__ import annotations
 
 import logging
+import math
 import zlib
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -17,6 +18,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from medserve.core.errors import (
+    DeadlineExceeded,
     InferenceFailed,
     InvalidConfig,
     InvalidInput,
@@ -59,6 +61,7 @@ STATUS_CODES: tuple[tuple[type[MedserveError], int], ...] = (
     (Unsupported, 501),
     (ModelNotReady, 503),
     (Overloaded, 503),
+    (DeadlineExceeded, 504),
     (StoreUnavailable, 503),
     (InferenceFailed, 500),
 )
@@ -77,10 +80,20 @@ def _json(value: Any, status: int = 200) -> Response:
     return Response(dumps(value), status_code=status, media_type=_JSON)
 
 
-def _error(message: str, status: int) -> Response:
+def retry_after_header(seconds: float | None) -> str | None:
+    """``Retry-After`` in whole seconds (at least 1), or None when there is no advice."""
+    if seconds is None or not math.isfinite(seconds):
+        return None
+    return str(max(1, math.ceil(seconds)))
+
+
+def _error(message: str, status: int, retry_after_s: float | None = None) -> Response:
     response = _json({"error": message}, status)
     if status == 401:
         response.headers["WWW-Authenticate"] = 'Bearer realm="medserve"'
+    retry_after = retry_after_header(retry_after_s)
+    if retry_after is not None:
+        response.headers["Retry-After"] = retry_after
     return response
 
 
@@ -112,7 +125,7 @@ def _guarded(handler: Handler) -> Handler:
         try:
             return await handler(request)
         except MedserveError as exc:
-            return _error(str(exc), status_of(exc))
+            return _error(str(exc), status_of(exc), getattr(exc, "retry_after_s", None))
         except Exception as exc:  # a bug must not take the server down; the client hears of it
             log.exception("unexpected error serving %s %s", request.method, request.url.path)
             return _error(f"internal error: {type(exc).__name__}: {exc}", 500)
