@@ -10,6 +10,7 @@ from pathlib import Path
 
 from medserve import __version__
 from medserve.core.errors import InvalidInput, MedserveError
+from medserve.hardware.cli import add_commands as add_hardware_commands
 from medserve.trust_cli import add_commands as add_trust_commands
 
 
@@ -138,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     devices.add_argument("--json", action="store_true", help="print the discovery as JSON")
     devices.set_defaults(func=_devices)
+    add_hardware_commands(commands)
 
     examples = commands.add_parser("examples", help="example models and data")
     example_commands = examples.add_subparsers(dest="examples_command", required=True)

@@ -126,10 +126,15 @@ def load_version(
     digest = sha256_file(artifact)
     lineage = check(name, version, artifact, digest) if check is not None else {}
     cls = runtime_class(config.runtime)
+    options = dict(config.runtime_options)
+    if config.devices:
+        from medserve.hardware.model_devices import options_for_devices
+
+        options = options_for_devices(name, config.runtime, config.devices, options)
     instances: list[Runtime] = []
     try:
         for _ in range(config.instance_count):
-            instance = cls(artifact, dict(config.runtime_options))
+            instance = cls(artifact, dict(options))
             instance.load()
             instances.append(instance)
         inputs = _resolve("inputs", config.inputs, instances[0].inputs(), config)

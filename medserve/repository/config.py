@@ -9,10 +9,18 @@ and ``config.yaml``, when present, overrides it (see ``medserve.runtimes.monai_b
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from medserve.core.datatypes import DATATYPES
 from medserve.core.errors import InvalidConfig
@@ -121,6 +129,33 @@ class ModelConfig(_Strict):
     version_policy: VersionPolicy = Field(default_factory=VersionPolicy)
     runtime_options: dict[str, Any] = Field(default_factory=dict)
     metadata: dict[str, Any] = Field(default_factory=dict)
+    objective: Literal["latency", "throughput", "energy", "cost"] | None = Field(
+        default=None, description="What placement optimises within the SLO (medserve placement)."
+    )
+    slo_p99_ms: float | None = Field(
+        default=None,
+        gt=0,
+        validation_alias=AliasChoices("slo", "slo_p99_ms"),
+        description="p99 latency target in ms (config.yaml key 'slo').",
+    )
+    devices: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        description="Devices the model may run on (cpu, cuda:0, openvino:GPU.0); checked at load against "
+        "this machine; the first is used unless runtime_options names a device.",
+    )
+
+    @field_validator("devices")
+    @classmethod
+    def _device_names(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        names = [name.strip() for name in value]
+        if any(not name for name in names):
+            raise ValueError("device names must not be empty")
+        if len(set(names)) != len(names):
+            raise ValueError(f"devices has duplicates: {names}")
+        return names
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelConfig:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, DateTime, Float, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -169,3 +169,38 @@ class ExportRow(Base):
     receipt: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class ModelProfileRow(Base):
+    """One point of a model's performance profile: a runtime on a device at a batch size.
+
+    Rows of one ``medserve profile`` run share ``run_id`` and ``measured_at``; a profile is valid for
+    its ``artifact_digest`` and hardware ``fingerprint`` only. ``source`` is ``profiler`` for measured
+    rows and ``live`` for the estimates live traffic keeps current (one per point, updated in place).
+    ``status`` ``unusable`` rows carry the ``error`` and no numbers.
+    """
+
+    __tablename__ = "model_profiles"
+    __table_args__ = (Index("ix_model_profiles_lookup", "model", "artifact_digest", "fingerprint"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(String(32), index=True)
+    model: Mapped[str] = mapped_column(String(256))
+    version: Mapped[int] = mapped_column(Integer)
+    artifact: Mapped[str] = mapped_column(String(512), default="")  # file name in the version folder
+    artifact_digest: Mapped[str] = mapped_column(String(64))
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    runtime: Mapped[str] = mapped_column(String(32))
+    device: Mapped[str] = mapped_column(String(64))
+    batch_size: Mapped[int] = mapped_column(Integer)
+    p50_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+    p99_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+    throughput: Mapped[float | None] = mapped_column(Float, nullable=True)  # inferences per second
+    peak_memory_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    joules_per_inference: Mapped[float | None] = mapped_column(Float, nullable=True)
+    energy_source: Mapped[str] = mapped_column(String(16), default="")  # nvml, rapl, estimated
+    samples: Mapped[int] = mapped_column(Integer, default=0)
+    status: Mapped[str] = mapped_column(String(16))  # ok, unusable
+    error: Mapped[str] = mapped_column(Text, default="")
+    source: Mapped[str] = mapped_column(String(16))  # profiler, live
+    measured_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
