@@ -19,7 +19,7 @@ from medserve.examples import repository
 from medserve.examples.repository import EXAMPLE_MODELS, build_example_repository
 from medserve.examples.test_models import IDENTITY_DATATYPES, ONNX_ELEMENT_TYPES
 
-TORCH_MODELS = ("chest_xray_classifier", "ecg_rhythm_classifier")
+TORCH_MODELS = ("chest_xray_classifier", "ct_lesion_segmentation", "ecg_rhythm_classifier")
 SMALL_MODELS = [name for name in EXAMPLE_MODELS if name not in TORCH_MODELS]
 CONFIG_KEYS = {
     "runtime",
@@ -239,8 +239,9 @@ def test_small_models_build_without_torch(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_chest_xray_classifier(tmp_path: Path) -> None:
+def test_chest_xray_classifier(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("torch")
+    monkeypatch.setenv("MEDSERVE_EXAMPLES_TRAINING_S", "5")  # a few steps: the build path, not the accuracy
     # The build itself checks onnxruntime against torch (atol 1e-4) on a batch of 3.
     assert build_example_repository(tmp_path, models=["chest_xray_classifier"]) == ["chest_xray_classifier"]
     config = _config(tmp_path, "chest_xray_classifier")
@@ -250,7 +251,10 @@ def test_chest_xray_classifier(tmp_path: Path) -> None:
     assert config["outputs"] == [{"name": "probabilities", "datatype": "FP32", "dims": [14]}]
     metadata = config["metadata"]
     assert len(metadata["labels"]) == 14 and metadata["labels"][-1] == "Hernia"
-    assert metadata["research_use_only"] is True and "UNTRAINED" in metadata["description"]
+    assert metadata["research_use_only"] is True and metadata["research_use"] is True
+    assert set(metadata["trained_labels"]) <= set(metadata["labels"]) and metadata["trained_labels"]
+    assert set(metadata["held_out_auc"]) == set(metadata["trained_labels"])
+    assert "synthetic" in metadata["description"].lower()
     session = _session(tmp_path, "chest_xray_classifier")
     images = np.random.default_rng(0).random((5, 1, 224, 224), dtype=np.float32)
     (probabilities,) = session.run(None, {"image": images})

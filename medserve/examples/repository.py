@@ -6,8 +6,10 @@ reused unless ``force``. Builders in several processes are serialised by a lock 
 (``.medserve-examples.lock``) where the platform has ``fcntl``. Repository loaders should skip the
 hidden (dot-prefixed) entries this leaves behind.
 
-Only ``chest_xray_classifier`` and ``ecg_rhythm_classifier`` need torch, and import it only when
-they are built (``ecg_rhythm_classifier`` is trained on synthetic ECG then, in about half a minute).
+Only ``chest_xray_classifier``, ``ct_lesion_segmentation`` (torch and MONAI) and
+``ecg_rhythm_classifier`` need torch, and import it only when they are built. All three are trained
+then on synthetic data: the ECG model in about half a minute, the other two for
+``$MEDSERVE_EXAMPLES_TRAINING_S`` seconds each (default about 3 and 2 minutes).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import yaml
 
 from medserve.examples._spec import ExampleModel
 from medserve.examples.chest_xray import CHEST_XRAY_CLASSIFIER
+from medserve.examples.ct_segmentation import CT_LESION_SEGMENTATION
 from medserve.examples.ecg_rhythm import ECG_RHYTHM_CLASSIFIER
 from medserve.examples.test_models import TEST_MODELS
 
@@ -37,7 +40,8 @@ _STAGING = ".staging-"
 _RETIRED = ".retired-"
 
 _CATALOGUE: dict[str, ExampleModel] = {
-    model.name: model for model in (CHEST_XRAY_CLASSIFIER, ECG_RHYTHM_CLASSIFIER, *TEST_MODELS)
+    model.name: model
+    for model in (CHEST_XRAY_CLASSIFIER, CT_LESION_SEGMENTATION, ECG_RHYTHM_CLASSIFIER, *TEST_MODELS)
 }
 
 EXAMPLE_MODELS: tuple[str, ...] = tuple(_CATALOGUE)

@@ -182,7 +182,7 @@ def _place_lesions(
     radius_mm: tuple[float, float],
     contrast: tuple[float, float],
 ) -> list[PhantomLesion]:
-    """Add ``count`` non-touching spheres inside ``allowed`` tissue (with a margin) to ``array``
+    """Add ``count`` spheres 10 mm apart inside ``allowed`` tissue (with a 3 mm margin) to ``array``
     (intensity ``+contrast`` with a partial-volume edge) and to ``mask``; fewer when they do not fit."""
     spacing_arr = np.asarray(spacing, dtype=np.float64)
     shape = np.asarray(array.shape)
@@ -210,7 +210,7 @@ def _place_lesions(
         if not np.all(np.isin(tissue[box][distance <= margin], allowed)):
             continue
         centre_mm = centre * spacing_arr
-        if any(np.linalg.norm(centre_mm - other) < radius + r + 4.0 for other, r in placed):
+        if any(np.linalg.norm(centre_mm - other) < radius + r + 10.0 for other, r in placed):
             continue
         inside = distance <= radius
         if not inside.any():
@@ -244,7 +244,7 @@ def ct_phantom_case(
     lesions: tuple[int, int] = (0, 3),
     *,
     noise_hu: float = 20.0,
-    radius_mm: tuple[float, float] = (4.0, 10.0),
+    radius_mm: tuple[float, float] = (5.0, 10.0),
     contrast_hu: tuple[float, float] = (80.0, 150.0),
 ) -> Phantom:
     """A CT body section in HU with ``lesions[0]..lesions[1]`` hyperdense spherical lesions.
@@ -254,7 +254,7 @@ def ct_phantom_case(
     (~60 HU), a contrast-filled aorta (150-200 HU), a vertebral column (cancellous 180-240 HU,
     cortex 600-800 HU) and ribs (500-800 HU), smooth tissue texture, an in-plane blur and Gaussian
     noise (``noise_hu`` sd). Lesions (radius ``radius_mm``, ``contrast_hu`` above the tissue around
-    them) lie wholly in soft tissue or liver, 3 mm clear of other tissue and 4 mm of each other.
+    them) lie wholly in soft tissue or liver, 3 mm clear of other tissue and 10 mm of each other.
     """
     _check_volume_args(shape, spacing, lesions)
     shape = (int(shape[0]), int(shape[1]), int(shape[2]))
