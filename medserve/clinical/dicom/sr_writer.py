@@ -103,11 +103,16 @@ def _tracking(result: ImagingResult, kind: str, number: int, identifier: str) ->
 
 
 def _segment_frames(seg: Dataset, number: int) -> list[int]:
-    return [
-        index
-        for index, frame in enumerate(seg.PerFrameFunctionalGroupsSequence, start=1)
-        if frame.SegmentIdentificationSequence[0].ReferencedSegmentNumber == number
-    ]
+    """The 1-based frames of segment ``number``; with one segment, highdicom puts its identification
+    in the shared functional groups instead of each frame's."""
+    shared = seg.get("SharedFunctionalGroupsSequence")
+    shared_id = shared[0].get("SegmentIdentificationSequence") if shared else None
+    frames = []
+    for index, frame in enumerate(seg.PerFrameFunctionalGroupsSequence, start=1):
+        identification = frame.get("SegmentIdentificationSequence") or shared_id
+        if identification is not None and identification[0].ReferencedSegmentNumber == number:
+            frames.append(index)
+    return frames
 
 
 class _Groups:
