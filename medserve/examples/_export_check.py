@@ -1,8 +1,10 @@
-"""The check every torch-built example runs after export: a valid graph with a dynamic batch
-dimension, whose onnxruntime outputs match torch's."""
+"""How every torch-built example leaves torch: one ONNX export with a dynamic batch dimension
+(``export_batched``), then the check that the graph is valid and its onnxruntime outputs match
+torch's (``verify_export``)."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -10,6 +12,27 @@ import numpy as np
 
 if TYPE_CHECKING:
     import torch
+
+
+def export_batched(
+    model: torch.nn.Module, example: torch.Tensor, path: Path, input_name: str, output_name: str, opset: int
+) -> None:
+    """Export ``model`` (TorchScript-based exporter) with axis 0 of its one input and output dynamic."""
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's deprecation and tracer warnings
+        torch.onnx.export(
+            model,
+            (example,),
+            str(path),
+            dynamo=False,
+            input_names=[input_name],
+            output_names=[output_name],
+            dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}},
+            opset_version=opset,
+            do_constant_folding=True,
+        )
 
 
 def verify_export(

@@ -24,7 +24,6 @@ import logging
 import math
 import os
 import time
-import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast
@@ -32,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 import numpy as np
 
 from medserve.clinical.dicom.synthetic import XRAY_FINDINGS, chest_radiograph
-from medserve.examples._export_check import verify_export
+from medserve.examples._export_check import export_batched, verify_export
 from medserve.examples._spec import OPSET, ExampleModel
 
 if TYPE_CHECKING:
@@ -412,21 +411,7 @@ def auc(scores: np.ndarray, labels: np.ndarray) -> float:
 
 
 def _export_torchscript(model: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
-    import torch
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(
-            model,
-            (example,),
-            str(path),
-            dynamo=False,
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-            opset_version=OPSET,
-            do_constant_folding=True,
-        )
+    export_batched(model, example, path, INPUT_NAME, OUTPUT_NAME, OPSET)
 
 
 def _export_dynamo(model: torch.nn.Module, example: torch.Tensor, path: Path) -> None:

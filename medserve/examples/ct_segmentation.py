@@ -26,7 +26,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from medserve.clinical.dicom.synthetic import CT_SPACING, Phantom, ct_phantom_case
-from medserve.examples._export_check import verify_export
+from medserve.examples._export_check import export_batched, verify_export
 from medserve.examples._spec import OPSET, ExampleModel
 from medserve.examples.chest_xray import ThreadChooser, record_build_metadata, training_budget_s
 
@@ -335,19 +334,7 @@ def export_ct_lesion_segmentation(
     model, steps, loss = train(seed, budget_s=budget, max_steps=max_steps)
     seconds = time.perf_counter() - clock
     example = torch.zeros(2, 1, PATCH, PATCH, PATCH)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model,
-            (example,),
-            str(path),
-            dynamo=False,
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-            opset_version=OPSET,
-            do_constant_folding=True,
-        )
+    export_batched(model, example, path, INPUT_NAME, OUTPUT_NAME, OPSET)
     patches = np.random.default_rng(seed + 2).random((3, 1, PATCH, PATCH, PATCH), dtype=np.float32)
     verify_export(model, path, patches, INPUT_NAME, OUTPUT_NAME, ATOL)
     dice, sensitivity = held_out_dice(path)

@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import logging
 import time
-import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from medserve.clinical.vitals import ecg_synthetic
-from medserve.examples._export_check import verify_export
+from medserve.examples._export_check import export_batched, verify_export
 from medserve.examples._spec import OPSET, ExampleModel
 
 if TYPE_CHECKING:
@@ -167,19 +166,7 @@ def export_ecg_rhythm_classifier(path: Path, *, seed: int = SEED) -> float:
 
     model = train(seed)
     example = torch.zeros(2, 1, SAMPLES)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(
-            model,
-            (example,),
-            str(path),
-            dynamo=False,
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-            opset_version=OPSET,
-            do_constant_folding=True,
-        )
+    export_batched(model, example, path, INPUT_NAME, OUTPUT_NAME, OPSET)
     _verify(model, path, seed)
     accuracy = held_out_accuracy(path)
     _log.info("%s held-out accuracy %.4f (seed %d)", NAME, accuracy, HELD_OUT_SEED)
