@@ -257,6 +257,18 @@ def test_xray_over_stow_rs_with_a_bad_part(
     assert series["pipeline"] == "chest-xray"
     assert sorted(r["kind"] for r in series["results"]) == ["fhir", "sr"]
 
+    other_study = httpx.post(
+        f"http://{server.http_url}/dicomweb/studies/1.2.3.4",
+        content=_multipart([good], boundary),
+        headers={"Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'},
+        timeout=60,
+    )
+    assert other_study.status_code == 409, other_study.text
+    (refused,) = other_study.json()["00081198"]["Value"]
+    assert refused["00081197"]["Value"] == [0xC409]
+    assert refused["00081155"]["Value"] == [str(pydicom.dcmread(path).SOPInstanceUID)]
+    assert any("differs from the one in the URL" in w for w in other_study.headers.get_list("warning"))
+
     wrong_type = httpx.post(
         f"http://{server.http_url}/dicomweb/studies",
         content=b"{}",

@@ -46,6 +46,14 @@ from medserve.store.tables import DicomSeriesRow, ExportRow, ImagingResultRow
 log = logging.getLogger(__name__)
 
 
+class StudyMismatch(InvalidInput):
+    """An instance sent to one study belongs to another; ``header`` is its (pixel-less) header."""
+
+    def __init__(self, message: str, header: pydicom.Dataset) -> None:
+        super().__init__(message)
+        self.header = header
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -114,11 +122,19 @@ class ImagingService:
             )
 
     # -- ingestion --------------------------------------------------------------------------
-    async def ingest(self, data: bytes, caller: Caller) -> StoredInstance:
-        """Store one instance durably (then the door may acknowledge it); audited as ``ingestion``."""
+    async def ingest(
+        self, data: bytes, caller: Caller, *, study_instance_uid: str | None = None
+    ) -> StoredInstance:
+        """Store one instance durably (then the door may acknowledge it); audited as ``ingestion``.
+
+        ``study_instance_uid``: the study the door was asked to store into (STOW-RS
+        ``/studies/{study}``); an instance of another study raises ``StudyMismatch`` unstored.
+        """
         caller.principal.require(Action.INFER)
         try:
             ds = await asyncio.to_thread(parse_instance, data)
+            if study_instance_uid and str(ds.get("StudyInstanceUID", "")) != study_instance_uid:
+                raise StudyMismatch("StudyInstanceUID differs from the one in the URL", ds)
         except InvalidInput as exc:
             await self.service.refuse(caller, "", exc)
             raise

@@ -21,6 +21,7 @@ one instance at a time however large the study.
 
 from __future__ import annotations
 
+import asyncio
 import mmap
 import re
 import tempfile
@@ -31,8 +32,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from medserve.core.errors import InvalidInput, MedserveError, ModelNotFound, PayloadTooLarge, StoreUnavailable
-from medserve.imaging.service import ImagingService
+from medserve.core.errors import InvalidInput, ModelNotFound, PayloadTooLarge, StoreUnavailable
+from medserve.imaging.service import ImagingService, StudyMismatch
 from medserve.protocol.rest_codec import dumps
 from medserve.security.access import Action
 from medserve.transport.http import _guarded, _json, authenticated
@@ -149,17 +150,11 @@ def dicomweb_routes(imaging: ImagingService, max_request_bytes: int) -> list[Bas
                     warnings.append(f"part {number}: Content-Type '{part_type}' is not application/dicom")
                     continue
                 try:
-                    if expected_study:
-                        from medserve.imaging.instance_store import parse_instance
-
-                        header = parse_instance(content)
-                        if str(header.get("StudyInstanceUID", "")) != expected_study:
-                            failed.append(_failed(header, FAILURE_STUDY_MISMATCH))
-                            warnings.append(
-                                f"part {number}: StudyInstanceUID differs from the one in the URL"
-                            )
-                            continue
-                    instance = await imaging.ingest(content, caller)
+                    instance = await imaging.ingest(content, caller, study_instance_uid=expected_study)
+                except StudyMismatch as exc:
+                    failed.append(_failed(exc.header, FAILURE_STUDY_MISMATCH))
+                    warnings.append(f"part {number}: {exc}")
+                    continue
                 except StoreUnavailable as exc:
                     failed.append({"00081197": _element("US", FAILURE_OUT_OF_RESOURCES)})
                     warnings.append(f"part {number}: {exc}")
@@ -253,9 +248,4 @@ def _header_safe(text: str) -> str:
 
 
 async def _in_thread(function: Any, *args: Any) -> Any:
-    import asyncio
-
     return await asyncio.to_thread(function, *args)
-
-
-__all__ = ["dicomweb_routes", "iter_parts", "MedserveError"]
