@@ -11,6 +11,7 @@ from pathlib import Path
 from medserve import __version__
 from medserve.core.errors import InvalidInput, MedserveError
 from medserve.hardware.cli import add_commands as add_hardware_commands
+from medserve.jobs.cli import add_commands as add_job_commands
 from medserve.trust_cli import add_commands as add_trust_commands
 
 
@@ -81,6 +82,17 @@ def _examples_dicom(args: argparse.Namespace) -> int:
     return 0
 
 
+def _examples_jobs(args: argparse.Namespace) -> int:
+    from medserve.jobs.examples import write_example_jobs
+
+    if args.items < 100:
+        raise InvalidInput("--items must be at least 100")
+    specs = write_example_jobs(args.out, items=args.items, seed=args.seed)
+    for spec in specs:
+        print(spec)
+    return 0
+
+
 def _simulate_ward(args: argparse.Namespace) -> int:
     import json
 
@@ -140,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     devices.add_argument("--json", action="store_true", help="print the discovery as JSON")
     devices.set_defaults(func=_devices)
     add_hardware_commands(commands)
+    add_job_commands(commands)
 
     examples = commands.add_parser("examples", help="example models and data")
     example_commands = examples.add_subparsers(dest="examples_command", required=True)
@@ -167,6 +180,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="CR/DX: MONOCHROME1 or MONOCHROME2 (default); US: MONOCHROME2 (default) or RGB",
     )
     dicom.set_defaults(func=_examples_dicom)
+    jobs = example_commands.add_parser(
+        "jobs",
+        help="write synthetic inputs and a spec for each example offline job (VCF, SMILES, hospital series)",
+    )
+    jobs.add_argument("--out", type=Path, required=True, help="folder for the data and the specs")
+    jobs.add_argument("--items", type=int, default=20000, help="variants and compounds to write (20000)")
+    jobs.add_argument("--seed", type=int, default=0, help="seed of the synthetic data (0)")
+    jobs.set_defaults(func=_examples_jobs)
 
     simulate = commands.add_parser("simulate", help="simulated clients for load and alert testing")
     simulate_commands = simulate.add_subparsers(dest="simulate_command", required=True)

@@ -23,6 +23,8 @@ from medserve.core.service import InferenceService
 from medserve.imaging.config import load_config
 from medserve.imaging.destinations import destination_from_config
 from medserve.imaging.service import ImagingService
+from medserve.jobs.manager import JobManager, JobSettings
+from medserve.jobs.store import JobStore
 from medserve.monitoring.drift import ModelMonitor
 from medserve.repository.repository import ModelRepository
 from medserve.security.access import Caller, Principal, Role
@@ -41,6 +43,7 @@ from medserve.streaming.pipeline import MonitorPipeline
 from medserve.transport.dicomweb import dicomweb_routes
 from medserve.transport.dimse import StorageSCP, StoreStatus
 from medserve.transport.http import build_app
+from medserve.transport.jobs import jobs_routes
 from medserve.transport.stream import stream_routes
 from medserve.trust import Trust, build_trust
 
@@ -109,6 +112,17 @@ class MedServer:
         self._expiry: asyncio.Task[None] | None = None
         self.imaging: ImagingService | None = None
         self._scp: StorageSCP | None = None
+        self.jobs = JobManager(
+            self.service,
+            JobStore(trust.database),
+            JobSettings(
+                settings.data_dir / "jobs",
+                concurrency=settings.jobs_concurrency,
+                priority_class=settings.jobs_class(),
+                poll_s=settings.jobs_poll_s,
+                retry_s=settings.jobs_retry_s,
+            ),
+        )
 
     def _start_monitor(self) -> None:
         settings = self.settings
@@ -217,6 +231,7 @@ class MedServer:
         await self._start_imaging()
         if self.imaging is not None:
             routes += dicomweb_routes(self.imaging, settings.stow_max_request_bytes)
+        routes += jobs_routes(self.jobs)
         app = build_app(self.service, self.metrics, settings.max_request_bytes, routes)
         config = uvicorn.Config(
             app,
@@ -239,6 +254,7 @@ class MedServer:
                 self._http_task.result()
                 raise RuntimeError("HTTP server stopped during start-up")
             await asyncio.sleep(0.01)
+        await self.jobs.start()
         self.service.set_ready(True)
         log.info(
             "medserve ready: HTTP on %s:%s, gRPC on %s, DICOM on %s",
@@ -266,6 +282,7 @@ class MedServer:
                 self._http_task.cancel()
         if self._expiry is not None:
             self._expiry.cancel()
+        await self.jobs.stop(grace)
         if self.imaging is not None:
             await self.imaging.stop()
         await self.registry.close()

@@ -192,6 +192,23 @@ class Settings(BaseSettings):
         description="Largest STOW-RS request body; it is spooled to disk, so memory holds one instance.",
     )
 
+    jobs_concurrency: int = Field(
+        default=1, ge=0, le=64, description="Offline jobs the server runs at once (0: it runs none)."
+    )
+    jobs_priority_class: str = Field(
+        default="",
+        description="Priority class of the offline jobs' inference requests; empty: the least urgent class, "
+        "so real-time traffic keeps its deadlines.",
+    )
+    jobs_poll_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="How often the server looks for queued jobs (also those submitted by the CLI).",
+    )
+    jobs_retry_s: float = Field(
+        default=30.0, gt=0, description="How often a job paused by a full disk tries its write again."
+    )
+
     priority_classes: list[PriorityClassSetting] = Field(
         default_factory=lambda: [PriorityClassSetting(**spec) for spec in DEFAULT_CLASS_SPECS],
         description="Priority classes of inference requests, each {name, priority, deadline_ms}: priority 1 "
@@ -209,9 +226,19 @@ class Settings(BaseSettings):
     def _priority_classes_consistent(self) -> Settings:
         try:
             self.priority_table()
+            if self.jobs_priority_class and self.jobs_priority_class not in {
+                c.name for c in self.priority_classes
+            }:
+                raise ValueError(f"jobs_priority_class '{self.jobs_priority_class}' is not a priority class")
         except ValueError as exc:
             raise ValueError(f"priority_classes / default_priority_class: {exc}") from None
         return self
+
+    def jobs_class(self) -> str:
+        """The priority class offline jobs run in (the configured one, or the least urgent)."""
+        if self.jobs_priority_class:
+            return self.jobs_priority_class
+        return max(self.priority_classes, key=lambda c: c.priority).name
 
     def priority_table(self) -> PriorityClasses:
         """The configured priority classes (ValueError when names or levels repeat, or the default is

@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
 .venv/bin/pip install --quiet --upgrade pip
-.venv/bin/pip install --quiet -e ".[examples]"
+.venv/bin/pip install --quiet -e ".[examples,jobs]"
 .venv/bin/medserve examples build model_repository
 # Every door needs a token (health endpoints excepted): on first start, make an admin token.
 if [ "${MEDSERVE_AUTH_DISABLED:-false}" != "true" ] && [ -z "$(.venv/bin/medserve tokens list)" ]; then

@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
 .venv/bin/pip install --quiet --upgrade pip
-.venv/bin/pip install --quiet -e ".[examples,test]"
+.venv/bin/pip install --quiet -e ".[examples,jobs,test]"
 .venv/bin/ruff check medserve tests benchmarks
 .venv/bin/mypy medserve
 exec .venv/bin/python -m pytest "$@"

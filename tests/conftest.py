@@ -55,7 +55,13 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def example_repository() -> Path:
-    """All example models, chest_xray_classifier included (built with torch once, then cached)."""
+    """All example models, chest_xray_classifier included (built with torch once, then cached).
+
+    ``MEDSERVE_TEST_REPOSITORY`` names an already built repository to use as it is (for iterating on
+    tests while the builders' code changes)."""
+    prebuilt = os.environ.get("MEDSERVE_TEST_REPOSITORY")
+    if prebuilt:
+        return Path(prebuilt)
     build_example_repository(CACHE, models=EXAMPLE_MODELS)
     return CACHE
 

@@ -63,3 +63,11 @@ class PermissionDenied(MedserveError):
 
 class StoreUnavailable(MedserveError):
     """The database cannot be reached now."""
+
+
+class JobNotFound(MedserveError):
+    """No offline job has this id."""
+
+
+class Conflict(MedserveError):
+    """The request does not fit the resource's current state (e.g. results of an unfinished job)."""

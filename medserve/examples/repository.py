@@ -6,10 +6,11 @@ reused unless ``force``. Builders in several processes are serialised by a lock 
 (``.medserve-examples.lock``) where the platform has ``fcntl``. Repository loaders should skip the
 hidden (dot-prefixed) entries this leaves behind.
 
-Only ``chest_xray_classifier``, ``ct_lesion_segmentation`` (torch and MONAI) and
-``ecg_rhythm_classifier`` need torch, and import it only when they are built. All three are trained
-then on synthetic data: the ECG model in about half a minute, the other two for
-``$MEDSERVE_EXAMPLES_TRAINING_S`` seconds each (default about 3 and 2 minutes).
+The trained examples need torch and import it only when they are built: ``chest_xray_classifier``
+and ``ct_lesion_segmentation`` (MONAI) train for ``$MEDSERVE_EXAMPLES_TRAINING_S`` seconds each
+(default about 3 and 2 minutes); ``ecg_rhythm_classifier``, ``variant_scorer``,
+``solubility_predictor`` (which also needs RDKit) and ``occupancy_forecaster`` in seconds. All learn
+from synthetic or computed data.
 """
 
 from __future__ import annotations
@@ -29,7 +30,10 @@ from medserve.examples._spec import ExampleModel
 from medserve.examples.chest_xray import CHEST_XRAY_CLASSIFIER
 from medserve.examples.ct_segmentation import CT_LESION_SEGMENTATION
 from medserve.examples.ecg_rhythm import ECG_RHYTHM_CLASSIFIER
+from medserve.examples.occupancy_forecaster import OCCUPANCY_FORECASTER
+from medserve.examples.solubility_predictor import SOLUBILITY_PREDICTOR
 from medserve.examples.test_models import TEST_MODELS
+from medserve.examples.variant_scorer import VARIANT_SCORER
 
 _log = logging.getLogger(__name__)
 
@@ -41,7 +45,15 @@ _RETIRED = ".retired-"
 
 _CATALOGUE: dict[str, ExampleModel] = {
     model.name: model
-    for model in (CHEST_XRAY_CLASSIFIER, CT_LESION_SEGMENTATION, ECG_RHYTHM_CLASSIFIER, *TEST_MODELS)
+    for model in (
+        CHEST_XRAY_CLASSIFIER,
+        CT_LESION_SEGMENTATION,
+        ECG_RHYTHM_CLASSIFIER,
+        VARIANT_SCORER,
+        SOLUBILITY_PREDICTOR,
+        OCCUPANCY_FORECASTER,
+        *TEST_MODELS,
+    )
 }
 
 EXAMPLE_MODELS: tuple[str, ...] = tuple(_CATALOGUE)

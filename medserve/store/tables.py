@@ -204,3 +204,65 @@ class ModelProfileRow(Base):
     error: Mapped[str] = mapped_column(Text, default="")
     source: Mapped[str] = mapped_column(String(16))  # profiler, live
     measured_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class JobRow(Base):
+    """An offline inference job (``medserve job``): its spec, state and progress counters.
+
+    ``state``: queued, running, paused (the sink's disk is full; retried), succeeded, failed,
+    cancelled. ``cancel_requested`` is how any process asks the job's runner to stop; ``runner``
+    names the process running it (``server:<pid>@<host>`` or ``standalone:<pid>@<host>``).
+    """
+
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(256), default="")
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    spec_digest: Mapped[str] = mapped_column(String(64), index=True)
+    workload: Mapped[str] = mapped_column(String(64))
+    model: Mapped[str] = mapped_column(String(256))
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    submitted_by: Mapped[str] = mapped_column(String(128), default="")
+    runner: Mapped[str] = mapped_column(String(128), default="")
+    cancel_requested: Mapped[bool] = mapped_column(default=False)
+    items_done: Mapped[int] = mapped_column(BigInteger, default=0)  # scored and committed
+    items_failed: Mapped[int] = mapped_column(BigInteger, default=0)
+    items_total: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # once known
+    chunks_done: Mapped[int] = mapped_column(Integer, default=0)
+    busy_s: Mapped[float] = mapped_column(Float, default=0.0)  # time spent running, all attempts
+    error: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class JobChunkRow(Base):
+    """A committed chunk: items ``[chunk * chunk_size, (chunk + 1) * chunk_size)`` of the source.
+
+    Written in the same transaction as the chunk's failures and the job's counters, after the chunk's
+    part file is in place; a chunk without a row is (re)done on resume.
+    """
+
+    __tablename__ = "job_chunks"
+
+    job_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    chunk: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    items: Mapped[int] = mapped_column(Integer)  # items of the source in this chunk, failures included
+    scored: Mapped[int] = mapped_column(Integer)
+    failed: Mapped[int] = mapped_column(Integer)
+    rows: Mapped[int] = mapped_column(Integer)  # result rows in the part file
+    part: Mapped[str] = mapped_column(String(256))  # file name in the job's parts folder
+    committed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class JobFailureRow(Base):
+    """An item that could not be read, featurised or scored, with where it is and why."""
+
+    __tablename__ = "job_failures"
+
+    job_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    item: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    locator: Mapped[str] = mapped_column(String(256))
+    reason: Mapped[str] = mapped_column(Text)

@@ -1,0 +1,1 @@
+"""Offline inference jobs: resumable batch runs over archives."""

@@ -1,0 +1,289 @@
+"""Runs one job: stream the source, featurise and score chunk by chunk, commit each chunk, then write
+the sink. Blocking; runs in a worker thread (server) or the main thread (``medserve job run``).
+
+Exactly once: chunk ``k`` holds the items with ``k * chunk_size <= index < (k + 1) * chunk_size``.
+Its result rows go to ``parts/chunk-<k>.parquet`` (atomic rename), then one transaction records the
+chunk, its failures and the counters. A chunk without a record is done again on resume and its part
+file overwritten with the same rows, so a job killed at any moment loses nothing and writes nothing
+twice. The sink is assembled from the parts when every chunk is in, atomically, and may be assembled
+again after a crash. When the disk is full the job pauses, says why, and tries the same write again
+every ``retry_s`` until it fits.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import shutil
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import pyarrow as pa
+
+from medserve.core.errors import MedserveError
+from medserve.jobs import sinks
+from medserve.jobs.spec import GENERIC_SINKS, JobSpec
+from medserve.jobs.store import CANCELLED, FAILED, PAUSED, QUEUED, RUNNING, SUCCEEDED, JobStore
+from medserve.jobs.workload import Item, ItemFailure, Workload
+
+log = logging.getLogger("medserve.jobs")
+
+
+class Scorer(Protocol):
+    """Runs the job's model on one chunk's inputs (it splits them into batches itself)."""
+
+    batch_size: int
+
+    def score(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+
+@dataclass(frozen=True)
+class Progress:
+    job_id: str
+    items_done: int
+    items_failed: int
+    items_seen: int
+    items_total: int | None
+    elapsed_s: float
+    state: str
+
+
+class Stopped(Exception):
+    """The runner was asked to stop (shutdown) or the job to cancel."""
+
+
+def part_name(chunk: int) -> str:
+    return f"chunk-{chunk:08d}.parquet"
+
+
+class JobRunner:
+    def __init__(
+        self,
+        store: JobStore,
+        job_id: str,
+        spec: JobSpec,
+        workload: Workload,
+        scorer: Scorer,
+        parts_dir: Path,
+        *,
+        stop: threading.Event | None = None,
+        retry_s: float = 30.0,
+        progress: Callable[[Progress], None] | None = None,
+        stopped: tuple[str, str] = (QUEUED, ""),
+    ) -> None:
+        self.store = store
+        self.job_id = job_id
+        self.spec = spec
+        self.workload = workload
+        self.scorer = scorer
+        self.parts_dir = parts_dir
+        self.stop = stop or threading.Event()
+        self.retry_s = retry_s
+        self.progress = progress
+        self.stopped = stopped  # the state (and note) a job stopped by ``stop`` is left in
+        self._started = time.monotonic()
+        self._done = 0
+        self._failed = 0
+        self._seen = 0
+        self._total: int | None = None
+
+    # -- the whole job ------------------------------------------------------------------------
+    def run(self) -> str:
+        """Run to the end, a cancel or a stop; return the job's state afterwards (after a stop,
+        ``stopped``'s state: ``queued`` for a server shutting down, so the next start resumes it)."""
+        try:
+            self._run_chunks()
+            self._finish()
+        except Stopped:
+            if self.store.cancel_requested(self.job_id):
+                self.store.set_state(self.job_id, CANCELLED, error="cancelled on request")
+                shutil.rmtree(self.parts_dir, ignore_errors=True)
+                return CANCELLED
+            state, note = self.stopped
+            self.store.set_state(self.job_id, state, error=note, runner="")
+            return state
+        except MedserveError as exc:
+            log.warning("job %s failed: %s", self.job_id, exc)
+            self.store.set_state(self.job_id, FAILED, error=str(exc))
+            return FAILED
+        except Exception as exc:  # a bug or an engine fault: the job fails with the reason, the server stays
+            log.exception("job %s failed", self.job_id)
+            self.store.set_state(self.job_id, FAILED, error=f"{type(exc).__name__}: {exc}")
+            return FAILED
+        return SUCCEEDED
+
+    def _check(self) -> None:
+        if self.stop.is_set() or self.store.cancel_requested(self.job_id):
+            raise Stopped
+
+    def _run_chunks(self) -> None:
+        committed = self.store.committed(self.job_id)
+        status = self.store.get(self.job_id)
+        self._done, self._failed = status.items_done, status.items_failed
+        self._total = status.items_total
+        size = self.spec.chunk_size
+        chunk: int | None = None
+        buffer: list[Item | ItemFailure] = []
+        seen = 0
+        for entry in self.workload.items():
+            seen += 1  # entries, not the last index: a workload's indices may skip (history-only rows)
+            self._seen = seen
+            k = entry.index // size
+            if k != chunk:
+                if chunk is not None and buffer:
+                    self._process(chunk, buffer)
+                buffer = []
+                chunk = k
+                self._check()
+            if k not in committed:
+                buffer.append(entry)
+        if chunk is not None and buffer:
+            self._process(chunk, buffer)
+        self._check()
+        if self._total != seen:
+            self._total = seen
+            self.store.set_total(self.job_id, seen)
+
+    # -- one chunk ------------------------------------------------------------------------------
+    def _process(self, chunk: int, entries: list[Item | ItemFailure]) -> None:
+        started = time.monotonic()
+        items = [e for e in entries if isinstance(e, Item)]
+        failures = [e for e in entries if isinstance(e, ItemFailure)]
+        table: pa.Table | None = None
+        scored = 0
+        run_chunk = getattr(self.workload, "run_chunk", None)
+        if items and run_chunk is not None:  # a pipeline workload calls its models itself
+            table, unusable = run_chunk(items, self.scorer)
+            failures.extend(unusable)
+            scored = len(items) - len(unusable)
+        elif items:
+            inputs, kept, unusable = self.workload.featurise(items)
+            failures.extend(unusable)
+            if kept:
+                outputs = self.scorer.score(inputs)
+                table = self.workload.rows(kept, outputs)
+                scored = len(kept)
+        part = ""
+        if table is not None and table.num_rows:
+            part = part_name(chunk)
+            path = self.parts_dir / part
+            self._with_room(lambda: sinks.write_part(path, table), f"writing results of chunk {chunk}")
+        failures.sort(key=lambda f: f.index)
+        self.store.commit_chunk(
+            self.job_id,
+            chunk,
+            items=len(entries),
+            scored=scored,
+            rows=0 if table is None else table.num_rows,
+            part=part,
+            failures=failures,
+            busy_s=time.monotonic() - started,
+        )
+        self._done += scored
+        self._failed += len(failures)
+        self._report(RUNNING)
+
+    def _with_room(self, write: Callable[[], None], what: str) -> None:
+        """Run ``write``; while the disk is full, pause the job and try again every ``retry_s``."""
+        paused = False
+        while True:
+            try:
+                write()
+            except OSError as exc:
+                if not sinks.is_no_space(exc):
+                    raise
+                message = (
+                    f"paused: no space left while {what} ({exc.strerror}); retrying every {self.retry_s:g} s"
+                )
+                if not paused:
+                    log.warning("job %s %s", self.job_id, message)
+                    self.store.set_state(self.job_id, PAUSED, error=message)
+                    self._report(PAUSED)
+                    paused = True
+                if self.stop.wait(self.retry_s) or self.store.cancel_requested(self.job_id):
+                    raise Stopped from None
+                continue
+            if paused:
+                log.info("job %s resumed: %s succeeded", self.job_id, what)
+                self.store.set_state(self.job_id, RUNNING)
+            return
+
+    # -- the sink -------------------------------------------------------------------------------
+    def _finish(self) -> None:
+        committed = self.store.committed(self.job_id)
+        parts = [self.parts_dir / c.part for _, c in sorted(committed.items()) if c.part]
+        sink = self.spec.sink
+        sink_format = sink.resolved_format()
+        self._with_room(lambda: self._write_sink(parts, sink_format), f"writing the sink {sink.path}")
+        self._with_room(self._write_failures, "writing the failure list")
+        self.store.set_state(self.job_id, SUCCEEDED)
+        self._report(SUCCEEDED)
+        shutil.rmtree(self.parts_dir, ignore_errors=True)
+        log.info(
+            "job %s succeeded: %d scored, %d failed, results in %s",
+            self.job_id,
+            self._done,
+            self._failed,
+            sink.path,
+        )
+
+    def _write_sink(self, parts: list[Path], sink_format: str) -> None:
+        sink = self.spec.sink
+        with sinks.atomic_path(sink.path) as temporary:
+            written = False
+            if sink_format not in GENERIC_SINKS:
+                written = self.workload.write_sink(
+                    sinks.read_parts(parts), sink_format, temporary, self.spec.options
+                )
+                if not written:
+                    raise MedserveError(
+                        f"workload '{self.spec.workload}' cannot write sink format '{sink_format}'; "
+                        f"use one of {', '.join(GENERIC_SINKS)}"
+                    )
+            else:
+                rank = self.workload.rank_by
+                if sink.rank_by is not None:
+                    rank = (sink.rank_by, True if sink.descending is None else sink.descending)
+                elif rank is not None and sink.descending is not None:
+                    rank = (rank[0], sink.descending)
+                sinks.write_generic(
+                    sinks.read_parts(parts), sink_format, temporary, top_k=sink.top_k, rank_by=rank
+                )
+
+    def _write_failures(self) -> None:
+        path = failures_path(self.spec)
+        if self._failed == 0 and self.store.failure_count(self.job_id) == 0:
+            path.unlink(missing_ok=True)
+            return
+        with (
+            sinks.atomic_path(path) as temporary,
+            temporary.open("w", newline="", encoding="utf-8") as handle,
+        ):
+            writer = csv.writer(handle)
+            writer.writerow(["index", "locator", "reason"])
+            for failure in self.store.iter_failures(self.job_id):
+                writer.writerow([failure.index, failure.locator, failure.reason])
+
+    def _report(self, state: str) -> None:
+        if self.progress is not None:
+            self.progress(
+                Progress(
+                    self.job_id,
+                    self._done,
+                    self._failed,
+                    self._seen,
+                    self._total,
+                    time.monotonic() - self._started,
+                    state,
+                )
+            )
+
+
+def failures_path(spec: JobSpec) -> Path:
+    """Where the failure list goes: beside the sink, ``<sink name>.failures.csv``."""
+    return spec.sink.path.with_name(spec.sink.path.name + ".failures.csv")

@@ -1,0 +1,95 @@
+"""How a job reaches its model: through the core (``InferenceService.infer``), from the job's worker
+thread onto the event loop that owns the model, in the job's priority class (the lowest by default,
+so real-time traffic keeps its deadlines), a few batches in flight to keep the engine busy.
+
+Each batch is one Open Inference Protocol request and so one audit record (door ``job:<id>``, with
+input and output digests), exactly as if a client had sent it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+
+import numpy as np
+
+from medserve.core.datatypes import datatype_of
+from medserve.core.errors import InvalidInput
+from medserve.core.service import InferenceService
+from medserve.core.types import InferenceRequest, Tensor
+from medserve.imaging.model_client import ModelClient
+from medserve.security.access import Caller
+
+#: Batches a job keeps in flight: one running, one waiting, so the engine never idles between them.
+IN_FLIGHT = 2
+
+
+def default_batch_size(service: InferenceService, model: str, version: str = "") -> int:
+    """The model's ``max_batch_size`` (1 for a model without batching)."""
+    served = service.registry.get(model, version)
+    return max(1, served.config.max_batch_size)
+
+
+class CoreScorer:
+    """Scores a chunk with ``model`` through ``service`` on ``loop`` (called from another thread)."""
+
+    def __init__(
+        self,
+        service: InferenceService,
+        loop: asyncio.AbstractEventLoop,
+        caller: Caller,
+        model: str,
+        *,
+        version: str = "",
+        batch_size: int,
+        priority_class: str,
+        timeout_s: float = 3600.0,
+    ) -> None:
+        if batch_size < 1:
+            raise InvalidInput("batch_size must be at least 1")
+        self.service = service
+        self.loop = loop
+        self.caller = caller
+        self.model = model
+        self.version = version
+        self.batch_size = batch_size
+        self.priority_class = priority_class
+        self.timeout_s = timeout_s
+        self._requests = 0
+
+    def model_client(self) -> ModelClient:
+        """For pipeline workloads: the imaging pipelines' way to the models, on this job's loop."""
+        return ModelClient(self.service.registry, self.loop, timeout_s=self.timeout_s)
+
+    def score(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        future = asyncio.run_coroutine_threadsafe(self.score_async(inputs), self.loop)
+        return future.result(self.timeout_s)
+
+    async def score_async(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        rows = {len(array) for array in inputs.values()}
+        if len(rows) != 1:
+            raise InvalidInput(f"the workload's inputs differ in length: {sorted(rows)}")
+        total = rows.pop()
+        gate = asyncio.Semaphore(IN_FLIGHT)
+
+        async def batch(start: int) -> dict[str, np.ndarray]:
+            self._requests += 1
+            tensors = []
+            for name, array in inputs.items():
+                part = np.ascontiguousarray(array[start : start + self.batch_size])
+                tensors.append(Tensor(name, datatype_of(part), tuple(part.shape), part))
+            request = InferenceRequest(
+                self.model,
+                self.version,
+                id=f"{self.caller.request_id}-{self._requests}",
+                inputs=tensors,
+                parameters={"priority_class": self.priority_class},
+            )
+            async with gate:
+                response = await self.service.infer(request, self.caller)
+            return {tensor.name: tensor.data for tensor in response.outputs}
+
+        results = await asyncio.gather(*(batch(start) for start in range(0, total, self.batch_size)))
+        if not results:
+            return {}
+        return {name: np.concatenate([r[name] for r in results]) for name in results[0]}

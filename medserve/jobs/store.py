@@ -1,0 +1,396 @@
+"""Jobs in the store: create, claim, commit chunks, read progress and failures, cancel.
+
+Every change is one transaction. A chunk's commit writes its row, its failures and the job's counters
+together, so the store never says a chunk is done without its failures or the other way round.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import func, select, update
+
+from medserve.core.errors import Conflict, JobNotFound
+from medserve.jobs.spec import JobSpec, parse_spec
+from medserve.jobs.workload import ItemFailure
+from medserve.store.database import Database
+from medserve.store.tables import JobChunkRow, JobFailureRow, JobRow
+
+QUEUED, RUNNING, PAUSED = "queued", "running", "paused"
+SUCCEEDED, FAILED, CANCELLED = "succeeded", "failed", "cancelled"
+INTERRUPTED = "interrupted"  # a stand-alone run stopped by Ctrl-C; ``job run`` or ``job resume`` goes on
+UNFINISHED = (QUEUED, RUNNING, PAUSED, INTERRUPTED)
+FINISHED = (SUCCEEDED, FAILED, CANCELLED)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def runner_name(kind: str) -> str:
+    """``server:<pid>@<host>`` or ``standalone:<pid>@<host>``: who runs a job."""
+    return f"{kind}:{os.getpid()}@{socket.gethostname()}"
+
+
+def runner_alive(runner: str) -> bool:
+    """Whether the process named by ``runner`` still runs (only knowable on this host)."""
+    kind, _, rest = runner.partition(":")
+    pid_text, _, host = rest.partition("@")
+    if not pid_text.isdigit() or host != socket.gethostname():
+        return bool(runner) and host != socket.gethostname()  # another host's: assume alive
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """What ``medserve job status`` and ``GET /jobs/{id}`` show."""
+
+    id: str
+    name: str
+    workload: str
+    model: str
+    state: str
+    submitted_by: str
+    runner: str
+    items_done: int
+    items_failed: int
+    items_total: int | None
+    chunks_done: int
+    busy_s: float
+    error: str
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    cancel_requested: bool
+    spec: dict[str, Any]
+
+    @property
+    def items_per_s(self) -> float | None:
+        done = self.items_done + self.items_failed
+        return done / self.busy_s if self.busy_s > 0 and done else None
+
+    @property
+    def eta_s(self) -> float | None:
+        rate = self.items_per_s
+        if self.items_total is None or rate is None or self.state in FINISHED:
+            return None
+        return max(0.0, (self.items_total - self.items_done - self.items_failed) / rate)
+
+    def document(self) -> dict[str, Any]:
+        def iso(value: datetime | None) -> str | None:
+            return value.isoformat().replace("+00:00", "Z") if value else None
+
+        return {
+            "id": self.id,
+            "name": self.name,
+            "workload": self.workload,
+            "model": self.model,
+            "state": self.state,
+            "submitted_by": self.submitted_by,
+            "runner": self.runner,
+            "items_done": self.items_done,
+            "items_failed": self.items_failed,
+            "items_total": self.items_total,
+            "chunks_done": self.chunks_done,
+            "items_per_s": round(self.items_per_s, 2) if self.items_per_s else None,
+            "eta_s": round(self.eta_s, 1) if self.eta_s is not None else None,
+            "error": self.error,
+            "cancel_requested": self.cancel_requested,
+            "created_at": iso(self.created_at),
+            "started_at": iso(self.started_at),
+            "finished_at": iso(self.finished_at),
+            "sink": self.spec.get("sink", {}).get("path"),
+            "spec": self.spec,
+        }
+
+
+def _status(row: JobRow) -> JobStatus:
+    return JobStatus(
+        row.id,
+        row.name,
+        row.workload,
+        row.model,
+        row.state,
+        row.submitted_by,
+        row.runner,
+        int(row.items_done),
+        int(row.items_failed),
+        None if row.items_total is None else int(row.items_total),
+        row.chunks_done,
+        float(row.busy_s),
+        row.error,
+        _utc(row.created_at) or _now(),
+        _utc(row.started_at),
+        _utc(row.finished_at),
+        bool(row.cancel_requested),
+        dict(row.spec),
+    )
+
+
+@dataclass(frozen=True)
+class CommittedChunk:
+    chunk: int
+    items: int
+    rows: int
+    part: str
+
+
+class JobStore:
+    def __init__(self, database: Database) -> None:
+        self.database = database
+
+    # -- jobs -------------------------------------------------------------------------------
+    def create(self, spec: JobSpec, model: str, submitted_by: str) -> JobStatus:
+        now = _now()
+        document = spec.document()
+        document["model"] = model
+        row = JobRow(
+            id=uuid.uuid4().hex[:16],
+            name=spec.name,
+            spec=document,
+            spec_digest=spec.digest(),
+            workload=spec.workload,
+            model=model,
+            state=QUEUED,
+            submitted_by=submitted_by,
+            runner="",
+            cancel_requested=False,
+            items_done=0,
+            items_failed=0,
+            items_total=None,
+            chunks_done=0,
+            busy_s=0.0,
+            error="",
+            created_at=now,
+            updated_at=now,
+        )
+        with self.database.session() as session, session.begin():
+            session.add(row)
+        return _status(row)
+
+    def get(self, job_id: str) -> JobStatus:
+        with self.database.session() as session:
+            row = session.get(JobRow, job_id)
+            if row is None:
+                raise JobNotFound(f"no job '{job_id}'")
+            return _status(row)
+
+    def spec(self, job_id: str) -> JobSpec:
+        return parse_spec(self.get(job_id).spec, where=f"job {job_id}")
+
+    def recent(self, limit: int = 100, states: Sequence[str] | None = None) -> list[JobStatus]:
+        query = select(JobRow).order_by(JobRow.created_at.desc()).limit(limit)
+        if states:
+            query = query.where(JobRow.state.in_(list(states)))
+        with self.database.session() as session:
+            return [_status(row) for row in session.scalars(query)]
+
+    def unfinished_with_digest(self, digest: str) -> JobStatus | None:
+        query = (
+            select(JobRow)
+            .where(JobRow.spec_digest == digest, JobRow.state.in_(UNFINISHED + (FAILED,)))
+            .order_by(JobRow.created_at.desc())
+            .limit(1)
+        )
+        with self.database.session() as session:
+            row = session.scalars(query).first()
+            return None if row is None else _status(row)
+
+    def claim(self, job_id: str, runner: str, *, allowed: Sequence[str] = UNFINISHED) -> JobStatus:
+        """Mark the job running by ``runner``; ``Conflict`` when it is in another state or another
+        live process runs it."""
+        with self.database.session() as session, session.begin():
+            row = session.get(JobRow, job_id, with_for_update=True)
+            if row is None:
+                raise JobNotFound(f"no job '{job_id}'")
+            if row.state not in allowed:
+                raise Conflict(f"job {job_id} is {row.state}")
+            if row.state == RUNNING and row.runner and row.runner != runner and runner_alive(row.runner):
+                raise Conflict(f"job {job_id} is running in {row.runner}")
+            if row.cancel_requested:
+                raise Conflict(f"job {job_id} was asked to cancel")
+            now = _now()
+            row.state, row.runner, row.error, row.updated_at = RUNNING, runner, "", now
+            row.started_at = row.started_at or now
+            row.finished_at = None
+            return _status(row)
+
+    def set_state(self, job_id: str, state: str, *, error: str = "", runner: str | None = None) -> None:
+        values: dict[str, Any] = {"state": state, "error": error[:4000], "updated_at": _now()}
+        if state in FINISHED:
+            values["finished_at"] = _now()
+        if runner is not None:
+            values["runner"] = runner
+        with self.database.session() as session, session.begin():
+            session.execute(update(JobRow).where(JobRow.id == job_id).values(**values))
+
+    def add_busy(self, job_id: str, seconds: float) -> None:
+        with self.database.session() as session, session.begin():
+            session.execute(
+                update(JobRow).where(JobRow.id == job_id).values(busy_s=JobRow.busy_s + max(0.0, seconds))
+            )
+
+    def set_total(self, job_id: str, total: int) -> None:
+        with self.database.session() as session, session.begin():
+            session.execute(update(JobRow).where(JobRow.id == job_id).values(items_total=total))
+
+    def request_cancel(self, job_id: str) -> JobStatus:
+        """Ask the job to stop; a job nobody runs is cancelled at once."""
+        with self.database.session() as session, session.begin():
+            row = session.get(JobRow, job_id, with_for_update=True)
+            if row is None:
+                raise JobNotFound(f"no job '{job_id}'")
+            if row.state in FINISHED:
+                raise Conflict(f"job {job_id} has already ended: {row.state}")
+            row.cancel_requested = True
+            row.updated_at = _now()
+            if row.state in (QUEUED, INTERRUPTED) or (
+                row.state in (RUNNING, PAUSED) and not runner_alive(row.runner)
+            ):
+                row.state, row.finished_at = CANCELLED, _now()
+            return _status(row)
+
+    def cancel_requested(self, job_id: str) -> bool:
+        with self.database.session() as session:
+            return bool(session.scalar(select(JobRow.cancel_requested).where(JobRow.id == job_id)))
+
+    def requeue(self, job_id: str) -> JobStatus:
+        """A failed (or stranded) job back in the queue; its committed chunks are kept."""
+        with self.database.session() as session, session.begin():
+            row = session.get(JobRow, job_id, with_for_update=True)
+            if row is None:
+                raise JobNotFound(f"no job '{job_id}'")
+            if row.state in (SUCCEEDED, CANCELLED):
+                raise Conflict(f"job {job_id} has ended: {row.state}")
+            if row.state == RUNNING and runner_alive(row.runner):
+                raise Conflict(f"job {job_id} is running in {row.runner}")
+            row.state, row.runner, row.error, row.updated_at = QUEUED, "", "", _now()
+            return _status(row)
+
+    def recover(self, runner_prefix: str) -> list[str]:
+        """Jobs left running or paused by a process of ``runner_prefix`` that is gone: queued again."""
+        with self.database.session() as session, session.begin():
+            rows = session.scalars(
+                select(JobRow).where(
+                    JobRow.state.in_([RUNNING, PAUSED]), JobRow.runner.like(f"{runner_prefix}%")
+                )
+            ).all()
+            requeued = []
+            for row in rows:
+                if not runner_alive(row.runner):
+                    row.state, row.runner, row.updated_at = QUEUED, "", _now()
+                    requeued.append(row.id)
+            return requeued
+
+    def next_queued(self) -> str | None:
+        query = (
+            select(JobRow.id)
+            .where(JobRow.state == QUEUED, JobRow.cancel_requested.is_(False))
+            .order_by(JobRow.created_at)
+            .limit(1)
+        )
+        with self.database.session() as session:
+            return session.scalar(query)
+
+    # -- chunks and failures ----------------------------------------------------------------
+    def committed(self, job_id: str) -> dict[int, CommittedChunk]:
+        query = select(JobChunkRow).where(JobChunkRow.job_id == job_id).order_by(JobChunkRow.chunk)
+        with self.database.session() as session:
+            return {
+                row.chunk: CommittedChunk(row.chunk, row.items, row.rows, row.part)
+                for row in session.scalars(query)
+            }
+
+    def commit_chunk(
+        self,
+        job_id: str,
+        chunk: int,
+        *,
+        items: int,
+        scored: int,
+        rows: int,
+        part: str,
+        failures: Sequence[ItemFailure],
+        busy_s: float,
+    ) -> None:
+        """The chunk, its failures and the job's counters, in one transaction."""
+        now = _now()
+        with self.database.session() as session, session.begin():
+            session.add(
+                JobChunkRow(
+                    job_id=job_id,
+                    chunk=chunk,
+                    items=items,
+                    scored=scored,
+                    failed=len(failures),
+                    rows=rows,
+                    part=part,
+                    committed_at=now,
+                )
+            )
+            for failure in failures:
+                session.add(
+                    JobFailureRow(
+                        job_id=job_id,
+                        item=failure.index,
+                        locator=failure.locator[:256],
+                        reason=failure.reason[:2000],
+                    )
+                )
+            session.execute(
+                update(JobRow)
+                .where(JobRow.id == job_id)
+                .values(
+                    items_done=JobRow.items_done + scored,
+                    items_failed=JobRow.items_failed + len(failures),
+                    chunks_done=JobRow.chunks_done + 1,
+                    busy_s=JobRow.busy_s + max(0.0, busy_s),
+                    updated_at=now,
+                    error="",
+                    state=RUNNING,
+                )
+            )
+
+    def failures(self, job_id: str, *, offset: int = 0, limit: int = 1000) -> list[ItemFailure]:
+        query = (
+            select(JobFailureRow)
+            .where(JobFailureRow.job_id == job_id)
+            .order_by(JobFailureRow.item)
+            .offset(offset)
+            .limit(limit)
+        )
+        with self.database.session() as session:
+            return [ItemFailure(int(row.item), row.locator, row.reason) for row in session.scalars(query)]
+
+    def iter_failures(self, job_id: str, page: int = 5000) -> Iterator[ItemFailure]:
+        offset = 0
+        while batch := self.failures(job_id, offset=offset, limit=page):
+            yield from batch
+            offset += len(batch)
+
+    def failure_count(self, job_id: str) -> int:
+        with self.database.session() as session:
+            return int(
+                session.scalar(
+                    select(func.count()).select_from(JobFailureRow).where(JobFailureRow.job_id == job_id)
+                )
+                or 0
+            )

@@ -1,0 +1,92 @@
+"""Jobs door: the offline job API over the one HTTP server.
+
+====================================  ===========================================================
+route                                 does
+====================================  ===========================================================
+POST ``/jobs``                        submit a spec (YAML or JSON body; paths absolute on the
+                                      server): 201 with the job, 400 saying what is wrong (manage)
+GET  ``/jobs``                        recent jobs (read)
+GET  ``/jobs/{id}``                   state, progress (items done/failed/total, items/s, ETA), error
+POST ``/jobs/{id}/cancel``            stop it after the current chunk (manage)
+GET  ``/jobs/{id}/failures``          item failures with locator and reason (``offset``, ``limit``)
+GET  ``/jobs/{id}/results``           the sink file of a finished job (409 before it ends)
+====================================  ===========================================================
+"""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import FileResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from medserve.core.errors import Conflict, InvalidInput
+from medserve.jobs.manager import JobManager
+from medserve.jobs.spec import parse_spec_text
+from medserve.jobs.store import SUCCEEDED
+from medserve.transport.http import _guarded, _json, authenticated
+
+_MAX_SPEC_BYTES = 1 << 20
+
+
+def _int(request: Request, name: str, default: int, maximum: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit():
+        raise InvalidInput(f"query parameter '{name}' must be a non-negative integer, not {raw!r}")
+    return min(int(raw), maximum)
+
+
+def jobs_routes(jobs: JobManager) -> list[BaseRoute]:
+    service = jobs.service
+
+    async def submit(request: Request) -> Response:
+        caller = await authenticated(service, request)
+        body = await request.body()
+        if len(body) > _MAX_SPEC_BYTES:
+            raise InvalidInput("a job spec is at most 1 MiB")
+        spec = parse_spec_text(body.decode("utf-8", errors="replace"), where="job spec")
+        if not spec.source.is_absolute() or not spec.sink.path.is_absolute():
+            raise InvalidInput("over REST, source and sink.path must be absolute paths on the server")
+        status = await jobs.submit(spec, caller)
+        return _json(status.document(), 201)
+
+    async def listing(request: Request) -> Response:
+        caller = await authenticated(service, request)
+        limit = _int(request, "limit", 100, 1000)
+        return _json({"jobs": [s.document() for s in await jobs.recent(caller, limit)]})
+
+    async def status(request: Request) -> Response:
+        caller = await authenticated(service, request)
+        return _json((await jobs.status(request.path_params["job"], caller)).document())
+
+    async def cancel(request: Request) -> Response:
+        caller = await authenticated(service, request)
+        return _json((await jobs.cancel(request.path_params["job"], caller)).document())
+
+    async def failures(request: Request) -> Response:
+        caller = await authenticated(service, request)
+        offset = _int(request, "offset", 0, 1 << 62)
+        limit = _int(request, "limit", 1000, 10000)
+        found = await jobs.failures(request.path_params["job"], caller, offset, limit)
+        return _json(
+            {"failures": [{"index": f.index, "locator": f.locator, "reason": f.reason} for f in found]}
+        )
+
+    async def results(request: Request) -> Response:
+        caller = await authenticated(service, request)
+        job_status, sink, _ = await jobs.results(request.path_params["job"], caller)
+        if job_status.state != SUCCEEDED:
+            raise Conflict(f"job {job_status.id} is {job_status.state}: results come when it has succeeded")
+        if not sink.is_file():
+            raise Conflict(f"job {job_status.id}'s results are no longer at {sink}")
+        return FileResponse(sink, filename=sink.name)
+
+    return [
+        Route("/jobs", _guarded(submit), methods=["POST"]),
+        Route("/jobs", _guarded(listing), methods=["GET"]),
+        Route("/jobs/{job}", _guarded(status), methods=["GET"]),
+        Route("/jobs/{job}/cancel", _guarded(cancel), methods=["POST"]),
+        Route("/jobs/{job}/failures", _guarded(failures), methods=["GET"]),
+        Route("/jobs/{job}/results", _guarded(results), methods=["GET"]),
+    ]
