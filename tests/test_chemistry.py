@@ -262,14 +262,14 @@ SAMPLE = [
 def test_fingerprints_equal_rdkit_bit_vectors(radius: int, bits: int, chirality: bool) -> None:
     molecules = [Chem.MolFromSmiles(smiles) for smiles in SAMPLE]
     array = MorganFingerprinter(radius, bits, chirality=chirality)(molecules)
-    assert array.shape == (len(SAMPLE), bits) and array.dtype == np.float32
+    assert array.shape == (len(SAMPLE), bits) and array.dtype == np.uint8
     generator = rdFingerprintGenerator.GetMorganGenerator(
         radius=radius, fpSize=bits, includeChirality=chirality
     )
     for row, molecule in zip(array, molecules, strict=True):
         expected = np.zeros(bits, dtype=np.float64)
         DataStructs.ConvertToNumpyArray(generator.GetFingerprint(molecule), expected)
-        np.testing.assert_array_equal(row, expected.astype(np.float32))
+        np.testing.assert_array_equal(row, expected.astype(np.uint8))
     # Chirality tells the two alanines apart only when asked to.
     assert np.array_equal(array[3], array[4]) is not chirality
     assert MorganFingerprinter()([]).shape == (0, 2048)
@@ -386,8 +386,8 @@ def test_solubility_predictor_builds_and_beats_the_mean(built_model: tuple[Path,
     assert metrics["r2"] >= 0.85 and metrics["held_out_compounds"] > 500
     assert metrics["rmse"] < 0.5 * metrics["mean_predictor_rmse"]
     config = load_model_config(folder)
-    assert config.max_batch_size == 1024 and config.runtime == "onnxruntime"
-    assert [(t.name, t.datatype, t.dims) for t in config.inputs or []] == [("fingerprint", "FP32", [2048])]
+    assert config.max_batch_size == 4096 and config.runtime == "onnxruntime"
+    assert [(t.name, t.datatype, t.dims) for t in config.inputs or []] == [("fingerprint", "UINT8", [2048])]
     assert [(t.name, t.datatype, t.dims) for t in config.outputs or []] == [("log_s", "FP32", [1])]
     raw = yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8"))
     assert raw["metadata"]["research_use"] is True and "synthetic" in raw["metadata"]["description"]
@@ -431,7 +431,7 @@ def test_virtual_screening_end_to_end(built_model: tuple[Path, dict[str, float]]
     generator = rdFingerprintGenerator.GetMorganGenerator(radius=2, fpSize=2048)
     smiles = table["smiles"].to_pylist()
     reference = np.stack([generator.GetFingerprintAsNumPy(Chem.MolFromSmiles(s)) for s in smiles]).astype(
-        np.float32
+        np.uint8
     )
     (expected,) = session.run(["log_s"], {"fingerprint": reference})
     np.testing.assert_allclose(table["log_s"].to_numpy(), expected[:, 0], rtol=1e-5, atol=1e-5)

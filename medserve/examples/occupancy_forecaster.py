@@ -80,14 +80,14 @@ MEASURED: dict[str, dict[str, float]] = {
 
 CONFIG: dict[str, Any] = {
     "runtime": "onnxruntime",
-    "max_batch_size": 1024,
+    "max_batch_size": 16384,
     "inputs": [{"name": INPUT_NAME, "datatype": "FP32", "dims": [FEATURE_COUNT]}],
     "outputs": [
         {"name": OUTPUT_NAME, "datatype": "FP32", "dims": [len(TARGETS), HORIZON_DAYS, len(QUANTILES)]}
     ],
     # A forecast costs microseconds: jobs send whole chunks, and batches of hundreds run in about the
     # time of one.
-    "dynamic_batching": {"max_queue_delay_us": 2000, "preferred_batch_sizes": [256, 1024]},
+    "dynamic_batching": {"max_queue_delay_us": 2000, "preferred_batch_sizes": [4096, 16384]},
     "instance_count": 1,
     "version_policy": {"latest": {"num_versions": 1}},
     "runtime_options": {"intra_op_threads": 1},

@@ -44,7 +44,7 @@ def write_example_jobs(out: Path, *, items: int = 20000, seed: int = 0) -> list[
                 "model": "variant_scorer",
                 "sink": {"path": "results/variants.scored.vcf.gz", "format": "vcf"},
                 "options": {"reference": reference.name},  # relative to the source's folder
-                "chunk_size": 2048,
+                "chunk_size": 16384,
             },
         )
     )
@@ -59,7 +59,7 @@ def write_example_jobs(out: Path, *, items: int = 20000, seed: int = 0) -> list[
                 "source": str(chemistry[0].relative_to(out)),
                 "model": "solubility_predictor",
                 "sink": {"path": "results/screening_hits.csv", "format": "hits", "top_k": 100},
-                "chunk_size": 2048,
+                "chunk_size": 4096,
             },
         )
     )
@@ -75,7 +75,7 @@ def write_example_jobs(out: Path, *, items: int = 20000, seed: int = 0) -> list[
                 "model": "occupancy_forecaster",
                 "sink": {"path": "results/forecast_backtest.parquet"},
                 "options": {"origins": "all"},
-                "chunk_size": 1024,
+                "chunk_size": 4096,
             },
         )
     )

@@ -18,7 +18,8 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from concurrent.futures import Future
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -39,7 +40,20 @@ class Scorer(Protocol):
 
     batch_size: int
 
-    def score(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+    def submit(self, inputs: Mapping[str, np.ndarray]) -> Future[dict[str, np.ndarray]]: ...
+
+
+@dataclass
+class _Pending:
+    """A chunk featurised and submitted, not yet committed."""
+
+    chunk: int
+    items: int
+    failures: list[ItemFailure]
+    kept: list[Item] = field(default_factory=list)
+    outputs: Future[dict[str, np.ndarray]] | None = None
+    table: pa.Table | None = None
+    scored: int = 0
 
 
 @dataclass(frozen=True)
@@ -91,6 +105,7 @@ class JobRunner:
         self._failed = 0
         self._seen = 0
         self._total: int | None = None
+        self._last_commit = time.monotonic()
 
     # -- the whole job ------------------------------------------------------------------------
     def run(self) -> str:
@@ -126,9 +141,11 @@ class JobRunner:
         status = self.store.get(self.job_id)
         self._done, self._failed = status.items_done, status.items_failed
         self._total = status.items_total
+        self._last_commit = time.monotonic()
         size = self.spec.chunk_size
         chunk: int | None = None
         buffer: list[Item | ItemFailure] = []
+        pending: _Pending | None = None
         seen = 0
         for entry in self.workload.items():
             seen += 1  # entries, not the last index: a workload's indices may skip (history-only rows)
@@ -136,55 +153,71 @@ class JobRunner:
             k = entry.index // size
             if k != chunk:
                 if chunk is not None and buffer:
-                    self._process(chunk, buffer)
+                    pending = self._next(pending, self._start(chunk, buffer))
                 buffer = []
                 chunk = k
                 self._check()
             if k not in committed:
                 buffer.append(entry)
         if chunk is not None and buffer:
-            self._process(chunk, buffer)
+            pending = self._next(pending, self._start(chunk, buffer))
+        self._next(pending, None)
         self._check()
         if self._total != seen:
             self._total = seen
             self.store.set_total(self.job_id, seen)
 
     # -- one chunk ------------------------------------------------------------------------------
-    def _process(self, chunk: int, entries: list[Item | ItemFailure]) -> None:
-        started = time.monotonic()
+    def _next(self, pending: _Pending | None, started: _Pending | None) -> _Pending | None:
+        """Commit the chunk in flight (its successor is already featurised and submitted, so the
+        model works on one while the runner reads and featurises the next)."""
+        if pending is not None:
+            self._complete(pending)
+        return started
+
+    def _start(self, chunk: int, entries: list[Item | ItemFailure]) -> _Pending:
+        """Featurise a chunk and submit it to the model (or run a pipeline workload's chunk)."""
         items = [e for e in entries if isinstance(e, Item)]
-        failures = [e for e in entries if isinstance(e, ItemFailure)]
-        table: pa.Table | None = None
-        scored = 0
+        pending = _Pending(chunk, len(entries), [e for e in entries if isinstance(e, ItemFailure)])
         run_chunk = getattr(self.workload, "run_chunk", None)
         if items and run_chunk is not None:  # a pipeline workload calls its models itself
-            table, unusable = run_chunk(items, self.scorer)
-            failures.extend(unusable)
-            scored = len(items) - len(unusable)
+            pending.table, unusable = run_chunk(items, self.scorer)
+            pending.failures.extend(unusable)
+            pending.scored = len(items) - len(unusable)
         elif items:
             inputs, kept, unusable = self.workload.featurise(items)
-            failures.extend(unusable)
+            pending.failures.extend(unusable)
             if kept:
-                outputs = self.scorer.score(inputs)
-                table = self.workload.rows(kept, outputs)
-                scored = len(kept)
+                pending.kept = kept
+                pending.outputs = self.scorer.submit(inputs)
+        return pending
+
+    def _complete(self, pending: _Pending) -> None:
+        """Wait for the chunk's outputs, write its part file, then commit it with its failures."""
+        table = pending.table
+        if pending.outputs is not None:
+            table = self.workload.rows(pending.kept, pending.outputs.result())
+            pending.scored = len(pending.kept)
+        chunk = pending.chunk
         part = ""
         if table is not None and table.num_rows:
             part = part_name(chunk)
             path = self.parts_dir / part
             self._with_room(lambda: sinks.write_part(path, table), f"writing results of chunk {chunk}")
-        failures.sort(key=lambda f: f.index)
+        failures = sorted(pending.failures, key=lambda f: f.index)
+        now = time.monotonic()
         self.store.commit_chunk(
             self.job_id,
             chunk,
-            items=len(entries),
-            scored=scored,
+            items=pending.items,
+            scored=pending.scored,
             rows=0 if table is None else table.num_rows,
             part=part,
             failures=failures,
-            busy_s=time.monotonic() - started,
+            busy_s=now - self._last_commit,
         )
-        self._done += scored
+        self._last_commit = now
+        self._done += pending.scored
         self._failed += len(failures)
         self._report(RUNNING)
 

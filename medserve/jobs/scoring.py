@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
+from concurrent.futures import Future
 
 import numpy as np
 
 from medserve.core.datatypes import datatype_of
+from medserve.core.digest import tensors_digest
 from medserve.core.errors import InvalidInput
 from medserve.core.service import InferenceService
 from medserve.core.types import InferenceRequest, Tensor
@@ -61,18 +63,26 @@ class CoreScorer:
         """For pipeline workloads: the imaging pipelines' way to the models, on this job's loop."""
         return ModelClient(self.service.registry, self.loop, timeout_s=self.timeout_s)
 
+    def submit(self, inputs: Mapping[str, np.ndarray]) -> Future[dict[str, np.ndarray]]:
+        """Start scoring a chunk (from a worker thread); the future gives its outputs. The requests
+        and their audit digests are made here, off the event loop, so hashing large batches never
+        stalls real-time traffic, and while the previous chunk runs."""
+        return asyncio.run_coroutine_threadsafe(self._run(self.requests(inputs)), self.loop)
+
     def score(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        future = asyncio.run_coroutine_threadsafe(self.score_async(inputs), self.loop)
-        return future.result(self.timeout_s)
+        return self.submit(inputs).result(self.timeout_s)
 
     async def score_async(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return await self._run(self.requests(inputs))
+
+    def requests(self, inputs: Mapping[str, np.ndarray]) -> list[tuple[InferenceRequest, str | None]]:
+        """The chunk as requests of at most ``batch_size`` rows, each with its input digest."""
         rows = {len(array) for array in inputs.values()}
         if len(rows) != 1:
             raise InvalidInput(f"the workload's inputs differ in length: {sorted(rows)}")
         total = rows.pop()
-        gate = asyncio.Semaphore(IN_FLIGHT)
-
-        async def batch(start: int) -> dict[str, np.ndarray]:
+        requests = []
+        for start in range(0, total, self.batch_size):
             self._requests += 1
             tensors = []
             for name, array in inputs.items():
@@ -85,11 +95,19 @@ class CoreScorer:
                 inputs=tensors,
                 parameters={"priority_class": self.priority_class},
             )
+            audited = self.service.audit is not None
+            requests.append((request, tensors_digest(tensors) if audited else None))
+        return requests
+
+    async def _run(self, requests: list[tuple[InferenceRequest, str | None]]) -> dict[str, np.ndarray]:
+        gate = asyncio.Semaphore(IN_FLIGHT)
+
+        async def one(request: InferenceRequest, digest: str | None) -> dict[str, np.ndarray]:
             async with gate:
-                response = await self.service.infer(request, self.caller)
+                response = await self.service.infer(request, self.caller, input_digest=digest)
             return {tensor.name: tensor.data for tensor in response.outputs}
 
-        results = await asyncio.gather(*(batch(start) for start in range(0, total, self.batch_size)))
+        results = await asyncio.gather(*(one(request, digest) for request, digest in requests))
         if not results:
             return {}
         return {name: np.concatenate([r[name] for r in results]) for name in results[0]}

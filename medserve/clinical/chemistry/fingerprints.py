@@ -1,4 +1,4 @@
-"""Morgan (ECFP-like) bit fingerprints of a batch of molecules as a float32 model input.
+"""Morgan (ECFP-like) bit fingerprints of a batch of molecules as a uint8 (0/1) model input.
 
 Uses RDKit's ``rdFingerprintGenerator`` Morgan generator (radius 2 and 2048 bits by default, i.e.
 ECFP4-like), so a row equals RDKit's own ``ExplicitBitVect`` for the molecule: 1.0 where the bit is
@@ -41,8 +41,9 @@ class MorganFingerprinter:
         )
 
     def __call__(self, molecules: Sequence[Chem.Mol]) -> np.ndarray:
-        """A float32 array ``[len(molecules), bits]`` of 0.0/1.0."""
-        out = np.zeros((len(molecules), self.bits), dtype=np.float32)
+        """A uint8 array ``[len(molecules), bits]`` of 0/1 (a quarter of float32's bytes to move and
+        to hash for the audit trail; the model casts it)."""
+        out = np.zeros((len(molecules), self.bits), dtype=np.uint8)
         if not molecules:
             return out
         fingerprints = self._generator.GetFingerprints(list(molecules), numThreads=self.threads)
@@ -52,5 +53,5 @@ class MorganFingerprinter:
             on = np.asarray(fingerprint.GetOnBits(), dtype=np.intp)
             rows.append(np.full(on.size, row, dtype=np.intp))
             columns.append(on)
-        out[np.concatenate(rows), np.concatenate(columns)] = 1.0
+        out[np.concatenate(rows), np.concatenate(columns)] = 1
         return out

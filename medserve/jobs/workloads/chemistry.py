@@ -138,7 +138,7 @@ class VirtualScreeningWorkload:
             raise SourceError(f"{self.library.path}: unreadable after {seen} records: {error}") from None
 
     def featurise(self, items: Sequence[Item]) -> tuple[dict[str, np.ndarray], list[Item], list[ItemFailure]]:
-        """Morgan fingerprints ``[n, bits]`` float32 under the model's input name."""
+        """Morgan fingerprints ``[n, bits]`` uint8 (0/1) under the model's input name."""
         molecules = [_compound(item).molecule for item in items]
         try:
             return {self.options.input_name: self.fingerprinter(molecules)}, list(items), []
