@@ -407,3 +407,38 @@ def test_cli_submit_is_run_by_the_server_and_status_reads_it(
     assert pq.read_table(tmp_path / "cli.parquet").num_rows == 300
     bad = medserve("submit", str(tmp_path / "nothing.yaml"))
     assert bad.returncode == 2 and "cannot read job spec" in bad.stderr
+
+
+def test_a_job_in_a_server_killed_with_9_resumes_when_the_server_restarts(
+    example_repository: Path, tmp_path: Path
+) -> None:
+    rows = 20000
+    write_table(tmp_path / "table.csv", rows)
+    env = {"MEDSERVE_JOBS_POLL_S": "0.2"}
+    server = start_server(example_repository, tmp_path / "server.log", env=env)
+    spec = spec_text(str(tmp_path / "table.csv"), str(tmp_path / "out.parquet"), chunk_size=200, batch_size=4)
+    try:
+        with httpx.Client(base_url=f"http://{server.http_url}", timeout=30) as client:
+            job_id = client.post("/jobs", content=spec).json()["id"]
+            deadline = time.monotonic() + 120
+            while client.get(f"/jobs/{job_id}").json()["chunks_done"] < 5:
+                assert time.monotonic() < deadline, "the job made no progress"
+                time.sleep(0.05)
+        server.process.send_signal(signal.SIGKILL)
+        server.process.wait()
+    finally:
+        stop_server(server)
+    store = JobStore(Database(f"sqlite:///{tmp_path / 'data' / 'medserve.db'}"))
+    interrupted = store.get(job_id)
+    assert interrupted.state == "running" and 5 <= interrupted.chunks_done < rows // 200
+
+    restarted = start_server(example_repository, tmp_path / "server-2.log", env=env)
+    try:
+        with httpx.Client(base_url=f"http://{restarted.http_url}", timeout=30) as client:
+            final = _wait(client, job_id, ("succeeded", "failed"), timeout_s=300)
+    finally:
+        stop_server(restarted)
+    assert final["state"] == "succeeded", final
+    assert "resuming 1 job(s) interrupted by a restart" in restarted.output()
+    indices = pq.read_table(tmp_path / "out.parquet")["index"].to_pylist()
+    assert indices == list(range(rows))
