@@ -442,3 +442,47 @@ def test_a_job_in_a_server_killed_with_9_resumes_when_the_server_restarts(
     assert "resuming 1 job(s) interrupted by a restart" in restarted.output()
     indices = pq.read_table(tmp_path / "out.parquet")["index"].to_pylist()
     assert indices == list(range(rows))
+
+
+def test_job_batches_give_way_to_queued_realtime_requests_on_any_model() -> None:
+    import asyncio
+    from types import SimpleNamespace
+
+    from medserve.jobs.scoring import CoreScorer
+    from medserve.security.access import Caller
+
+    queued = {"stat": 1, "bulk": 2}
+
+    class QueueDepths:
+        def queue_depth(self, name: str | None = None) -> int:
+            return sum(queued.values()) if name is None else queued.get(name, 0)
+
+    models = [SimpleNamespace(batcher=QueueDepths())]
+    service = SimpleNamespace(registry=SimpleNamespace(loaded_models=lambda: models), audit=None)
+    loop = asyncio.new_event_loop()
+    scorer = CoreScorer(
+        service,  # type: ignore[arg-type]
+        loop,
+        Caller.system("job:test"),
+        "other_model",
+        batch_size=4,
+        priority_class="bulk",
+        max_yield_s=5.0,
+    )
+
+    async def scenario() -> None:
+        waiting = asyncio.ensure_future(scorer.yield_to_realtime())
+        await asyncio.sleep(0.05)
+        assert not waiting.done()  # a STAT request is queued: the job batch waits
+        queued["stat"] = 0  # only job (bulk) work left
+        await asyncio.wait_for(waiting, 1.0)
+
+    try:
+        loop.run_until_complete(scenario())
+        queued["stat"] = 1
+        scorer.max_yield_s = 0.05  # sustained real-time load slows a job, never stops it
+        started = time.monotonic()
+        loop.run_until_complete(scorer.yield_to_realtime())
+        assert 0.04 <= time.monotonic() - started < 1.0
+    finally:
+        loop.close()
