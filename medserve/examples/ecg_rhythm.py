@@ -22,6 +22,7 @@ import numpy as np
 from medserve.clinical.vitals import ecg_synthetic
 from medserve.examples._export_check import export_batched, verify_export
 from medserve.examples._spec import OPSET, ExampleModel
+from medserve.examples._training import Schedule, fit
 
 if TYPE_CHECKING:
     import torch
@@ -136,24 +137,16 @@ def train(seed: int = SEED) -> torch.nn.Module:
     torch.manual_seed(seed)
     model = _network()
     body = model[:-1]  # train on logits; the softmax stays in the exported graph
-    optimiser = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, weight_decay=1e-4)
-    steps = EPOCHS * -(-len(targets) // BATCH_SIZE)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=LEARNING_RATE, total_steps=steps)
-    loss_function = nn.CrossEntropyLoss()
-    order = torch.Generator().manual_seed(seed)
-    model.train()
-    for epoch in range(EPOCHS):
-        permutation = torch.randperm(len(targets), generator=order)
-        total = 0.0
-        for start in range(0, len(targets), BATCH_SIZE):
-            batch = permutation[start : start + BATCH_SIZE]
-            optimiser.zero_grad()
-            loss = loss_function(body(inputs[batch]), targets[batch])
-            loss.backward()
-            optimiser.step()
-            schedule.step()
-            total += loss.item() * len(batch)
-        _log.info("%s epoch %d: loss %.4f", NAME, epoch + 1, total / len(targets))
+    fit(
+        NAME,
+        model,
+        body,
+        nn.CrossEntropyLoss(),
+        inputs,
+        targets,
+        Schedule(EPOCHS, BATCH_SIZE, LEARNING_RATE, single_thread=True),  # threads only contend here
+        seed,
+    )
     _log.info("%s trained in %.1f s", NAME, time.perf_counter() - started)
     return model.eval()
 

@@ -33,6 +33,7 @@ from medserve.clinical.operations.forecast_origins import HORIZON_DAYS, WINDOW_D
 from medserve.clinical.operations.hospital_synthetic import hospital_series
 from medserve.examples._export_check import export_batched, verify_export
 from medserve.examples._spec import OPSET, ExampleModel
+from medserve.examples._training import Schedule, fit
 
 if TYPE_CHECKING:
     import torch
@@ -213,29 +214,9 @@ def train(seed: int = SEED) -> torch.nn.Module:
     inputs, targets = torch.from_numpy(x), torch.from_numpy(y)
     torch.manual_seed(seed)
     model = _network()
-    optimiser = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, weight_decay=1e-4)
-    steps = EPOCHS * -(-len(targets) // BATCH_SIZE)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=LEARNING_RATE, total_steps=steps)
-    order = torch.Generator().manual_seed(seed)
-    model.train()
     # Batches of 256 x 72 gain nothing from a second thread, and lose much when the cores are shared.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        for epoch in range(EPOCHS):
-            permutation = torch.randperm(len(targets), generator=order)
-            total = 0.0
-            for start in range(0, len(targets), BATCH_SIZE):
-                batch = permutation[start : start + BATCH_SIZE]
-                optimiser.zero_grad()
-                loss = pinball_loss(model(inputs[batch]), targets[batch])
-                torch.autograd.backward(loss)
-                optimiser.step()
-                schedule.step()
-                total += loss.item() * len(batch)
-            _log.debug("%s epoch %d: pinball loss %.4f", NAME, epoch + 1, total / len(targets))
-    finally:
-        torch.set_num_threads(threads)
+    schedule = Schedule(EPOCHS, BATCH_SIZE, LEARNING_RATE, single_thread=True)
+    fit(NAME, model, model, pinball_loss, inputs, targets, schedule, seed)
     _log.info("%s trained on %d origins in %.1f s", NAME, len(targets), time.perf_counter() - started)
     return model.eval()
 

@@ -29,6 +29,7 @@ import numpy as np
 
 from medserve.examples._export_check import export_batched, verify_export
 from medserve.examples._spec import OPSET, ExampleModel
+from medserve.examples._training import Schedule, fit
 
 if TYPE_CHECKING:
     import torch
@@ -164,31 +165,15 @@ def train(data: Dataset, seed: int = SEED) -> torch.nn.Module:
     targets = torch.from_numpy(data.log_s[~data.held_out])
     mean, std = float(targets.mean()), float(targets.std())
     standardised = (targets - mean) / std
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        torch.manual_seed(seed)
-        model = _network(mean, std)
-        body = model[:-1]  # trained on standardised targets
-        optimiser = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, weight_decay=1e-4)
-        steps = EPOCHS * -(-len(targets) // BATCH_SIZE)
-        schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=LEARNING_RATE, total_steps=steps)
-        order = torch.Generator().manual_seed(seed)
-        model.train()
-        for epoch in range(EPOCHS):
-            permutation = torch.randperm(len(targets), generator=order)
-            total = 0.0
-            for start in range(0, len(targets), BATCH_SIZE):
-                batch = permutation[start : start + BATCH_SIZE]
-                optimiser.zero_grad()
-                loss = nn.functional.mse_loss(body(inputs[batch]).squeeze(1), standardised[batch])
-                torch.autograd.backward(loss)
-                optimiser.step()
-                schedule.step()
-                total += loss.item() * len(batch)
-            _log.debug("%s epoch %d: loss %.4f", NAME, epoch + 1, total / len(targets))
-    finally:
-        torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    model = _network(mean, std)
+    body = model[:-1]  # trained on standardised targets
+    schedule = Schedule(EPOCHS, BATCH_SIZE, LEARNING_RATE, single_thread=True)
+
+    def loss(predicted: torch.Tensor, expected: torch.Tensor) -> torch.Tensor:
+        return nn.functional.mse_loss(predicted.squeeze(1), expected)
+
+    fit(NAME, model, body, loss, inputs, standardised, schedule, seed)
     _log.info("%s trained in %.1f s", NAME, time.perf_counter() - started)
     return model.eval()
 

@@ -41,6 +41,7 @@ from medserve.clinical.genomics.variant_record import split_alleles
 from medserve.clinical.genomics.vcf_reader import VcfSource
 from medserve.examples._export_check import export_batched, verify_export
 from medserve.examples._spec import OPSET, ExampleModel
+from medserve.examples._training import Schedule, fit
 
 if TYPE_CHECKING:
     import torch
@@ -199,6 +200,7 @@ def _statistics(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def train(seed: int = SEED) -> torch.nn.Module:
     """Train on synthetic calls; returns the network in eval mode, sigmoid included."""
     import torch
+    from torch import nn
 
     started = time.perf_counter()
     x, y = labelled_variants(TRAIN_VARIANTS, seed, no_context_fraction=NO_CONTEXT_FRACTION)
@@ -208,44 +210,11 @@ def train(seed: int = SEED) -> torch.nn.Module:
     model = _network(mean, std)
     body = model[:-1]  # train on logits; the sigmoid stays in the exported graph
     inputs, targets = torch.from_numpy(x), torch.from_numpy(y)[:, None]
-    order = torch.Generator().manual_seed(seed)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # steps this small only lose time to threads, badly so on a busy machine
-    try:
-        _fit(model, body, inputs, targets, order)
-    finally:
-        torch.set_num_threads(threads)
+    # steps this small only lose time to threads, badly so on a busy machine
+    schedule = Schedule(EPOCHS, BATCH_SIZE, LEARNING_RATE, single_thread=True)
+    fit(NAME, model, body, nn.BCEWithLogitsLoss(), inputs, targets, schedule, seed)
     _log.info("%s trained in %.1f s", NAME, time.perf_counter() - started)
     return model.eval()
-
-
-def _fit(
-    model: torch.nn.Module,
-    body: torch.nn.Module,
-    inputs: torch.Tensor,
-    targets: torch.Tensor,
-    order: torch.Generator,
-) -> None:
-    import torch
-    from torch import nn
-
-    optimiser = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, weight_decay=1e-4)
-    steps = EPOCHS * -(-len(targets) // BATCH_SIZE)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=LEARNING_RATE, total_steps=steps)
-    loss_function = nn.BCEWithLogitsLoss()
-    model.train()
-    for epoch in range(EPOCHS):
-        permutation = torch.randperm(len(targets), generator=order)
-        total = 0.0
-        for start in range(0, len(targets), BATCH_SIZE):
-            batch = permutation[start : start + BATCH_SIZE]
-            optimiser.zero_grad()
-            loss = loss_function(body(inputs[batch]), targets[batch])
-            loss.backward()
-            optimiser.step()
-            schedule.step()
-            total += loss.item() * len(batch)
-        _log.debug("%s epoch %d: loss %.4f", NAME, epoch + 1, total / len(targets))
 
 
 def export_variant_scorer(path: Path, *, seed: int = SEED) -> float:
