@@ -20,6 +20,8 @@ from medserve.core.errors import InvalidConfig, InvalidInput, PermissionDenied, 
 from medserve.core.metrics import ServingMetrics
 from medserve.core.registry import ModelRegistry
 from medserve.core.service import InferenceService
+from medserve.hardware.placer import HardwarePlacer
+from medserve.hardware.profile_store import ProfileStore
 from medserve.imaging.config import load_config
 from medserve.imaging.destinations import destination_from_config
 from medserve.imaging.service import ImagingService
@@ -86,11 +88,14 @@ class MedServer:
         self.metrics = ServingMetrics()
         self.trust: Trust = build_trust(settings)
         trust = self.trust
+        # placement at load (placement: auto), device failover, energy metering, live profiles
+        self.placer = HardwarePlacer(ProfileStore(trust.database))
         self.registry = ModelRegistry(
             ModelRepository(settings.repository),
             self.metrics,
             trust.lineage,
             priority_classes=settings.priority_table(),
+            placer=self.placer,
         )
         self.model_monitor = ModelMonitor(window_s=settings.monitoring_window_s)
         self.service = InferenceService(
@@ -286,6 +291,7 @@ class MedServer:
         if self.imaging is not None:
             await self.imaging.stop()
         await self.registry.close()
+        await asyncio.to_thread(self.placer.close)
         if self.alerts is not None:
             self.alerts.close()
         await self.service.record(AuditEvent(event="server.stop", principal="medserve", door="system"))

@@ -19,7 +19,14 @@ from medserve.examples import repository
 from medserve.examples.repository import EXAMPLE_MODELS, build_example_repository
 from medserve.examples.test_models import IDENTITY_DATATYPES, ONNX_ELEMENT_TYPES
 
-TORCH_MODELS = ("chest_xray_classifier", "ct_lesion_segmentation", "ecg_rhythm_classifier")
+TORCH_MODELS = (
+    "chest_xray_classifier",
+    "ct_lesion_segmentation",
+    "ecg_rhythm_classifier",
+    "variant_scorer",
+    "solubility_predictor",
+    "occupancy_forecaster",
+)
 SMALL_MODELS = [name for name in EXAMPLE_MODELS if name not in TORCH_MODELS]
 CONFIG_KEYS = {
     "runtime",

@@ -98,9 +98,11 @@ def test_two_devices_share_the_load_by_measured_capacity() -> None:
     assert decision.capacity == pytest.approx(4000.0)
     assert rejected(decision, "cuda:0", 16) == "p99 12 ms > SLO 10 ms"
     assert "total 4,000 inf/s" in decision.explanation
-    # two instances per device double the capacity; the shares stay proportional
+    # two instances on the accelerator double its capacity; the CPU keeps one (its engine already uses
+    # every core); the shares follow the capacities
     doubled = decide(points, PlacementRequest("m", objective="throughput", max_instances_per_device=2))
-    assert {a.device: a.instances for a in doubled.chosen} == {"cuda:0": 2, "cpu": 2}
+    assert {a.device: a.instances for a in doubled.chosen} == {"cuda:0": 2, "cpu": 1}
+    assert {a.device: a.share for a in doubled.chosen} == pytest.approx({"cuda:0": 8 / 9, "cpu": 1 / 9})
 
 
 def test_a_device_adding_too_little_is_not_worth_splitting_for() -> None:
@@ -116,9 +118,11 @@ def test_an_expected_rate_adds_instances_then_devices() -> None:
     request = PlacementRequest("m", objective="latency", max_instances_per_device=2, expected_rate=1500)
     decision = decide(points, request)
     assert [(a.device, a.instances) for a in decision.chosen] == [("cuda:0", 2)]
-    more = decide(points, PlacementRequest("m", max_instances_per_device=2, expected_rate=2600))
-    assert [(a.device, a.instances) for a in more.chosen] == [("cuda:0", 2), ("cpu", 2)]
+    more = decide(points, PlacementRequest("m", max_instances_per_device=2, expected_rate=2400))
+    assert [(a.device, a.instances) for a in more.chosen] == [("cuda:0", 2), ("cpu", 1)]
     assert "WARNING" not in more.explanation
+    short = decide(points, PlacementRequest("m", max_instances_per_device=2, expected_rate=2600))
+    assert "WARNING: below the expected 2,600 inf/s" in short.explanation  # the CPU gets one instance
     too_much = decide(points, PlacementRequest("m", max_instances_per_device=1, expected_rate=5000))
     assert "WARNING: below the expected 5,000 inf/s" in too_much.explanation
 

@@ -18,9 +18,9 @@ from medserve.core.model import load_version
 from medserve.examples.repository import build_example_repository
 from medserve.hardware.devices import Device, Discovery, discover_devices
 from medserve.hardware.plot import profile_svg
-from medserve.hardware.profile import ModelProfile, format_profile
+from medserve.hardware.profile import ModelProfile, ProfilePoint, format_profile
 from medserve.hardware.profile_store import ProfileStore
-from medserve.hardware.profiler import profile_model
+from medserve.hardware.profiler import median_point, profile_model
 from medserve.repository.repository import ModelRepository
 from medserve.runtimes import Runtime, runtime_class
 from medserve.store.database import Database
@@ -270,3 +270,27 @@ def test_config_devices_are_checked_when_the_model_loads(repository: Path) -> No
     finally:
         for instance in loaded.instances:
             instance.unload()
+
+
+def test_rounds_keep_the_median_round_of_every_point(repository: Path, discovery: Discovery) -> None:
+    profile = profile_model(
+        repository / "simple",
+        runtimes=["onnxruntime"],
+        devices=["cpu"],
+        discovery=discovery,
+        rounds=3,
+        **FAST,
+    )
+    assert sorted((p.runtime, p.batch_size) for p in profile.points) == [
+        ("onnxruntime", 1),
+        ("onnxruntime", 2),
+    ]
+    assert "3 rounds per point; each point is the round with the median throughput" in profile.notes
+    fast, mid, slow = (ProfilePoint("r", "cpu", 1, 1.0, 2.0, t) for t in (300.0, 200.0, 100.0))
+    assert median_point([fast, slow, mid]) == mid
+    heavy = replace(fast, peak_memory_bytes=1 << 20)
+    assert median_point([heavy, slow, mid]).peak_memory_bytes == 1 << 20
+    broken = ProfilePoint("r", "cpu", 1).unusable("out of memory")
+    assert median_point([broken, fast]) == fast and median_point([broken]) is broken
+    with pytest.raises(InvalidInput, match="rounds must be >= 1"):
+        profile_model(repository / "simple", discovery=discovery, rounds=0, **FAST)

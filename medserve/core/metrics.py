@@ -11,6 +11,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Metr
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from medserve.hardware.metrics import EnergyMetrics, PlacementMetrics
+
 # Latency buckets from 100 µs to 60 s: clinical models range from tiny tabular ones to 3D volumes.
 _SECONDS_BUCKETS = (
     0.0001,
@@ -151,6 +153,10 @@ class ServingMetrics:
             registry=r,
         )
         self._watched_classes: dict[tuple[str, str], list[str]] = {}
+        #: joules per model, version and device, labelled measured (nvml, rapl) or estimated
+        self.energy = EnergyMetrics(r)
+        #: model instances moved off a failed device
+        self.placement = PlacementMetrics(r)
 
         self.monitor_samples = Counter(
             "medserve_monitor_samples",

@@ -1,19 +1,17 @@
-"""A loaded model version: its engine instances, resolved tensors, batcher and statistics."""
+"""A model version ready to serve: its instance pool, batcher, statistics, metadata and failover."""
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from medserve.core.classification import classify
-from medserve.core.datatypes import TRITON_CONFIG_TYPES, numpy_dtype
-from medserve.core.errors import DeadlineExceeded, MedserveError, ModelLoadError, Overloaded
+from medserve.core.datatypes import TRITON_CONFIG_TYPES
+from medserve.core.errors import DeadlineExceeded, MedserveError, Overloaded
+from medserve.core.loading import ArtifactCheck, LoadedVersion, Placer, build_group, load_version
 from medserve.core.metrics import ServingMetrics, failure_reason
 from medserve.core.statistics import VersionStatistics
 from medserve.core.types import (
@@ -25,12 +23,13 @@ from medserve.core.types import (
     TensorMetadata,
 )
 from medserve.core.validation import validate_inputs, validate_outputs
-from medserve.repository.config import ModelConfig, TensorConfig
-from medserve.repository.repository import sha256_file
-from medserve.runtimes import Runtime, runtime_class
-from medserve.runtimes.base import EngineTensor
-from medserve.scheduling.batcher import DynamicBatcher, ExecutionTimes
-from medserve.scheduling.pool import InstancePool
+from medserve.repository.config import TensorConfig
+from medserve.runtimes import Runtime
+from medserve.scheduling.batcher import DynamicBatcher
+from medserve.scheduling.execution import ExecutionTimes
+from medserve.scheduling.failover import Failover
+from medserve.scheduling.plan import InstanceGroup, InstancePlan
+from medserve.scheduling.pool import InstancePool, Slot
 from medserve.scheduling.priority import (
     DEFAULT_CLASSES,
     PriorityClass,
@@ -38,122 +37,20 @@ from medserve.scheduling.priority import (
     resolve_request_class,
 )
 
+__all__ = ["ArtifactCheck", "LoadedVersion", "Placer", "ServedModel", "load_version"]
+
 log = logging.getLogger(__name__)
-
-
-def _resolve(
-    kind: str, declared: list[TensorConfig] | None, engine: list[EngineTensor], config: ModelConfig
-) -> list[TensorConfig]:
-    """The model's tensors: as declared in config.yaml (checked against the engine), or the engine's."""
-    batching = config.max_batch_size > 0
-    source = f"{config.name}/config.yaml"
-    for tensor in engine:
-        if batching and (not tensor.shape or tensor.shape[0] not in (-1, config.max_batch_size)):
-            raise ModelLoadError(
-                f"{source}: max_batch_size is {config.max_batch_size} but the model's {kind[:-1]} "
-                f"'{tensor.name}' has a fixed first dimension {list(tensor.shape)[:1]}; "
-                "set max_batch_size: 0 or export the model with a dynamic batch dimension"
-            )
-    if declared is None:
-        return [
-            TensorConfig(name=t.name, datatype=t.datatype, dims=list(t.shape[1:] if batching else t.shape))
-            for t in engine
-        ]
-    by_name = {t.name: t for t in engine}
-    if set(by_name) != {t.name for t in declared}:
-        raise ModelLoadError(
-            f"{source}: field '{kind}' names {sorted(t.name for t in declared)} but the model has "
-            f"{sorted(by_name)}"
-        )
-    for index, spec in enumerate(declared):
-        actual = by_name[spec.name]
-        if actual.datatype != spec.datatype:
-            raise ModelLoadError(
-                f"{source}: field '{kind}[{index}].datatype' is {spec.datatype} but the model's "
-                f"'{spec.name}' is {actual.datatype}"
-            )
-        rank = len(actual.shape) - (1 if batching else 0)
-        if len(spec.dims) != rank:
-            raise ModelLoadError(
-                f"{source}: field '{kind}[{index}].dims' has {len(spec.dims)} dimension(s) but the "
-                f"model's '{spec.name}' has {rank} (shape {list(actual.shape)}"
-                f"{', batch dimension excluded' if batching else ''})"
-            )
-    return list(declared)
-
-
-def _warm_up(instance: Runtime, inputs: list[TensorConfig], batching: bool, outputs: list[str]) -> None:
-    feed: dict[str, np.ndarray] = {}
-    for spec in inputs:
-        shape = ([1] if batching else []) + [d if d > 0 else 1 for d in spec.dims]
-        if spec.datatype == "BYTES":
-            array = np.empty(shape, dtype=object)
-            array.fill(b"")
-        else:
-            array = np.zeros(shape, dtype=numpy_dtype(spec.datatype))
-        feed[spec.name] = array
-    try:
-        instance.run(feed, outputs)
-    except MedserveError as exc:
-        log.warning("warm-up of %s failed (the model may need real data): %s", instance.artifact, exc)
-
-
-@dataclass(slots=True)
-class LoadedVersion:
-    """What loading a version yields, before it is attached to the event loop."""
-
-    name: str
-    version: int
-    config: ModelConfig
-    artifact: Path
-    sha256: str
-    instances: list[Runtime]
-    inputs: list[TensorConfig]
-    outputs: list[TensorConfig]
-    lineage: dict[str, Any] = field(default_factory=dict)
-
-
-#: Checks an artifact before it is loaded (lineage, signature); returns what model metadata shows.
-ArtifactCheck = Callable[[str, int, Path, str], dict[str, Any]]
-
-
-def load_version(
-    name: str, version: int, config: ModelConfig, artifact: Path, check: ArtifactCheck | None = None
-) -> LoadedVersion:
-    """Blocking: digest and check the artifact, create and warm up ``instance_count`` engine instances."""
-    if not artifact.is_file():
-        raise ModelLoadError(f"{name} version {version}: artifact {artifact} does not exist")
-    digest = sha256_file(artifact)
-    lineage = check(name, version, artifact, digest) if check is not None else {}
-    cls = runtime_class(config.runtime)
-    options = dict(config.runtime_options)
-    if config.devices:
-        from medserve.hardware.model_devices import options_for_devices
-
-        options = options_for_devices(name, config.runtime, config.devices, options)
-    instances: list[Runtime] = []
-    try:
-        for _ in range(config.instance_count):
-            instance = cls(artifact, dict(options))
-            instance.load()
-            instances.append(instance)
-        inputs = _resolve("inputs", config.inputs, instances[0].inputs(), config)
-        outputs = _resolve("outputs", config.outputs, instances[0].outputs(), config)
-        names = [o.name for o in outputs]
-        for instance in instances:
-            _warm_up(instance, inputs, config.max_batch_size > 0, names)
-    except BaseException:
-        for instance in instances:
-            instance.unload()
-        raise
-    return LoadedVersion(name, version, config, artifact, digest, instances, inputs, outputs, lineage)
 
 
 class ServedModel:
     """A model version ready to serve: requests are validated, queued, batched and run."""
 
     def __init__(
-        self, loaded: LoadedVersion, metrics: ServingMetrics, classes: PriorityClasses = DEFAULT_CLASSES
+        self,
+        loaded: LoadedVersion,
+        metrics: ServingMetrics,
+        classes: PriorityClasses = DEFAULT_CLASSES,
+        placer: Placer | None = None,
     ) -> None:
         self.loaded = loaded
         self.name = loaded.name
@@ -163,9 +60,29 @@ class ServedModel:
         self.stats = VersionStatistics()
         self._metrics = metrics
         self._labels = (self.name, self.version)
-        self.device = loaded.instances[0].device()
+        self._placer = placer
+        label = f"model '{self.name}' version {self.version}"
         batching = self.config.dynamic_batching
-        self.pool = InstancePool(loaded.instances, f"{self.name}-{self.version}")
+        slots = loaded.slots or [
+            Slot(i, i.device(), self.config.runtime, self.config.max_batch_size) for i in loaded.instances
+        ]
+        self._plan = loaded.plan or InstancePlan("config", "placed by config.yaml")
+        self.pool = InstancePool([s.instance for s in slots], f"{self.name}-{self.version}", slots)
+        self.failover: Failover | None = None
+        if placer is not None:
+            self.failover = Failover(
+                self.pool,
+                self._plan,
+                is_fault=placer.is_device_fault,
+                replan=lambda plan, device, reason: placer.failover(
+                    self.name, self.config, plan, device, reason
+                ),
+                build=self._build,
+                on_moved=lambda device, to, reason: metrics.placement.failed_over(
+                    self.name, device, to, reason
+                ),
+                label=label,
+            )
         self.batcher = DynamicBatcher(
             self.pool,
             [o.name for o in loaded.outputs],
@@ -175,10 +92,35 @@ class ServedModel:
             preferred_batch_sizes=batching.preferred_batch_sizes if batching else (),
             on_execution=self._executed,
             max_queue_size=self.config.max_queue_size,
-            label=f"model '{self.name}' version {self.version}",
+            label=label,
+            faults=self.failover,
+            meter=placer.energy if placer is not None else None,
         )
+        self._seed_estimates()
         metrics.watch_queue(self.name, self.version, self.batcher.queue_depth)
         metrics.watch_class_queues(self.name, self.version, classes.names, self.batcher.queue_depth)
+
+    @property
+    def plan(self) -> InstancePlan:
+        """How the instances now serving were chosen (after a failover: the plan it moved to)."""
+        return self.failover.plan if self.failover is not None else self._plan
+
+    @property
+    def device(self) -> str:
+        """The device(s) serving, comma-separated."""
+        return ",".join(self.pool.devices())
+
+    def _seed_estimates(self) -> None:
+        """Start the scheduler's service-time estimates from the profile of the main group, so admission
+        control works from the first request instead of after the first executions."""
+        groups = [g for g in self.plan.groups if g.latency_ms]
+        if groups:
+            main = max(groups, key=lambda g: g.share)
+            self.batcher.service_times.seed({b: int(ms * 1e6) for b, ms in main.latency_ms.items()})
+
+    def _build(self, group: InstanceGroup) -> list[Runtime]:
+        specs = (self.loaded.inputs, self.loaded.outputs)
+        return build_group(group, self.loaded.artifact.parent, specs, self.config)[0]
 
     def _executed(self, execution: ExecutionTimes) -> None:
         self.stats.executed(execution)
@@ -187,6 +129,12 @@ class ServedModel:
         m.batch_size.labels(*self._labels).observe(execution.batch_size)
         total = execution.input_ns + execution.infer_ns + execution.output_ns
         m.compute_duration.labels(*self._labels).observe(total / 1e9)
+        if execution.joules is not None:
+            m.energy.record(
+                self.name, self.version, execution.device, execution.joules, execution.energy_source
+            )
+        if self._placer is not None and self.plan.profile is not None:
+            self._placer.observe(self.plan, execution)
 
     async def infer(self, request: InferenceRequest) -> InferenceResponse:
         """Validate, queue by priority class and deadline, run (batched), and answer.
@@ -250,13 +198,15 @@ class ServedModel:
         return [TensorMetadata(s.name, s.datatype, prefix + list(s.dims)) for s in specs]
 
     def metadata(self, versions: list[str]) -> ModelMetadata:
-        first = self.loaded.instances[0]
+        first = self.pool.instances[0] if len(self.pool) else self.loaded.instances[0]
+        runtimes = list(dict.fromkeys(s.runtime for s in self.pool.slots)) or [self.config.runtime]
         parameters: dict[str, Any] = {
             "version": self.version,
             "sha256": self.loaded.sha256,
-            "runtime": self.config.runtime,
+            "runtime": ",".join(runtimes),
             **first.describe(),
             "device": self.device,
+            "placement": self.plan.describe(),
             **self.config.metadata,
         }
         if self.loaded.lineage:
@@ -291,7 +241,7 @@ class ServedModel:
             "max_batch_size": config.max_batch_size,
             "input": tensors(self.loaded.inputs),
             "output": tensors(self.loaded.outputs),
-            "instance_group": [{"name": self.name, "kind": "KIND_CPU", "count": config.instance_count}],
+            "instance_group": self._instance_groups(),
             "default_model_filename": config.artifact,
             "parameters": parameters,
         }
@@ -308,8 +258,23 @@ class ServedModel:
             }
         return result
 
+    def _instance_groups(self) -> list[dict[str, Any]]:
+        """Triton's ``instance_group``: one entry per device serving, GPUs as ``KIND_GPU``."""
+        groups: list[dict[str, Any]] = []
+        for device in self.pool.devices() or ["cpu"]:
+            count = sum(1 for s in self.pool.slots if s.device == device)
+            entry: dict[str, Any] = {"name": f"{self.name}_{device}", "count": count}
+            if device.startswith("cuda"):
+                entry |= {"kind": "KIND_GPU", "gpus": [int(device.partition(":")[2] or 0)]}
+            else:
+                entry["kind"] = "KIND_CPU" if device == "cpu" else "KIND_MODEL"
+            groups.append(entry)
+        return groups
+
     async def close(self, timeout: float = 30.0) -> None:
         """Finish queued work, then release the engine instances."""
         self._metrics.forget(self.name, self.version)
+        if self.failover is not None:
+            await self.failover.close()
         await self.batcher.close(timeout)
         self.pool.shutdown()

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from medserve.core.errors import MedserveError, ModelLoadError, ModelNotFound
 from medserve.core.metrics import ServingMetrics
-from medserve.core.model import LoadedVersion, ServedModel, load_version
+from medserve.core.model import LoadedVersion, Placer, ServedModel, load_version
 from medserve.core.types import RepositoryEntry
 from medserve.repository.repository import ModelRepository, VersionArtifact
 from medserve.scheduling.priority import DEFAULT_CLASSES, PriorityClasses
@@ -64,11 +64,14 @@ class ModelRegistry:
         lineage: LineageBook | None = None,
         *,
         priority_classes: PriorityClasses = DEFAULT_CLASSES,
+        placer: Placer | None = None,
     ) -> None:
         self.repository = repository
         self.metrics = metrics
         self.lineage = lineage
         self.priority_classes = priority_classes
+        #: automatic placement, device-fault failover, energy metering and live profiles (None: off)
+        self.placer = placer
         self._entries: dict[str, _Entry] = {}
 
     def _check(self, name: str, version: int, artifact: Path, digest: str) -> dict[str, Any]:
@@ -103,7 +106,7 @@ class ModelRegistry:
         for artifact in artifacts:
             try:
                 attempt.loaded.append(
-                    load_version(name, artifact.version, config, artifact.path, self._check)
+                    load_version(name, artifact.version, config, artifact.path, self._check, self.placer)
                 )
             except MedserveError as exc:
                 attempt.failures[artifact.version] = str(exc)
@@ -125,7 +128,8 @@ class ModelRegistry:
             retired = [m for v, m in entry.versions.items() if v not in attempt.failures]
             kept = {v: m for v, m in entry.versions.items() if v in attempt.failures}
             fresh = {
-                lv.version: ServedModel(lv, self.metrics, self.priority_classes) for lv in attempt.loaded
+                lv.version: ServedModel(lv, self.metrics, self.priority_classes, self.placer)
+                for lv in attempt.loaded
             }
             entry.versions = {**kept, **fresh}
             entry.failures = attempt.failures
@@ -211,4 +215,7 @@ class ModelRegistry:
         return rows
 
     async def close(self) -> None:
+        """Unload every model, then write what live traffic measured back to the profiles."""
         await asyncio.gather(*(self.unload(name) for name in list(self._entries)))
+        if self.placer is not None:
+            await asyncio.to_thread(self.placer.flush)

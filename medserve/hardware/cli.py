@@ -73,6 +73,7 @@ def _profile(args: argparse.Namespace) -> int:
         cpu_watts=args.cpu_watts,
         gpu_watts=args.gpu_watts,
         progress=_progress,
+        rounds=args.rounds,
     )
     print(format_profile(profile))
     if args.plot is not None:
@@ -88,24 +89,10 @@ def _profile(args: argparse.Namespace) -> int:
     return 0 if any(p.usable for p in profile.points) else 1
 
 
-def _device_ids(names: Sequence[str] | None, discovery: Any) -> tuple[str, ...] | None:
-    """config.yaml device names as discovery ids (``CUDA`` → ``cuda:0``, ``GPU`` → ``openvino:GPU``)."""
-    from medserve.hardware.devices import canonical_device_id
-
-    if names is None:
-        return None
-    ids = []
-    for name in names:
-        found = discovery.device(canonical_device_id(name, "")) or discovery.device(
-            canonical_device_id(name, "openvino")
-        )
-        ids.append(found.id if found is not None else canonical_device_id(name, ""))
-    return tuple(ids)
-
-
 def _placement(args: argparse.Namespace) -> int:
     from medserve.hardware.devices import discover_devices, hardware_fingerprint
-    from medserve.hardware.placement import PlacementRequest, decide, format_decision
+    from medserve.hardware.placement import decide, format_decision
+    from medserve.hardware.placer import placement_request
     from medserve.hardware.profile import artifact_digest
     from medserve.hardware.profile_store import ProfileStore
     from medserve.hardware.profiler import profile_model
@@ -143,20 +130,16 @@ def _placement(args: argparse.Namespace) -> int:
                     print(f"{name}: no current profile ({why}); {hint}")
                     failed = True
                     continue
-                request = PlacementRequest(
-                    name,
-                    objective=config.objective or "latency",
-                    slo_p99_ms=config.slo_p99_ms,
-                    max_instances_per_device=config.instance_count,
-                    cost_per_hour=costs,
-                    devices=_device_ids(config.devices, discovery),
-                )
-                decision = decide(profile.points, request)
+                decision = decide(profile.points, placement_request(name, config, discovery, costs))
             except MedserveError as exc:
                 print(f"{name}: {exc}")
                 failed = True
                 continue
             print(format_decision(decision, explain=args.explain))
+            if config.placement == "auto":
+                print("  applied when the model loads (config.yaml: placement: auto)")
+            else:
+                print("  advisory: config.yaml places this model itself (set placement: auto to apply this)")
             failed = failed or not decision.chosen
     finally:
         database.dispose()
@@ -182,6 +165,9 @@ def add_commands(commands: Any) -> None:
     profile.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 2, 4, 8], help="(1 2 4 8)")
     profile.add_argument("--seconds", type=float, default=1.0, help="measuring time per point (1.0)")
     profile.add_argument("--warmup", type=int, default=3, help="warm-up runs per point (3)")
+    profile.add_argument(
+        "--rounds", type=int, default=1, help="measure every point this often, keep the median round (1)"
+    )
     profile.add_argument("--version", type=int, help="model version (default: the newest served)")
     profile.add_argument("--plot", type=Path, help="write the plot to FILE.svg (or FILE.png with matplotlib)")
     profile.add_argument("--cpu-watts", type=float, default=65.0, help="CPU power if not measurable (65)")

@@ -12,8 +12,11 @@ feasible points the objective picks:
 ``cost``        the lowest cost per inference, ``cost_per_hour / 3600 / throughput``.
 
 With ``expected_rate`` (inferences/s) instances are added up to ``max_instances_per_device`` and
-further devices in objective order until the capacity covers the rate. Capacity is the measured
-throughput of one instance times the instance count (an upper bound: instances on one device share it).
+further devices in objective order until the capacity covers the rate. A profile measures one instance.
+On the CPU that instance's engine already uses every core, so the CPU gets one instance: a second would
+only share the cores (measured on ``chest_xray_classifier``: two instances gave about 0.6 of one's
+throughput, see benchmarks/placement.py). On an accelerator capacity is the measured throughput of one
+instance times the instance count (an upper bound: the instances share the device).
 No feasible point: the lowest-p99 usable point is chosen and the decision says the SLO cannot be met.
 """
 
@@ -29,6 +32,8 @@ from medserve.core.errors import InvalidConfig
 from medserve.hardware.profile import ProfilePoint
 
 Objective = Literal["latency", "throughput", "energy", "cost"]
+#: the device id of the host CPU (one instance there: its engine already uses every core)
+CPU = "cpu"
 OBJECTIVES: tuple[str, ...] = get_args(Objective)
 
 _DEVICE_FAULT = re.compile(
@@ -197,7 +202,7 @@ def _infeasible(point: ProfilePoint, request: PlacementRequest) -> str | None:
 
 
 def _instances(point: ProfilePoint, request: PlacementRequest, rate_left: float | None) -> int:
-    limit = request.max_instances_per_device
+    limit = 1 if point.device == CPU else request.max_instances_per_device
     if rate_left is not None:
         return max(1, min(limit, math.ceil(rate_left / max(_throughput(point), 1e-9))))
     return limit if request.objective == "throughput" else 1

@@ -10,6 +10,7 @@ starts the live estimates afresh.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import cast
@@ -210,22 +211,26 @@ class ProfileStore:
         runtime: str,
         device: str,
         batch_size: int,
-        latency_ms: float,
+        latency_ms: float | Sequence[float],
         *,
         digest: str | None = None,
         fingerprint: str | None = None,
     ) -> ProfilePoint | None:
-        """Fold one live execution's latency into the newest profile's point for this runtime, device and
-        batch size (exact batch size only); returns the new estimate, or None when there is no such
-        usable point. Call it from a batcher's execution listener, off the event loop."""
+        """Fold live executions' latencies (one, or several in the order they ran) into the newest
+        profile's point for this runtime, device and batch size (exact batch size only), in one
+        transaction; returns the new estimate, or None when there is no such usable point. Call it off
+        the event loop (``medserve.hardware.live.LiveProfiles`` batches the calls)."""
+        latencies = [latency_ms] if isinstance(latency_ms, int | float) else list(latency_ms)
         profile = self._newest(model, digest, fingerprint)
-        if profile is None:
+        if profile is None or not latencies:
             return None
         wanted = (runtime, device, batch_size)
         current = next((p for p in profile.points if _key(p) == wanted and p.usable), None)
         if current is None:
             return None
-        updated = blend_live(current, latency_ms, self.alpha)
+        updated = current
+        for latency in latencies:
+            updated = blend_live(updated, float(latency), self.alpha)
         now = datetime.now(UTC)
         conditions = (
             ModelProfileRow.model == model,

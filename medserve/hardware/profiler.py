@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -161,9 +161,15 @@ def _batch_sizes(config: ModelConfig, batch_sizes: Sequence[int], notes: list[st
     return kept or [config.max_batch_size]
 
 
-def _options(config: ModelConfig, runtime: str, device: Device) -> dict[str, Any]:
+def runtime_options_for(config: ModelConfig, runtime: str, device_id: str) -> dict[str, Any]:
+    """The options an instance of ``runtime`` on ``device_id`` gets: config.yaml's ``runtime_options``
+    when it is the configured runtime (none for another), with the device set."""
     base = dict(config.runtime_options) if runtime == config.runtime else {}
-    return {**base, "device": device_option(runtime, device.id)}
+    return {**base, "device": device_option(runtime, device_id)}
+
+
+def _options(config: ModelConfig, runtime: str, device: Device) -> dict[str, Any]:
+    return runtime_options_for(config, runtime, device.id)
 
 
 def _error_text(exc: BaseException) -> str:
@@ -188,6 +194,17 @@ def _measure(
         instance.run(feed, outputs)
         samples.append(time.perf_counter_ns() - started)
     return samples
+
+
+def median_point(rounds: Sequence[ProfilePoint]) -> ProfilePoint:
+    """Of one point measured in several rounds, the usable round with the median throughput and the
+    highest peak memory of them (an unusable one only when no round was usable)."""
+    usable = sorted((p for p in rounds if p.usable), key=lambda p: p.throughput or 0.0)
+    if not usable:
+        return rounds[-1]
+    peaks = [p.peak_memory_bytes for p in usable if p.peak_memory_bytes is not None]
+    # the first round's load shows the memory; later rounds find it already taken from the system
+    return replace(usable[len(usable) // 2], peak_memory_bytes=max(peaks) if peaks else None)
 
 
 def summarise(samples: Sequence[int], batch_size: int) -> tuple[float, float, float]:
@@ -227,7 +244,7 @@ class _Profiler:
             self.accounts[device.id] = EnergyAccount(meter)
         return self.accounts[device.id]
 
-    def _say(self, text: str) -> None:
+    def say(self, text: str) -> None:
         if self.progress is not None:
             self.progress(text)
 
@@ -239,7 +256,7 @@ class _Profiler:
         if not target.artifact:
             error = f"no artifact {target.runtime} can read in {self.version_dir}"
             return [p.unusable(error) for p in blank]
-        self._say(f"profiling {target.runtime} on {target.device.id} ...")
+        self.say(f"profiling {target.runtime} on {target.device.id} ...")
         instance: Runtime | None = None
         try:
             probe = MemoryProbe(target.runtime, target.device)
@@ -307,13 +324,19 @@ def profile_model(
     gpu_watts: float = DEFAULT_GPU_WATTS,
     runtime_loader: RuntimeLoader = runtime_class,
     progress: Progress | None = None,
+    rounds: int = 1,
 ) -> ModelProfile:
     """Profile the model in repository folder ``model_dir`` (its newest selected version by default).
 
     ``runtimes`` and ``devices`` narrow the candidates (an unknown name raises ``InvalidInput`` naming
     what there is); a runtime that cannot use a device is skipped, or recorded unusable when the device
-    was asked for by name. Blocking; loads and runs the model in this process.
+    was asked for by name. ``rounds`` > 1 measures every combination that many times, the combinations
+    taking turns, and keeps for each point the round with the median throughput (on a shared machine a
+    burst of other work then spoils one round, not the profile). Blocking; loads and runs the model in
+    this process.
     """
+    if rounds < 1:
+        raise InvalidInput(f"rounds must be >= 1, got {rounds}")
     if seconds_per_point < 0 or warmup < 0:
         raise InvalidInput("seconds per point and warm-up runs must be >= 0")
     repository = ModelRepository(model_dir.parent)
@@ -353,9 +376,16 @@ def profile_model(
         (cpu_watts, gpu_watts),
         progress,
     )
-    points: list[ProfilePoint] = list(unavailable)
-    for target in targets:
-        points += profiler.profile(target)
+    measured: dict[tuple[str, str, int], list[ProfilePoint]] = {}
+    for round_no in range(rounds):
+        if rounds > 1:
+            profiler.say(f"round {round_no + 1} of {rounds}")
+        for target in targets:
+            for point in profiler.profile(target):
+                measured.setdefault((point.runtime, point.device, point.batch_size), []).append(point)
+    points: list[ProfilePoint] = list(unavailable) + [median_point(p) for p in measured.values()]
+    if rounds > 1:
+        notes.append(f"{rounds} rounds per point; each point is the round with the median throughput")
     estimated = [a.meter for a in profiler.accounts.values() if a.meter.estimated]
     for meter in estimated:
         notes.append(f"energy estimated from busy time: {getattr(meter, 'reason', '') or 'no counter'}")

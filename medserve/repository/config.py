@@ -144,6 +144,19 @@ class ModelConfig(_Strict):
         description="Devices the model may run on (cpu, cuda:0, openvino:GPU.0); checked at load against "
         "this machine; the first is used unless runtime_options names a device.",
     )
+    placement: Literal["config", "auto"] = Field(
+        default="config",
+        description="config: runtime, device, instance_count and max_batch_size as written here. auto: "
+        "chosen at load from this model's stored profile (same artifact, same machine) for its objective "
+        "and slo, within devices, with up to instance_count instances per accelerator (one on the CPU); "
+        "without a current profile, the values written here (the reason is logged and shown in model "
+        "metadata).",
+    )
+    profile_at_load: bool = Field(
+        default=False,
+        description="With placement auto: profile the model at load when it has no current profile "
+        "(slow: every runtime x device x batch size is measured), then place it.",
+    )
 
     @field_validator("devices")
     @classmethod
@@ -159,6 +172,8 @@ class ModelConfig(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelConfig:
+        if self.profile_at_load and self.placement != "auto":
+            raise ValueError("profile_at_load needs placement: auto")
         if self.dynamic_batching is not None and self.max_batch_size == 0:
             raise ValueError("dynamic_batching needs max_batch_size > 0")
         if self.dynamic_batching is not None:

@@ -7,7 +7,7 @@ import importlib
 from medserve.core.errors import ModelLoadError
 from medserve.runtimes.base import EngineTensor, Runtime
 
-_RUNTIMES: dict[str, str] = {
+_RUNTIMES: dict[str, str | type[Runtime]] = {
     "onnxruntime": "medserve.runtimes.onnxruntime:OnnxRuntime",
     "monai_bundle": "medserve.runtimes.monai_bundle:MonaiBundleRuntime",
     "torch": "medserve.runtimes.torch:TorchRuntime",
@@ -15,8 +15,30 @@ _RUNTIMES: dict[str, str] = {
 }
 
 
+_BUILT_IN = frozenset(_RUNTIMES)
+
+
 def runtime_names() -> list[str]:
     return sorted(_RUNTIMES)
+
+
+def register_runtime(name: str, target: str | type[Runtime]) -> None:
+    """Make ``config.yaml``'s ``runtime: <name>`` load ``target``: a ``Runtime`` subclass, or
+    ``"module:Class"`` imported when first used. A name already registered raises ``ValueError``."""
+    if not name.strip():
+        raise ValueError("a runtime needs a name")
+    if name in _RUNTIMES:
+        raise ValueError(f"runtime '{name}' is already registered")
+    if isinstance(target, str) and ":" not in target:
+        raise ValueError(f"runtime target must be 'module:Class', not '{target}'")
+    _RUNTIMES[name] = target
+
+
+def unregister_runtime(name: str) -> None:
+    """Forget a runtime added with :func:`register_runtime` (the built-in ones stay)."""
+    if name in _BUILT_IN:
+        raise ValueError(f"runtime '{name}' is built in")
+    _RUNTIMES.pop(name, None)
 
 
 def runtime_class(name: str) -> type[Runtime]:
@@ -25,6 +47,8 @@ def runtime_class(name: str) -> type[Runtime]:
         target = _RUNTIMES[name]
     except KeyError:
         raise ModelLoadError(f"unknown runtime '{name}'; available: {', '.join(runtime_names())}") from None
+    if not isinstance(target, str):
+        return target
     module_name, _, class_name = target.partition(":")
     try:
         module = importlib.import_module(module_name)
@@ -34,4 +58,11 @@ def runtime_class(name: str) -> type[Runtime]:
     return cls
 
 
-__all__ = ["EngineTensor", "Runtime", "runtime_class", "runtime_names"]
+__all__ = [
+    "EngineTensor",
+    "Runtime",
+    "register_runtime",
+    "runtime_class",
+    "runtime_names",
+    "unregister_runtime",
+]

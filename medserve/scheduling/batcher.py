@@ -8,53 +8,71 @@ or the largest preferred size) or when the head request has waited ``max_queue_d
 member's deadline needs it). Merging, running and splitting happen on the instance's worker thread, so
 the event loop only moves references.
 
+An execution is not interrupted, so while requests of a more urgent class have been arriving (within
+the last 10 s) a batch headed by a less urgent one is kept short enough that such a request, arriving
+just after it started, can still run alone within its deadline (the *reserve*); and a less urgent
+request joins an urgent one's batch only when the urgent one keeps one lone execution of slack.
+
 Admission: a request with a deadline is refused at once (``Overloaded`` with ``retry_after_s``) when the
-work queued ahead of it, at the measured service times, would make it miss a deadline it could meet
-alone; before any measurement every request is admitted. The queue holds at most ``max_queue_size``
+work queued ahead of it, at the measured service times (stretched by the more urgent work arriving
+meanwhile, at its recent rate), would make it miss a deadline it could meet alone; before any
+measurement every request is admitted. Service times are measured as the event loop sees an execution
+(the hop to the worker thread included). The queue holds at most ``max_queue_size``
 requests: when full, a request of a lower class than the newcomer is shed to make room, else the
 newcomer is refused. A request whose deadline passes while queued is dropped with ``DeadlineExceeded``.
+
+Instances (:mod:`medserve.scheduling.pool`) may differ in device and batch limit: the batch is formed
+for the instance that takes it. Device faults: when ``faults`` recognises an engine error as one (a
+CUDA error, out of memory), a batch is not retried request by request on that instance; ``faults``
+takes the device out of service and starts its replacement, and the batch's requests go back to the
+queue, in their place by urgency, to be retried once on another instance. ``meter`` (optional) wraps
+each engine run to attribute energy to it (``ExecutionTimes.joules``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import bisect
 import contextlib
 import itertools
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
-from medserve.core.errors import DeadlineExceeded, InferenceFailed, MedserveError, Overloaded
-from medserve.runtimes.base import Runtime
-from medserve.scheduling.batching import BatchKey, batch_is_full, batch_key, merge, split
-from medserve.scheduling.pool import InstancePool
+from medserve.core.errors import DeadlineExceeded, MedserveError, ModelNotReady, Overloaded
+from medserve.scheduling.batching import batch_is_full, batch_key
+from medserve.scheduling.execution import (
+    DeviceFaults,
+    ExecutionListener,
+    ExecutionTimes,
+    Meter,
+    Outcome,
+    RunOptions,
+    run_batch,
+)
+from medserve.scheduling.pool import InstancePool, Slot
 from medserve.scheduling.priority import DEFAULT_CLASSES, PriorityClass
+from medserve.scheduling.queue import Pending, UrgencyQueue
 from medserve.scheduling.slo import (
+    ArrivalRates,
     ServiceTimes,
-    Urgency,
     estimate_completion_ns,
     latest_start_ns,
     retry_after_s,
     select_urgent_batch,
+    stretched_ns,
     urgency,
 )
 
-
-@dataclass(slots=True)
-class ExecutionTimes:
-    """One engine execution: its batch size and where its time went (nanoseconds)."""
-
-    batch_size: int
-    input_ns: int
-    infer_ns: int
-    output_ns: int
-
-    @property
-    def total_ns(self) -> int:
-        return self.input_ns + self.infer_ns + self.output_ns
+__all__ = [
+    "DeviceFaults",
+    "DynamicBatcher",
+    "ExecutionListener",
+    "ExecutionTimes",
+    "Meter",
+    "ScheduledResult",
+]
 
 
 @dataclass(slots=True)
@@ -62,30 +80,6 @@ class ScheduledResult:
     outputs: dict[str, np.ndarray]
     queue_ns: int
     execution: ExecutionTimes
-
-
-@dataclass(slots=True)
-class _Pending:
-    inputs: dict[str, np.ndarray]
-    size: int
-    key: BatchKey
-    enqueued_ns: int
-    future: asyncio.Future[ScheduledResult] = field(repr=False)
-    request_class: PriorityClass
-    deadline_ns: int | None
-    order: Urgency
-    timer: asyncio.TimerHandle | None = field(default=None, repr=False)
-
-    @property
-    def priority(self) -> int:
-        return self.request_class.priority
-
-
-def _order(pending: _Pending) -> Urgency:
-    return pending.order
-
-
-ExecutionListener = Callable[[ExecutionTimes], None]
 
 
 class DynamicBatcher:
@@ -104,6 +98,8 @@ class DynamicBatcher:
         max_queue_size: int | None = None,
         label: str = "model",
         service_times: ServiceTimes | None = None,
+        faults: DeviceFaults | None = None,
+        meter: Meter | None = None,
     ) -> None:
         self.pool = pool
         self.output_names = output_names
@@ -115,9 +111,11 @@ class DynamicBatcher:
         self.label = label
         self.service_times = service_times if service_times is not None else ServiceTimes()
         self._on_execution = on_execution
-        self._queue: list[_Pending] = []  # sorted by urgency, most urgent first
+        self._faults = faults
+        self._run = RunOptions(output_names, batching, meter, faults.is_fault if faults is not None else None)
+        self._queue = UrgencyQueue(label)
         self._seq = itertools.count()
-        self._by_class: dict[str, int] = {}
+        self._arrivals = ArrivalRates()
         self._inflight: dict[int, tuple[int, int]] = {}  # execution token -> (start ns, batch size)
         self._tokens = itertools.count()
         self._arrival = asyncio.Event()
@@ -129,7 +127,7 @@ class DynamicBatcher:
         """Requests waiting, in all classes or in the class named ``class_name``."""
         if class_name is None:
             return len(self._queue)
-        return self._by_class.get(class_name, 0)
+        return self._queue.depth(class_name)
 
     # -- admission ----------------------------------------------------------------------------
     async def submit(
@@ -148,6 +146,8 @@ class DynamicBatcher:
         """
         if self._closing:
             raise Overloaded("model version is being unloaded")
+        if self._faults is not None and (why := self._faults.unavailable()) is not None:
+            raise ModelNotReady(f"{self.label}: {why}")
         cls = request_class if request_class is not None else DEFAULT_CLASSES.default
         now = time.perf_counter_ns()
         if deadline_ns is not None and deadline_ns <= now:
@@ -157,13 +157,11 @@ class DynamicBatcher:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[ScheduledResult] = loop.create_future()
         order = urgency(cls.priority, deadline_ns, next(self._seq))
-        pending = _Pending(inputs, size, batch_key(inputs), now, future, cls, deadline_ns, order)
+        pending = Pending(inputs, size, batch_key(inputs), now, future, cls, deadline_ns, order)
+        self._arrivals.note(cls.priority, now, size, None if deadline_ns is None else deadline_ns - now)
         self._admit(pending, now)
         self._make_room(pending)
-        bisect.insort(self._queue, pending, key=_order)
-        self._by_class[cls.name] = self._by_class.get(cls.name, 0) + 1
-        if deadline_ns is not None:
-            pending.timer = loop.call_later((deadline_ns - now) / 1e9, self._expire, pending)
+        self._queue.insert(pending)
         self._arrival.set()
         return await future
 
@@ -172,7 +170,7 @@ class DynamicBatcher:
         estimate = self.service_times.estimate_ns
         return [max(0, (estimate(size) or 0) - (now - start)) for start, size in self._inflight.values()]
 
-    def _completion_ns(self, pending: _Pending, ahead: int, now: int) -> int | None:
+    def _completion_ns(self, pending: Pending, ahead: int, now: int) -> int | None:
         """Estimated time until ``pending`` completes behind the first ``ahead`` queued requests."""
         return estimate_completion_ns(
             ((p.key, p.size) for p in itertools.islice(self._queue, ahead)),
@@ -184,7 +182,12 @@ class DynamicBatcher:
             estimate=self.service_times.estimate_ns,
         )
 
-    def _admit(self, pending: _Pending, now: int) -> None:
+    def _item_ns(self) -> int | None:
+        """Estimated instance time of one batch item, at the largest batch size the model runs."""
+        full = self.service_times.estimate_ns(self.max_batch_size)
+        return None if full is None else full // self.max_batch_size // max(len(self.pool), 1)
+
+    def _admit(self, pending: Pending, now: int) -> None:
         """Refuse ``pending`` now if, at the measured service times, it would miss its deadline."""
         if pending.deadline_ns is None or not self.service_times.measured:
             return
@@ -192,8 +195,11 @@ class DynamicBatcher:
         alone = self.service_times.estimate_ns(pending.size)
         if alone is not None and alone > budget:
             return  # it misses even on an idle server: refusing helps nobody, so it runs as soon as it can
-        ahead = bisect.bisect_left(self._queue, pending.order, key=_order)
+        ahead = self._queue.position(pending.order)
         completion = self._completion_ns(pending, ahead, now)
+        if completion is not None:  # more urgent requests arriving meanwhile will go first
+            urgent = self._arrivals.above(pending.priority, now)
+            completion = stretched_ns(completion, urgent, self._item_ns())
         retry = None if completion is None else retry_after_s(completion, budget)
         if completion is None or retry is None:
             return
@@ -206,7 +212,7 @@ class DynamicBatcher:
             retry,
         )
 
-    def _make_room(self, pending: _Pending) -> None:
+    def _make_room(self, pending: Pending) -> None:
         """Keep the queue within its bound: shed a request of a lower class, or refuse ``pending``."""
         if self.max_queue_size is None or len(self._queue) < self.max_queue_size:
             return
@@ -214,7 +220,7 @@ class DynamicBatcher:
         completion = self._completion_ns(pending, len(self._queue), time.perf_counter_ns())
         retry = max(1.0, completion / 2e9) if completion is not None else 1.0
         if last.priority > pending.priority:
-            self._remove(len(self._queue) - 1)
+            self._queue.remove(len(self._queue) - 1)
             if not last.future.done():
                 last.future.set_exception(
                     Overloaded(
@@ -233,47 +239,6 @@ class DynamicBatcher:
         )
 
     # -- the queue ------------------------------------------------------------------------------
-    def _remove(self, index: int) -> _Pending:
-        pending = self._queue.pop(index)
-        self._by_class[pending.request_class.name] -= 1
-        if pending.timer is not None:
-            pending.timer.cancel()
-            pending.timer = None
-        return pending
-
-    def _expire(self, pending: _Pending) -> None:
-        """Timer: drop ``pending`` if it is still queued when its deadline passes."""
-        pending.timer = None
-        index = bisect.bisect_left(self._queue, pending.order, key=_order)
-        if index < len(self._queue) and self._queue[index] is pending:
-            self._remove(index)
-            self._fail_expired(pending, index)
-
-    def _fail_expired(self, pending: _Pending, ahead: int) -> None:
-        if pending.future.done():
-            return
-        waited_ms = (time.perf_counter_ns() - pending.enqueued_ns) / 1e6
-        pending.future.set_exception(
-            DeadlineExceeded(
-                f"{self.label}: the deadline of this '{pending.request_class.name}' request passed "
-                f"after {waited_ms:.0f} ms in the queue ({ahead} more urgent request(s) still ahead); "
-                "it was not run"
-            )
-        )
-
-    def _purge(self, now: int) -> None:
-        """Drop requests whose caller has gone and those whose deadline has passed."""
-        index = 0
-        while index < len(self._queue):
-            pending = self._queue[index]
-            if pending.future.done():
-                self._remove(index)
-            elif pending.deadline_ns is not None and pending.deadline_ns <= now:
-                self._remove(index)
-                self._fail_expired(pending, index)
-            else:
-                index += 1
-
     async def _wait_for_arrival(self, timeout_ns: int | None) -> None:
         self._arrival.clear()
         if timeout_ns is None:
@@ -284,23 +249,44 @@ class DynamicBatcher:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._arrival.wait(), timeout_ns / 1e9)
 
-    def _select(self, now: int) -> list[int]:
+    def _limit(self, slot: Slot) -> int:
+        """The largest batch ``slot``'s instance takes."""
+        return min(self.max_batch_size, slot.max_batch_size or self.max_batch_size)
+
+    def _select(self, now: int, limit: int) -> list[int]:
         if not self.batching:
             return [0]
-        return select_urgent_batch(self._queue, self.max_batch_size, now, self.service_times.estimate_ns)
+        return select_urgent_batch(
+            self._queue, limit, now, self.service_times.estimate_ns, self._reserve_ns(now)
+        )
 
-    async def _next_batch(self) -> list[_Pending]:
+    def _reserve_ns(self, now: int) -> int | None:
+        """Longest a batch headed by a lower class may run so that a more urgent request arriving just
+        after it started still meets its deadline (None: no such request lately, or not measured)."""
+        budget = self._arrivals.urgent_budget_ns(self._queue[0].priority, now)
+        own = self.service_times.estimate_ns(1)
+        if budget is None or own is None:
+            return None
+        return max(budget - own, 0)
+
+    async def _next_batch(self) -> tuple[Slot, list[Pending]]:
+        """The instance that takes the next batch, and the batch (formed for that instance)."""
         while True:
             now = time.perf_counter_ns()
-            self._purge(now)
+            self._queue.purge(now)
             if not self._queue:
                 await self._wait_for_arrival(None)
                 continue
-            chosen = self._select(now)
+            slot = self.pool.best()
+            if slot is None:  # its instances were retired (device fault) meanwhile
+                await self.pool.wait_free()
+                continue
+            limit = self._limit(slot)
+            chosen = self._select(now, limit)
             if self.batching and self.max_queue_delay_ns > 0:
                 members = [self._queue[i] for i in chosen]
                 queued = sum(p.size for p in members)
-                if not batch_is_full(queued, self.max_batch_size, self.preferred):
+                if not batch_is_full(queued, limit, self.preferred):
                     until = members[0].enqueued_ns + self.max_queue_delay_ns
                     latest = latest_start_ns(
                         (p.deadline_ns for p in members), self.service_times.estimate_ns(queued), now
@@ -310,27 +296,26 @@ class DynamicBatcher:
                     if until > now:
                         await self._wait_for_arrival(until - now)
                         continue
-            return [self._remove(index) for index in reversed(chosen)][::-1]
+            return slot, [self._queue.remove(index) for index in reversed(chosen)][::-1]
 
     async def _dispatch_loop(self) -> None:
         while True:
-            instance = await self.pool.acquire()
-            try:
-                batch = await self._next_batch()
-            except asyncio.CancelledError:
-                self.pool.release(instance)
-                raise
-            task = asyncio.get_running_loop().create_task(self._execute(instance, batch))
+            await self.pool.wait_free()
+            slot, batch = await self._next_batch()
+            self.pool.take(slot, sum(p.size for p in batch))
+            task = asyncio.get_running_loop().create_task(self._execute(slot, batch))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
 
-    async def _execute(self, instance: Runtime, batch: list[_Pending]) -> None:
+    async def _execute(self, slot: Slot, batch: list[Pending]) -> None:
         started = time.perf_counter_ns()
         token = next(self._tokens)
         self._inflight[token] = (started, sum(p.size for p in batch))
         executions: list[ExecutionTimes] = []
         try:
-            results = await self.pool.call(lambda: self._run_batch(instance, batch, executions))
+            results = await self.pool.call(
+                lambda: run_batch(slot, [(p.inputs, p.size) for p in batch], self._run, executions)
+            )
         except BaseException as exc:  # delivered to every waiting request, never lost
             for pending in batch:
                 if not pending.future.done():
@@ -340,13 +325,17 @@ class DynamicBatcher:
             return
         finally:
             del self._inflight[token]
-            self.pool.release(instance)
+            self.pool.release(slot.instance)
+        # one execution: its time as the event loop sees it (the hop to the worker thread and back
+        # included), so queue estimates count what a batch really occupies the instance for
+        whole = time.perf_counter_ns() - started if len(executions) == 1 else 0
         for execution in executions:
-            self.service_times.observe(execution.batch_size, execution.total_ns)
+            self.service_times.observe(execution.batch_size, max(execution.total_ns, whole))
             if self._on_execution is not None:
                 self._on_execution(execution)
+        retried = self._retry_after_fault(slot, batch, results)
         for pending, result in zip(batch, results):
-            if pending.future.done():
+            if pending.future.done() or id(pending) in retried:
                 continue
             if isinstance(result, BaseException):
                 pending.future.set_exception(result)
@@ -354,41 +343,37 @@ class DynamicBatcher:
                 outputs, execution = result
                 pending.future.set_result(ScheduledResult(outputs, started - pending.enqueued_ns, execution))
 
-    def _run_batch(
-        self, instance: Runtime, batch: list[_Pending], executions: list[ExecutionTimes]
-    ) -> list[tuple[dict[str, np.ndarray], ExecutionTimes] | MedserveError]:
-        """Worker thread: merge, run, split. A failing batch is retried request by request, so
-        one bad request fails alone."""
-        try:
-            return list(self._run_once(instance, batch, executions))
-        except MedserveError as exc:
-            if len(batch) == 1:
-                return [exc]
-        results: list[tuple[dict[str, np.ndarray], ExecutionTimes] | MedserveError] = []
-        for pending in batch:
-            try:
-                results.extend(self._run_once(instance, [pending], executions))
-            except MedserveError as exc:
-                results.append(exc)
-        return results
-
-    def _run_once(
-        self, instance: Runtime, batch: list[_Pending], executions: list[ExecutionTimes]
-    ) -> list[tuple[dict[str, np.ndarray], ExecutionTimes]]:
-        t0 = time.perf_counter_ns()
-        merged = merge([p.inputs for p in batch])
-        t1 = time.perf_counter_ns()
-        outputs = instance.run(merged, self.output_names)
-        t2 = time.perf_counter_ns()
-        sizes = [p.size for p in batch]
-        try:
-            parts = split(outputs, sizes) if self.batching else [outputs]
-        except ValueError as exc:
-            raise InferenceFailed(str(exc)) from None
-        t3 = time.perf_counter_ns()
-        execution = ExecutionTimes(sum(sizes), t1 - t0, t2 - t1, t3 - t2)
-        executions.append(execution)
-        return [(part, execution) for part in parts]
+    def _retry_after_fault(
+        self,
+        slot: Slot,
+        batch: list[Pending],
+        results: Sequence[Outcome],
+    ) -> set[int]:
+        """Ids of the requests of ``batch`` put back in the queue because the device failed under them."""
+        if self._faults is None:
+            return set()
+        fault = next((r for r in results if isinstance(r, MedserveError) and self._faults.is_fault(r)), None)
+        if fault is None:
+            return set()
+        moving = self._faults.moved(slot, fault)
+        why = self._faults.unavailable()
+        if why is not None:  # nothing left to run anything: the queued requests fail now
+            self._queue.fail_all(ModelNotReady(f"{self.label}: {why}"))
+        if not moving:
+            return set()
+        retried: set[int] = set()
+        now = time.perf_counter_ns()
+        for pending, result in zip(batch, results):
+            if pending.future.done() or not isinstance(result, MedserveError) or pending.attempts > 0:
+                continue
+            if pending.deadline_ns is not None and pending.deadline_ns <= now:
+                continue  # it fails with the device's error: no time is left to retry it
+            pending.attempts += 1
+            self._queue.insert(pending)
+            retried.add(id(pending))
+        if retried:
+            self._arrival.set()
+        return retried
 
     async def close(self, timeout: float = 30.0) -> None:
         """Stop taking requests, finish the queued and running ones, then stop."""
@@ -399,8 +384,5 @@ class DynamicBatcher:
         self._loop_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._loop_task
-        while self._queue:
-            pending = self._remove(len(self._queue) - 1)
-            if not pending.future.done():
-                pending.future.set_exception(Overloaded("model version was unloaded"))
+        self._queue.fail_all(Overloaded("model version was unloaded"))
         await self.pool.call(lambda: None)

@@ -7,8 +7,9 @@ Times are integers in nanoseconds on one monotonic clock (the batcher's ``time.p
 from __future__ import annotations
 
 import bisect
+import collections
 import heapq
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Protocol
 
 from medserve.scheduling.batching import BatchKey
@@ -52,7 +53,11 @@ def _meetable(deadline_ns: int | None, now_ns: int, cost_ns: int | None) -> int 
 
 
 def select_urgent_batch(
-    queue: Sequence[Queued], max_batch_size: int, now_ns: int, estimate: Estimate
+    queue: Sequence[Queued],
+    max_batch_size: int,
+    now_ns: int,
+    estimate: Estimate,
+    max_cost_ns: int | None = None,
 ) -> list[int]:
     """Indices into ``queue`` (sorted by :func:`urgency`) of the requests forming the next batch.
 
@@ -65,7 +70,12 @@ def select_urgent_batch(
       before a waiting higher one);
     * the estimated execution time of the grown batch still lets every member that could meet its
       deadline meet it (the first request that would make one miss ends the batch). A member that
-      would miss its deadline even so does not bound the batch.
+      would miss its deadline even so does not bound the batch;
+    * the estimated execution time stays within ``max_cost_ns`` when given (the batcher's reserve for
+      more urgent requests that may arrive while it runs, see :meth:`ArrivalRates.urgent_budget_ns`);
+    * a request of a lower class than the head joins only if the head keeps the time of one more lone
+      execution as slack before its deadline (execution times vary; the head must not miss its
+      deadline for the sake of a less urgent request).
     """
     if not queue:
         return []
@@ -87,12 +97,24 @@ def select_urgent_batch(
         cost = estimate(total + item.size)
         if cost is not None and tightest is not None and now_ns + cost > tightest:
             break
+        if cost is not None and max_cost_ns is not None and cost > max_cost_ns:
+            break
+        if item.priority > head.priority and _crowds(head, now_ns, cost, estimate):
+            break
         chosen.append(index)
         total += item.size
         own = _meetable(item.deadline_ns, now_ns, cost)
         if own is not None:
             tightest = own if tightest is None else min(tightest, own)
     return chosen
+
+
+def _crowds(head: Queued, now_ns: int, cost_ns: int | None, estimate: Estimate) -> bool:
+    """Whether a batch costing ``cost_ns`` leaves ``head`` less than one lone execution of slack."""
+    lone = estimate(head.size)
+    if head.deadline_ns is None or cost_ns is None or lone is None:
+        return False
+    return now_ns + cost_ns + lone > head.deadline_ns
 
 
 def latest_start_ns(deadlines: Iterable[int | None], cost_ns: int | None, now_ns: int) -> int | None:
@@ -128,6 +150,14 @@ class ServiceTimes:
             self._ns[batch_size] = float(ns)
         else:
             self._ns[batch_size] = previous + self.alpha * (ns - previous)
+
+    def seed(self, estimates_ns: Mapping[int, int]) -> None:
+        """Start from ``estimates_ns`` (execution time per batch size, e.g. a stored profile's p50s) for
+        the sizes not measured yet; live executions then move them as usual."""
+        for batch_size, ns in estimates_ns.items():
+            if batch_size >= 1 and ns >= 0 and batch_size not in self._ns:
+                bisect.insort(self._sizes, batch_size)
+                self._ns[batch_size] = float(ns)
 
     @property
     def measured(self) -> bool:
@@ -213,6 +243,61 @@ def estimate_completion_ns(
     for duration in durations:
         heapq.heappush(free, heapq.heappop(free) + duration)
     return heapq.heappop(free) + own_ns
+
+
+class ArrivalRates:
+    """Recent arrivals per priority level over the last ``window_ns`` (a sliding window): their rate,
+    and the time budget (deadline minus arrival) of the latest request with a deadline."""
+
+    def __init__(self, window_ns: int = 10_000_000_000) -> None:
+        if window_ns <= 0:
+            raise ValueError("window_ns must be > 0")
+        self.window_ns = window_ns
+        self._times: dict[int, collections.deque[int]] = {}
+        self._budgets: dict[int, tuple[int, int]] = {}  # level -> (arrival ns, budget ns)
+
+    def note(self, priority: int, now_ns: int, size: int = 1, budget_ns: int | None = None) -> None:
+        """``size`` batch items of level ``priority`` arrived at ``now_ns``, due ``budget_ns`` later."""
+        times = self._times.setdefault(priority, collections.deque())
+        times.extend([now_ns] * max(size, 1))
+        self._prune(times, now_ns)
+        if budget_ns is not None:
+            self._budgets[priority] = (now_ns, budget_ns)
+
+    def urgent_budget_ns(self, priority: int, now_ns: int) -> int | None:
+        """The smallest budget of the levels more urgent than ``priority`` seen within the window: a
+        batch of ``priority`` that runs longer than that (less the urgent request's own execution)
+        would make such a request, arriving just after it started, miss its deadline. None when no
+        more urgent request with a deadline came lately."""
+        recent = [
+            budget
+            for level, (seen, budget) in self._budgets.items()
+            if level < priority and seen > now_ns - self.window_ns
+        ]
+        return min(recent) if recent else None
+
+    def _prune(self, times: collections.deque[int], now_ns: int) -> None:
+        while times and times[0] <= now_ns - self.window_ns:
+            times.popleft()
+
+    def above(self, priority: int, now_ns: int) -> float:
+        """Batch items per second of the levels more urgent than ``priority``."""
+        count = 0
+        for level, times in self._times.items():
+            if level < priority:
+                self._prune(times, now_ns)
+                count += len(times)
+        return count / (self.window_ns / 1e9)
+
+
+def stretched_ns(completion_ns: int, urgent_per_s: float, item_ns: int | None, cap: float = 0.9) -> int:
+    """``completion_ns`` of queued work, stretched by more urgent work that will arrive meanwhile and go
+    first: at ``urgent_per_s`` items a second of ``item_ns`` each, the instance spends a share
+    ``rho = urgent_per_s × item_ns`` (at most ``cap``) on it, so the rest takes ``1 / (1 - rho)`` as long."""
+    if item_ns is None or urgent_per_s <= 0:
+        return completion_ns
+    rho = min(cap, urgent_per_s * item_ns / 1e9)
+    return int(completion_ns / (1 - rho))
 
 
 def retry_after_s(completion_ns: int, budget_ns: int) -> float | None:

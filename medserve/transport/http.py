@@ -18,11 +18,11 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from medserve.core.errors import (
+    Conflict,
     DeadlineExceeded,
     InferenceFailed,
     InvalidConfig,
     InvalidInput,
-    Conflict,
     JobNotFound,
     MedserveError,
     ModelLoadError,
