@@ -215,44 +215,23 @@ def load_version(
     digest = sha256_file(artifact)
     lineage = check(name, version, artifact, digest) if check is not None else {}
     plan = placer.plan(name, version, config, artifact, digest) if placer is not None else None
+
+    def loaded(plan: InstancePlan, groups: tuple[InstanceGroup, ...]) -> LoadedVersion:
+        slots, inputs, outputs = _build_plan(groups, artifact.parent, config)
+        if plan.decision is None and not plan.groups:  # placed by config.yaml: record where it landed
+            plan = replace(plan, groups=tuple(replace(g, device=slots[0].device) for g in groups))
+        instances = [s.instance for s in slots]
+        return LoadedVersion(
+            name, version, config, artifact, digest, instances, inputs, outputs, lineage, plan, slots
+        )
+
     if plan is not None and plan.groups:
         try:
-            slots, inputs, outputs = _build_plan(plan.groups, artifact.parent, config)
-            return LoadedVersion(
-                name,
-                version,
-                config,
-                artifact,
-                digest,
-                [s.instance for s in slots],
-                inputs,
-                outputs,
-                lineage,
-                plan,
-                slots,
-            )
+            return loaded(plan, plan.groups)
         except MedserveError as exc:
             why = f"{plan.explanation}; but its instances failed to load ({exc}): config.yaml's values used"
             log.warning("model %s version %s: %s", name, version, why)
             plan = InstancePlan("config", why)
     group = _config_group(name, config, artifact)
-    slots, inputs, outputs = _build_plan((group,), artifact.parent, config)
-    config_plan = InstancePlan(
-        "config",
-        plan.explanation if plan is not None else "placed by config.yaml",
-        (replace(group, device=slots[0].device),),
-        decision=None,
-    )
-    return LoadedVersion(
-        name,
-        version,
-        config,
-        artifact,
-        digest,
-        [s.instance for s in slots],
-        inputs,
-        outputs,
-        lineage,
-        config_plan,
-        slots,
-    )
+    why = plan.explanation if plan is not None else "placed by config.yaml"
+    return loaded(InstancePlan("config", why, (), decision=None), (group,))
