@@ -6,18 +6,25 @@ from __future__ import annotations
 import asyncio
 import io
 from pathlib import Path
+from typing import cast
 
+import numpy as np
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 from sqlalchemy import select
 
+from medserve.clinical.dicom import preprocessing as prep
+from medserve.clinical.dicom import synthetic
+from medserve.clinical.dicom.series_to_volume import series_to_volume
 from medserve.core.errors import InvalidConfig, InvalidInput
 from medserve.imaging import instance_store as states
 from medserve.imaging.config import load_config
 from medserve.imaging.destinations import Destination, ExportFailed, ExportItem
 from medserve.imaging.instance_store import InstanceStore, NotDicom, parse_instance
+from medserve.imaging.model_client import ModelClient, ModelInfo
 from medserve.imaging.outbox import FAILED, PENDING, SENT, Outbox
+from medserve.imaging.pipelines import PipelineSpec, segment_3d
 from medserve.store.database import Database
 from medserve.store.tables import DicomSeriesRow, ExportRow, ImagingResultRow
 from medserve.transport.dicomweb import iter_parts
@@ -227,3 +234,57 @@ async def test_destinations_take_only_their_kinds(migrated_database: Database, t
     _result(migrated_database, outbox, "fhir")
     with migrated_database.session() as session:
         assert sorted(session.scalars(select(ExportRow.destination)).all()) == ["folder"]
+
+
+class _RecordingModel:
+    """Stands in for ``ModelClient`` where a test needs to see the patches a pipeline sends: answers
+    every patch with "background everywhere"."""
+
+    def __init__(self, preprocessing: dict[str, object]) -> None:
+        self.patches: list[np.ndarray] = []
+        self.metadata = {"preprocessing": preprocessing, "labels": ["background", "lesion"]}
+
+    def info(self, model: str) -> ModelInfo:
+        return ModelInfo(model, "1", "0" * 64, "cpu", self.metadata, "image", "probabilities")
+
+    def infer_each(
+        self, model: str, arrays: list[np.ndarray], priority_class: str = "bulk"
+    ) -> list[np.ndarray]:
+        self.patches.extend(arrays)
+        background = np.zeros((2, *arrays[0].shape[1:]), dtype=np.float32)
+        background[0] = 1.0
+        return [background for _ in arrays]
+
+
+def test_a_volume_smaller_than_a_patch_is_padded_with_its_edge_voxels(tmp_path: Path) -> None:
+    """A short CT (8 slices of 2.5 mm = 20 mm, patches of 32 at 2 mm) goes on past its last slice as
+    its outer slices, not as air, unless the model's metadata says ``padding: constant``."""
+    paths = synthetic.write_study(
+        "CT", tmp_path / "ct", seed=4, shape=(8, 32, 32), spacing=(2.5, 2.0, 2.0), lesions=(1, 1)
+    )
+    datasets = [pydicom.dcmread(p) for p in paths]
+    spec = PipelineSpec("ct", "segmentation_3d", "ct_model")
+    settings = {"window": [-200, 300], "spacing_mm": [2.0, 2.0, 2.0], "patch_size": [32, 32, 32]}
+
+    edge = _RecordingModel(settings)
+    result = segment_3d(spec, datasets, cast(ModelClient, edge))
+    assert result.summary == "0 lesion(s), total volume 0.0 mL"
+    volume = series_to_volume(datasets)
+    iso, _ = prep.resample(prep.window(volume.array, -200, 300), volume.spacing, (2.0, 2.0, 2.0))
+    n = iso.shape[0]
+    before = (32 - n) // 2
+    assert iso.shape[1:] == (32, 32) and 0 < n < 32
+    (patch,) = edge.patches  # one patch once padded along the slices
+    image = patch[0]
+    assert np.array_equal(image[before : before + n], iso)
+    assert all(np.array_equal(image[k], iso[0]) for k in range(before))
+    assert all(np.array_equal(image[k], iso[-1]) for k in range(before + n, 32))
+
+    constant = _RecordingModel({**settings, "padding": "constant"})
+    segment_3d(spec, datasets, cast(ModelClient, constant))
+    (patch,) = constant.patches
+    assert np.array_equal(patch[0][before : before + n], iso)
+    assert not patch[0][:before].any() and not patch[0][before + n :].any()
+
+    with pytest.raises(InvalidConfig, match="model 'ct_model' asks for padding 'wrap'"):
+        segment_3d(spec, datasets, cast(ModelClient, _RecordingModel({**settings, "padding": "wrap"})))

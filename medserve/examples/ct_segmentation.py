@@ -109,7 +109,7 @@ CONFIG: dict[str, Any] = {
             "overlap": OVERLAP,
             "scaling": "(clip(HU, -200, 300) + 200) / 500, i.e. [0, 1]",
             "axes": "(slice, row, column) = (z, y, x); one patch per batch item, [N, 1, 48, 48, 48]",
-            "padding": "volumes smaller than a patch padded with 0 (air after scaling)",
+            "padding": "edge",
             "output": "softmax probabilities [N, 2, 48, 48, 48]; lesion where channel 1 > channel 0",
         },
         "input_preprocessing": (
@@ -168,14 +168,15 @@ def preprocess(hu: np.ndarray) -> np.ndarray:
 def segment(hu: np.ndarray, spacing: Sequence[float], run: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
     """Lesion mask (uint8, shape of ``hu``) of a CT volume ``(z, y, x)`` in HU at ``spacing`` mm, the
     way ``medserve.imaging``'s ``segmentation_3d`` pipeline computes it: window, resample to
-    ``SPACING_MM`` (linear), pad, ``PATCH``^3 sliding windows (``OVERLAP``, gaussian-weighted),
-    argmax, nearest-neighbour back to the original grid. ``run`` maps patches ``[N, 1, 48, 48, 48]``
-    to probabilities ``[N, 2, 48, 48, 48]`` (an onnxruntime session, a served model)."""
+    ``SPACING_MM`` (linear), pad by repeating the edge voxels, ``PATCH``^3 sliding windows
+    (``OVERLAP``, gaussian-weighted), argmax, nearest-neighbour back to the original grid. ``run``
+    maps patches ``[N, 1, 48, 48, 48]`` to probabilities ``[N, 2, 48, 48, 48]`` (an onnxruntime
+    session, a served model)."""
     from medserve.clinical.dicom import preprocessing as prep
 
     image, _ = prep.resample(preprocess(hu), spacing, (SPACING_MM,) * 3)
     patch = (PATCH, PATCH, PATCH)
-    padded, crop = prep.pad_to(image, patch)
+    padded, crop = prep.pad_to(image, patch, mode="edge")
     windows = prep.sliding_window_patches(padded.shape, patch, OVERLAP)
     accumulator = prep.PatchAccumulator((len(LABELS), *padded.shape), patch)
     for first in range(0, len(windows), 8):

@@ -5,7 +5,8 @@ Two kinds, each parameterised by its model's configuration metadata so a new mod
 - ``classification_2d`` (X-ray, ultrasound frames): frames → modality LUT / MONOCHROME1 inversion →
   resize → intensities to [0, 1] → one request per frame → findings above each label's threshold.
 - ``segmentation_3d`` (CT, MR): slices → volume ordered along the slice normal → HU window (CT) or
-  z-score (MR) → resample to the model's spacing → sliding-window patches, one request each → argmax
+  z-score (MR) → resample to the model's spacing → padded to a patch where smaller (by repeating the
+  edge voxels unless the model says otherwise) → sliding-window patches, one request each → argmax
   → label map back on the original grid → connected components with volumes.
 
 They run in a worker thread: decoding and array work stay off the event loop.
@@ -27,6 +28,11 @@ from medserve.core.errors import InvalidConfig
 from medserve.imaging.model_client import ModelClient, ModelInfo
 
 KINDS = ("classification_2d", "segmentation_3d")
+PADDING_MODES = ("edge", "reflect", "constant")
+"""How a volume smaller than a patch is padded (``metadata.preprocessing.padding``; numpy.pad's modes,
+``constant`` pads with 0 on the model's intensity scale). The default, ``edge``, repeats the outer
+voxels: a scan's field of view ends mid-body, and air beyond the last slice is an edge the model never
+saw in training (a zero-padded short CT gave the example model false lesions on its first slice)."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,16 @@ def run_pipeline(
 def _preprocessing(info: ModelInfo) -> dict[str, Any]:
     value = info.metadata.get("preprocessing", {})
     return dict(value) if isinstance(value, dict) else {}
+
+
+def _padding(spec: PipelineSpec, settings: dict[str, Any]) -> str:
+    mode = str(settings.get("padding", "edge"))
+    if mode not in PADDING_MODES:
+        raise InvalidConfig(
+            f"pipeline '{spec.name}': model '{spec.model}' asks for padding '{mode}' "
+            f"(one of {', '.join(PADDING_MODES)})"
+        )
+    return mode
 
 
 def classify_2d(
@@ -108,7 +124,7 @@ def segment_3d(spec: PipelineSpec, datasets: Sequence[pydicom.Dataset], models: 
         array, spacing = prep.resample(array, volume.spacing, target_spacing)
     patch = tuple(int(v) for v in settings.get("patch_size", [64, 64, 64]))
     overlap = float(settings.get("overlap", 0.25))
-    padded, crop = prep.pad_to(array, patch)
+    padded, crop = prep.pad_to(array, patch, mode=_padding(spec, settings))
     windows = prep.sliding_window_patches(padded.shape, patch, overlap)
     outputs = models.infer_each(spec.model, [padded[w][None] for w in windows], spec.priority_class)
     accumulator = prep.PatchAccumulator((int(outputs[0].shape[0]), *padded.shape), patch)
