@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 from databases import Outage
 from sqlalchemy import func, select, text
@@ -22,7 +23,14 @@ from medserve.audit.journal import Journal, journal_name
 from medserve.audit.record import INFERENCE, TOKEN_CREATE, AuditEvent, from_json_line, seal, to_dict, verify
 from medserve.audit.rows import iter_records
 from medserve.audit.trail import AuditTrail
+from medserve.core.digest import tensors_digest
 from medserve.core.errors import StoreUnavailable
+from medserve.core.metrics import ServingMetrics
+from medserve.core.registry import ModelRegistry
+from medserve.core.service import OFFLOAD_DIGEST_BYTES, InferenceService
+from medserve.core.types import InferenceRequest, Tensor
+from medserve.repository.repository import ModelRepository
+from medserve.security.authenticate import Authenticator
 from medserve.store.database import Database
 from medserve.store.tables import AuditRecordRow
 
@@ -325,3 +333,47 @@ def test_journal_appends_from_two_handles_keep_one_chain(tmp_path: Path) -> None
     assert verify(first.iter_records()).ok and second.head()[0] == 20
     first.close()
     second.close()
+
+
+async def test_inference_records_name_inputs_and_outputs_by_digest(
+    migrated_database: Database, example_repository: Path, tmp_path: Path
+) -> None:
+    """Every inference's record carries the SHA-256 of its inputs and outputs; a request above
+    ``OFFLOAD_DIGEST_BYTES`` is hashed in a worker thread while the model runs, with the same result,
+    and a caller-supplied digest (a job's, made off the loop) is recorded as given."""
+    trail = AuditTrail(migrated_database, tmp_path / "audit", **FAST)
+    trail.open()
+    registry = ModelRegistry(ModelRepository(example_repository), ServingMetrics())
+    await registry.load("identity_fp32")
+    service = InferenceService(registry, Authenticator(None, None, disabled=True), audit=trail)
+    rng = np.random.default_rng(0)
+    sent: dict[str, tuple[list[Tensor], list[Tensor]]] = {}
+    try:
+        for request_id, count in (("small", 16), ("large", OFFLOAD_DIGEST_BYTES // 4 + 1024)):
+            data = rng.random((1, count), dtype=np.float32)
+            inputs = [Tensor("INPUT0", "FP32", data.shape, data)]
+            caller = await service.authenticate(None, door="test", request_id=request_id)
+            response = await service.infer(
+                InferenceRequest("identity_fp32", id=request_id, inputs=inputs), caller
+            )
+            assert np.array_equal(response.outputs[0].data, data)
+            sent[request_id] = (inputs, response.outputs)
+        given = await service.authenticate(None, door="job:test", request_id="given")
+        inputs = sent["small"][0]
+        await service.infer(
+            InferenceRequest("identity_fp32", id="given", inputs=inputs), given, input_digest="ab" * 32
+        )
+        wait_until(lambda: stored_count(migrated_database) == 3)
+    finally:
+        await registry.close()
+        trail.close()
+    records = {r.request_id: r for r in iter_records(migrated_database)}
+    assert sent["large"][0][0].data.nbytes > OFFLOAD_DIGEST_BYTES
+    for request_id, (inputs, outputs) in sent.items():
+        record = records[request_id]
+        assert (record.event, record.model, record.status) == (INFERENCE, "identity_fp32", "ok")
+        assert record.input_digest == tensors_digest(inputs) and record.output_digest == tensors_digest(
+            outputs
+        )
+    assert records["given"].input_digest == "ab" * 32
+    assert records["given"].output_digest == records["small"].output_digest

@@ -11,10 +11,11 @@ durably queued before the call returns.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
@@ -24,12 +25,17 @@ from medserve.audit.record import AuditEvent
 from medserve.core.digest import tensors_digest
 from medserve.core.errors import InvalidInput, MedserveError, ModelNotFound, Unauthenticated, Unsupported
 from medserve.core.registry import ModelRegistry
-from medserve.core.types import InferenceRequest, InferenceResponse, ModelMetadata, RepositoryEntry
+from medserve.core.types import InferenceRequest, InferenceResponse, ModelMetadata, RepositoryEntry, Tensor
 from medserve.security.access import Action, Caller, Principal
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+OFFLOAD_DIGEST_BYTES = 1 << 20
+"""Tensors larger than this (1 MiB: about 0.6 ms of SHA-256 here) are hashed for the audit record in
+a worker thread, the inputs while the model runs, so that a large request does not hold the event loop
+(and every other client) for the time of its hash."""
 
 #: Open Inference Protocol / Triton extensions this server implements.
 EXTENSIONS = (
@@ -158,7 +164,7 @@ class InferenceService:
         *,
         event: str = "inference",
         action: Action = Action.INFER,
-        input_digest: str = "",
+        input_digest: str | Awaitable[str] = "",
         output_digest: Callable[[T], str] | None = None,
         patient: object = "",
         study: object = "",
@@ -168,9 +174,15 @@ class InferenceService:
 
         ``facts`` may be filled by ``work`` while it runs (``model_version``, ``model_digest``,
         ``device``, ``request_id``). Doors whose unit of work is not an OIP request (a WebSocket
-        sample, a DICOM instance) use this directly; ``infer`` is built on it.
+        sample, a DICOM instance) use this directly; ``infer`` is built on it. ``input_digest`` may be
+        still on its way (an awaitable, hashing while ``work`` runs).
         """
-        caller.principal.require(action, model or None)  # "": not about one model (DICOM ingestion)
+        try:
+            caller.principal.require(action, model or None)  # "": not about one model (DICOM ingestion)
+        except BaseException:
+            if isinstance(input_digest, asyncio.Future):
+                input_digest.cancel()  # a refused call is not audited here: its hash is not needed
+            raise
         facts = {} if facts is None else facts
         started = time.perf_counter_ns()
         status, outcome = "ok", ""
@@ -187,6 +199,8 @@ class InferenceService:
             for raw, ref in ((patient, patient_ref), (study, study_ref)):
                 if raw not in (None, "") and str(raw) in outcome:
                     outcome = outcome.replace(str(raw), f"<{ref or 'redacted'}>")  # error texts may echo ids
+            if not isinstance(input_digest, str):
+                input_digest = await input_digest
             await self.record(
                 AuditEvent(
                     event=event,
@@ -280,38 +294,45 @@ class InferenceService:
         name = request.model_name
         pipeline = self._pipelines.get(name)
         facts = {"model_version": request.model_version, "request_id": request.id}
+        audited = self.audit is not None
+        output_digest = [""]
 
         async def run() -> InferenceResponse:
             if pipeline is not None:
                 if request.model_version not in ("", "1"):
                     raise ModelNotFound(f"pipeline '{name}' has only version '1'")
                 facts["model_version"] = "1"
-                return await pipeline.infer(request, caller)
-            model = self.registry.get(name, request.model_version)
-            facts.update(model_version=model.version, model_digest=model.loaded.sha256, device=model.device)
-            response = await model.infer(request)
-            if self._observer is not None:
-                self._observe(model.name, model.version, request, response)
+                response = await pipeline.infer(request, caller)
+            else:
+                model = self.registry.get(name, request.model_version)
+                facts.update(
+                    model_version=model.version, model_digest=model.loaded.sha256, device=model.device
+                )
+                response = await model.infer(request)
+                if self._observer is not None:
+                    self._observe(model.name, model.version, request, response)
+            if audited:
+                output_digest[0] = await digest_of(response.outputs)
             return response
 
+        if not audited:
+            given: str | Awaitable[str] = ""
+        elif input_digest is not None:
+            given = input_digest
+        elif _nbytes(request.inputs) > OFFLOAD_DIGEST_BYTES:
+            given = asyncio.ensure_future(asyncio.to_thread(tensors_digest, request.inputs))
+        else:
+            given = tensors_digest(request.inputs)
         return await self.call(
             caller,
             name,
             run,
-            input_digest=self._input_digest(request, input_digest),
-            output_digest=(lambda response: tensors_digest(response.outputs))
-            if self.audit is not None
-            else None,
+            input_digest=given,
+            output_digest=(lambda _response: output_digest[0]) if audited else None,
             patient=_first(request.parameters, PATIENT_PARAMETERS),
             study=_first(request.parameters, STUDY_PARAMETERS),
             facts=facts,
         )
-
-    def _input_digest(self, request: InferenceRequest, given: str | None) -> str:
-        """What the audit record names the inputs by (nothing to compute when nothing is audited)."""
-        if self.audit is None:
-            return ""
-        return given if given is not None else tensors_digest(request.inputs)
 
     def _observe(
         self, model: str, version: str, request: InferenceRequest, response: InferenceResponse
@@ -406,3 +427,14 @@ class InferenceService:
             lineage.pin(name, version, caller.principal.name)
         await self._audited_change("model.rollback", name, caller, lambda: self.registry.load(name))
         return {"model": name, "pinned": lineage.pinned(name), "serving": self.registry.versions(name)}
+
+
+def _nbytes(tensors: Sequence[Tensor]) -> int:
+    return sum(t.data.nbytes for t in tensors if isinstance(t.data, np.ndarray) and t.data.dtype != object)
+
+
+async def digest_of(tensors: Sequence[Tensor]) -> str:
+    """``tensors_digest``, in a worker thread when the tensors are larger than ``OFFLOAD_DIGEST_BYTES``."""
+    if _nbytes(tensors) > OFFLOAD_DIGEST_BYTES:
+        return await asyncio.to_thread(tensors_digest, tensors)
+    return tensors_digest(tensors)
