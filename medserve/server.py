@@ -95,6 +95,7 @@ class MedServer:
             self.metrics,
             trust.lineage,
             priority_classes=settings.priority_table(),
+            cross_model_wait_s=settings.cross_model_wait_s,
             placer=self.placer,
         )
         self.model_monitor = ModelMonitor(window_s=settings.monitoring_window_s)

@@ -221,6 +221,13 @@ class Settings(BaseSettings):
         default=DEFAULT_CLASS_NAME,
         description="Priority class of a request that names none (or sends priority 0).",
     )
+    cross_model_wait_s: float = Field(
+        default=0.5,
+        ge=0,
+        description="Precedence across models on one device: how long at most a batch waits while another "
+        "model has more urgent requests queued for that device or executing on it (0: models do not wait "
+        "for each other).",
+    )
 
     @model_validator(mode="after")
     def _priority_classes_consistent(self) -> Settings:

@@ -25,6 +25,7 @@ from medserve.core.types import (
 from medserve.core.validation import validate_inputs, validate_outputs
 from medserve.repository.config import TensorConfig
 from medserve.runtimes import Runtime
+from medserve.scheduling.arbiter import DeviceArbiter
 from medserve.scheduling.batcher import DynamicBatcher
 from medserve.scheduling.execution import ExecutionTimes
 from medserve.scheduling.failover import Failover
@@ -51,6 +52,7 @@ class ServedModel:
         metrics: ServingMetrics,
         classes: PriorityClasses = DEFAULT_CLASSES,
         placer: Placer | None = None,
+        arbiter: DeviceArbiter | None = None,
     ) -> None:
         self.loaded = loaded
         self.name = loaded.name
@@ -95,6 +97,7 @@ class ServedModel:
             label=label,
             faults=self.failover,
             meter=placer.energy if placer is not None else None,
+            arbiter=arbiter,
         )
         self._seed_estimates()
         metrics.watch_queue(self.name, self.version, self.batcher.queue_depth)

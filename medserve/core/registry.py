@@ -17,6 +17,7 @@ from medserve.core.metrics import ServingMetrics
 from medserve.core.model import LoadedVersion, Placer, ServedModel, load_version
 from medserve.core.types import RepositoryEntry
 from medserve.repository.repository import ModelRepository, VersionArtifact
+from medserve.scheduling.arbiter import DEFAULT_MAX_WAIT_S, DeviceArbiter
 from medserve.scheduling.priority import DEFAULT_CLASSES, PriorityClasses
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,7 @@ class ModelRegistry:
         *,
         priority_classes: PriorityClasses = DEFAULT_CLASSES,
         placer: Placer | None = None,
+        cross_model_wait_s: float = DEFAULT_MAX_WAIT_S,
     ) -> None:
         self.repository = repository
         self.metrics = metrics
@@ -72,6 +74,8 @@ class ModelRegistry:
         self.priority_classes = priority_classes
         #: automatic placement, device-fault failover, energy metering and live profiles (None: off)
         self.placer = placer
+        #: precedence across the models that share a device (None: each model's batcher on its own)
+        self.arbiter = DeviceArbiter(cross_model_wait_s) if cross_model_wait_s > 0 else None
         self._entries: dict[str, _Entry] = {}
 
     def _check(self, name: str, version: int, artifact: Path, digest: str) -> dict[str, Any]:
@@ -128,7 +132,7 @@ class ModelRegistry:
             retired = [m for v, m in entry.versions.items() if v not in attempt.failures]
             kept = {v: m for v, m in entry.versions.items() if v in attempt.failures}
             fresh = {
-                lv.version: ServedModel(lv, self.metrics, self.priority_classes, self.placer)
+                lv.version: ServedModel(lv, self.metrics, self.priority_classes, self.placer, self.arbiter)
                 for lv in attempt.loaded
             }
             entry.versions = {**kept, **fresh}

@@ -1,6 +1,8 @@
 """How a job reaches its model: through the core (``InferenceService.infer``), from the job's worker
 thread onto the event loop that owns the model, in the job's priority class (the lowest by default,
-so real-time traffic keeps its deadlines), a few batches in flight to keep the engine busy.
+so real-time traffic keeps its deadlines), a few batches in flight to keep the engine busy. Across
+models, the registry's device arbiter (:mod:`medserve.scheduling.arbiter`) holds a job batch back while
+another model on the device has more urgent work.
 
 Each batch is one Open Inference Protocol request and so one audit record (door ``job:<id>``, with
 input and output digests), exactly as if a client had sent it.
@@ -46,7 +48,6 @@ class CoreScorer:
         batch_size: int,
         priority_class: str,
         timeout_s: float = 3600.0,
-        max_yield_s: float = 0.5,
     ) -> None:
         if batch_size < 1:
             raise InvalidInput("batch_size must be at least 1")
@@ -58,7 +59,6 @@ class CoreScorer:
         self.batch_size = batch_size
         self.priority_class = priority_class
         self.timeout_s = timeout_s
-        self.max_yield_s = max_yield_s
         self._requests = 0
 
     def model_client(self) -> ModelClient:
@@ -76,22 +76,6 @@ class CoreScorer:
 
     async def score_async(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         return await self._run(self.requests(inputs))
-
-    async def yield_to_realtime(self) -> None:
-        """Precedence across models: a job batch waits while any model has more urgent requests
-        queued (each batcher orders its own queue; this keeps a job on model A from taking the cores
-        while a STAT request waits on model B). The wait is capped at ``max_yield_s`` per batch so
-        sustained real-time load slows a job down without stopping it."""
-        deadline = self.loop.time() + self.max_yield_s
-        while self.loop.time() < deadline and self._realtime_waiting():
-            await asyncio.sleep(0.001)
-
-    def _realtime_waiting(self) -> bool:
-        for model in self.service.registry.loaded_models():
-            batcher = model.batcher
-            if batcher.queue_depth() > batcher.queue_depth(self.priority_class):
-                return True
-        return False
 
     def requests(self, inputs: Mapping[str, np.ndarray]) -> list[tuple[InferenceRequest, str | None]]:
         """The chunk as requests of at most ``batch_size`` rows, each with its input digest."""
@@ -122,7 +106,6 @@ class CoreScorer:
 
         async def one(request: InferenceRequest, digest: str | None) -> dict[str, np.ndarray]:
             async with gate:
-                await self.yield_to_realtime()
                 response = await self.service.infer(request, self.caller, input_digest=digest)
             return {tensor.name: tensor.data for tensor in response.outputs}
 

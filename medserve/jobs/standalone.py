@@ -91,6 +91,7 @@ def run_standalone(
             ServingMetrics(),
             trust.lineage,
             priority_classes=settings.priority_table(),
+            cross_model_wait_s=settings.cross_model_wait_s,
         )
         service = InferenceService(
             registry,

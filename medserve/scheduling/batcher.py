@@ -21,6 +21,10 @@ measurement every request is admitted. Service times are measured as the event l
 requests: when full, a request of a lower class than the newcomer is shed to make room, else the
 newcomer is refused. A request whose deadline passes while queued is dropped with ``DeadlineExceeded``.
 
+Across models: with an ``arbiter`` (:mod:`medserve.scheduling.arbiter`, one per registry) a batch
+does not start on a device while another model has a more urgent request queued for it or executing on
+it (for at most the arbiter's ``max_wait_s`` per batch).
+
 Instances (:mod:`medserve.scheduling.pool`) may differ in device and batch limit: the batch is formed
 for the instance that takes it. Device faults: when ``faults`` recognises an engine error as one (a
 CUDA error, out of memory), a batch is not retried request by request on that instance; ``faults``
@@ -41,6 +45,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from medserve.core.errors import DeadlineExceeded, MedserveError, ModelNotReady, Overloaded
+from medserve.scheduling.arbiter import DeviceArbiter
 from medserve.scheduling.batching import batch_is_full, batch_key
 from medserve.scheduling.execution import (
     DeviceFaults,
@@ -100,6 +105,7 @@ class DynamicBatcher:
         service_times: ServiceTimes | None = None,
         faults: DeviceFaults | None = None,
         meter: Meter | None = None,
+        arbiter: DeviceArbiter | None = None,
     ) -> None:
         self.pool = pool
         self.output_names = output_names
@@ -121,6 +127,9 @@ class DynamicBatcher:
         self._arrival = asyncio.Event()
         self._running: set[asyncio.Task[None]] = set()
         self._closing = False
+        self._arbiter = arbiter
+        if arbiter is not None:
+            arbiter.join(self)
         self._loop_task = asyncio.get_running_loop().create_task(self._dispatch_loop())
 
     def queue_depth(self, class_name: str | None = None) -> int:
@@ -128,6 +137,14 @@ class DynamicBatcher:
         if class_name is None:
             return len(self._queue)
         return self._queue.depth(class_name)
+
+    def devices(self) -> list[str]:
+        """The devices its instances are on."""
+        return self.pool.devices()
+
+    def most_urgent_queued(self) -> int | None:
+        """The priority level of the most urgent queued request (None: nothing queued)."""
+        return self._queue[0].priority if self._queue else None
 
     # -- admission ----------------------------------------------------------------------------
     async def submit(
@@ -163,6 +180,8 @@ class DynamicBatcher:
         self._make_room(pending)
         self._queue.insert(pending)
         self._arrival.set()
+        if self._arbiter is not None:
+            self._arbiter.notify()
         return await future
 
     def _busy_ns(self, now: int) -> list[int]:
@@ -271,6 +290,7 @@ class DynamicBatcher:
 
     async def _next_batch(self) -> tuple[Slot, list[Pending]]:
         """The instance that takes the next batch, and the batch (formed for that instance)."""
+        yielding_since: int | None = None  # when this batch began to wait for other models' urgent work
         while True:
             now = time.perf_counter_ns()
             self._queue.purge(now)
@@ -296,6 +316,15 @@ class DynamicBatcher:
                     if until > now:
                         await self._wait_for_arrival(until - now)
                         continue
+            if self._arbiter is not None:
+                if yielding_since is None:
+                    yielding_since = now
+                left_s = self._arbiter.max_wait_s - (now - yielding_since) / 1e9
+                head = min(self._queue[i].priority for i in chosen)
+                if await self._arbiter.wait_turn(self, slot.device, head, left_s):
+                    if yielding_since == now:
+                        self._arbiter.waits_total += 1
+                    continue
             return slot, [self._queue.remove(index) for index in reversed(chosen)][::-1]
 
     async def _dispatch_loop(self) -> None:
@@ -303,6 +332,8 @@ class DynamicBatcher:
             await self.pool.wait_free()
             slot, batch = await self._next_batch()
             self.pool.take(slot, sum(p.size for p in batch))
+            if self._arbiter is not None:
+                self._arbiter.started(self, slot.device, min(p.priority for p in batch))
             task = asyncio.get_running_loop().create_task(self._execute(slot, batch))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
@@ -326,6 +357,8 @@ class DynamicBatcher:
         finally:
             del self._inflight[token]
             self.pool.release(slot.instance)
+            if self._arbiter is not None:
+                self._arbiter.finished(self, slot.device, min(p.priority for p in batch))
         # one execution: its time as the event loop sees it (the hop to the worker thread and back
         # included), so queue estimates count what a batch really occupies the instance for
         whole = time.perf_counter_ns() - started if len(executions) == 1 else 0
@@ -385,4 +418,6 @@ class DynamicBatcher:
         with contextlib.suppress(asyncio.CancelledError):
             await self._loop_task
         self._queue.fail_all(Overloaded("model version was unloaded"))
+        if self._arbiter is not None:
+            self._arbiter.leave(self)
         await self.pool.call(lambda: None)
