@@ -6,15 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import io
 import json
 import math
 import re
 import shutil
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pyarrow as pa
 import pyarrow.csv as pa_csv
@@ -31,15 +32,18 @@ from medserve.imaging.folder_scan import scan_folder
 from medserve.jobs.scoring import CoreScorer
 from medserve.jobs.spec import parse_spec
 from medserve.jobs.standalone import run_standalone
+from medserve.jobs.store import JobStore
 from medserve.jobs.workload import Item, ItemFailure, SourceError, Workload
 from medserve.jobs.workloads.dicom import DicomStudiesWorkload
 from medserve.repository.repository import ModelRepository
 from medserve.security.access import Caller, Principal, Role
 from medserve.settings import Settings, load_settings
+from medserve.store.database import Database
 from medserve.trust import build_trust
 
 CT_SHAPE, CT_SPACING = (24, 96, 96), (2.5, 2.0, 2.0)
 SUMMARY = re.compile(r"(\d+) lesion\(s\), total volume \d+\.\d mL")
+T = TypeVar("T")
 
 
 def _truth(folder: Path) -> dict[str, Any]:
@@ -275,6 +279,11 @@ def _caller(models: frozenset[str] | None = None) -> Caller:
     return Caller(Principal("tester", Role.ADMIN, models, "job:test"), "job:test", "test")
 
 
+def _write_now(write: Callable[[], T], what: str) -> T:
+    """``with_room`` for a chunk run outside a job: just write."""
+    return write()
+
+
 def _written(table: pa.Table, truth: dict[str, Any]) -> list[str]:
     """The file names the result row of ``truth``'s series lists."""
     (row,) = [r for r in table.to_pylist() if r["series_instance_uid"] == truth["series_instance_uid"]]
@@ -293,9 +302,9 @@ def test_a_chunk_run_again_leaves_one_set_of_results(
     stale.mkdir(parents=True)
     (stale / "SEG-1.2.3.dcm").write_bytes(b"half written")
     with job_core(_settings(tmp_path, example_repository), _caller()) as scorer:
-        first, failures = workload.run_chunk(items, scorer)
+        first, failures = workload.run_chunk(items, scorer, _write_now)
         assert first is not None and failures == []
-        second, _ = workload.run_chunk(items, scorer)
+        second, _ = workload.run_chunk(items, scorer, _write_now)
         assert second is not None
         listing = _series_files(results, ct)
         assert len(listing) == 3 and sorted(p.name for p in study_dir.iterdir()) == [
@@ -305,9 +314,65 @@ def test_a_chunk_run_again_leaves_one_set_of_results(
         assert first.drop_columns("files").equals(second.drop_columns("files"))
 
         only_sr = DicomStudiesWorkload(studies["source"], {"results_dir": str(results), "write": ["sr"]})
-        third, _ = only_sr.run_chunk(items, scorer)
+        third, _ = only_sr.run_chunk(items, scorer, _write_now)
         assert third is not None
         assert [n.split("-")[0] for n in _series_files(results, ct)] == ["SR"]
+
+
+def test_a_full_disk_while_writing_series_results_pauses_the_job(
+    studies: dict[str, Any], example_repository: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The series' SEG/SR/FHIR cannot be written (ENOSPC, twice): the job pauses saying so, tries again,
+    and ends with one set of results, as if the disk had never been full."""
+    import medserve.jobs.standalone as standalone
+    import medserve.jobs.workloads.dicom as dicom_workload
+
+    real = dicom_workload.write_results
+    refusals = {"left": 2}
+
+    def full_disk(result: Any, folder: Path) -> Any:
+        if refusals["left"]:
+            refusals["left"] -= 1
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "partial.dcm").write_bytes(b"cut short")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(result, folder)
+
+    paused: list[str] = []  # the job's error while paused, as ``job status`` shows it
+    store = JobStore(Database(f"sqlite:///{tmp_path / 'data' / 'medserve.db'}"))
+
+    class Watching(standalone.ProgressBar):  # type: ignore[misc, name-defined]
+        def __call__(self, progress: Any) -> None:
+            if progress.state == "paused":
+                paused.append(str(store.get(progress.job_id).error))
+            super().__call__(progress)
+
+    monkeypatch.setattr(dicom_workload, "write_results", full_disk)
+    monkeypatch.setattr(standalone, "ProgressBar", Watching)
+    shutil.rmtree(studies["source"] / "ct-bad")
+    spec = parse_spec(
+        {
+            "workload": "dicom_studies",
+            "source": str(studies["source"]),
+            "sink": {"path": str(tmp_path / "out" / "series.csv")},
+            "options": {"results_dir": str(studies["results"])},
+        }
+    )
+    settings = load_settings(
+        None, data_dir=tmp_path / "data", repository=example_repository, jobs_retry_s=0.05
+    )
+    out = io.StringIO()
+    job_id, state = run_standalone(settings, spec, out=out, install_signals=False)
+    assert state == "succeeded", out.getvalue()
+    ct = studies["ct"]
+    assert refusals["left"] == 0 and len(paused) == 1, paused
+    assert f"no space left while writing the results of series {ct['series_instance_uid']}" in paused[0]
+    assert store.get(job_id).error in (None, "")
+    study_dir = studies["results"] / ct["study_instance_uid"]
+    assert sorted(p.name for p in study_dir.iterdir()) == [ct["series_instance_uid"]]  # no staging left
+    assert [n.split("-")[0] for n in _series_files(studies["results"], ct)] == ["FHIR", "SEG", "SR"]
+    rows = pa_csv.read_csv(tmp_path / "out" / "series.csv").to_pylist()
+    assert sorted(r["status"] for r in rows) == ["done", "unmatched"]
 
 
 def test_a_caller_without_a_grant_runs_nothing(
@@ -320,5 +385,5 @@ def test_a_caller_without_a_grant_runs_nothing(
         job_core(settings, _caller(frozenset({"simple"}))) as scorer,
         pytest.raises(PermissionDenied, match="no grant for model 'ct_lesion_segmentation'"),
     ):
-        workload.run_chunk(items, scorer)
+        workload.run_chunk(items, scorer, _write_now)
     assert not studies["results"].exists()

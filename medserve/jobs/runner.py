@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -33,6 +33,8 @@ from medserve.jobs.store import CANCELLED, FAILED, PAUSED, QUEUED, RUNNING, SUCC
 from medserve.jobs.workload import Item, ItemFailure, Workload
 
 log = logging.getLogger("medserve.jobs")
+
+T = TypeVar("T")
 
 
 class Scorer(Protocol):
@@ -181,7 +183,7 @@ class JobRunner:
         pending = _Pending(chunk, len(entries), [e for e in entries if isinstance(e, ItemFailure)])
         run_chunk = getattr(self.workload, "run_chunk", None)
         if items and run_chunk is not None:  # a pipeline workload calls its models itself
-            pending.table, unusable = run_chunk(items, self.scorer)
+            pending.table, unusable = run_chunk(items, self.scorer, self._with_room)
             pending.failures.extend(unusable)
             pending.scored = len(items) - len(unusable)
         elif items:
@@ -221,12 +223,13 @@ class JobRunner:
         self._failed += len(failures)
         self._report(RUNNING)
 
-    def _with_room(self, write: Callable[[], None], what: str) -> None:
-        """Run ``write``; while the disk is full, pause the job and try again every ``retry_s``."""
+    def _with_room(self, write: Callable[[], T], what: str) -> T:
+        """Run ``write`` and return its value; while the disk is full, pause the job and try again
+        every ``retry_s``."""
         paused = False
         while True:
             try:
-                write()
+                value = write()
             except OSError as exc:
                 if not sinks.is_no_space(exc):
                     raise
@@ -244,7 +247,7 @@ class JobRunner:
             if paused:
                 log.info("job %s resumed: %s succeeded", self.job_id, what)
                 self.store.set_state(self.job_id, RUNNING)
-            return
+            return value
 
     # -- the sink -------------------------------------------------------------------------------
     def _finish(self) -> None:

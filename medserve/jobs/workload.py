@@ -9,13 +9,15 @@ about progress: the runner may stop it at any item and start it again from the f
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import pyarrow as pa
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -43,15 +45,25 @@ class SourceError(ValueError):
     """The source cannot be read at all (missing, unreadable, wrong format): refused at submit."""
 
 
+class WithRoom(Protocol):
+    """The runner's way to write while the disk may be full (see ``PipelineWorkload.run_chunk``)."""
+
+    def __call__(self, write: Callable[[], T], what: str) -> T: ...
+
+
 class PipelineWorkload(Protocol):
     """Optional, for workloads whose items are not one tensor each (a DICOM series goes through an
     imaging pipeline that makes many model calls): the runner calls ``run_chunk`` instead of
     ``featurise`` → score → ``rows``. ``scorer`` is the job's ``CoreScorer`` (``service``, ``loop``,
     ``caller``, ``priority_class``, ``model_client()``). Returns the chunk's result rows (with the
     ``index`` column) and the items that failed; every other item counts as scored. Whatever it writes
-    besides the rows must be idempotent: the chunk is run again if the job dies before its commit."""
+    besides the rows must be idempotent: the chunk is run again if the job dies before its commit.
+    ``with_room(write, what)`` runs ``write()`` and returns its value; while the disk is full the job
+    pauses (saying it was ``what``) and tries the same write again, as the runner does with its own."""
 
-    def run_chunk(self, items: Sequence[Item], scorer: Any) -> tuple[pa.Table | None, list[ItemFailure]]: ...
+    def run_chunk(
+        self, items: Sequence[Item], scorer: Any, with_room: WithRoom
+    ) -> tuple[pa.Table | None, list[ItemFailure]]: ...
 
 
 class Workload(Protocol):

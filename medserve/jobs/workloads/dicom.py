@@ -71,7 +71,7 @@ from medserve.imaging.model_client import ModelClient
 from medserve.imaging.pipelines import PipelineSpec, run_pipeline
 from medserve.imaging.results_writer import write_results
 from medserve.jobs.scoring import CoreScorer
-from medserve.jobs.workload import Item, ItemFailure, SourceError
+from medserve.jobs.workload import Item, ItemFailure, SourceError, WithRoom
 from medserve.security.access import Action
 
 RESULT_KINDS = ("seg", "sr", "fhir")
@@ -212,14 +212,15 @@ class DicomStudiesWorkload:
 
     # -- one chunk --------------------------------------------------------------------------------
     def run_chunk(
-        self, items: Sequence[Item], scorer: CoreScorer
+        self, items: Sequence[Item], scorer: CoreScorer, with_room: WithRoom
     ) -> tuple[pa.Table | None, list[ItemFailure]]:
         """Route, run and write each series (in this, the job's worker thread); the result rows
-        and the series that failed. A series is all or nothing: its results replace any earlier ones."""
+        and the series that failed. A series is all or nothing: its results replace any earlier ones;
+        while the disk is full, the job pauses before writing them and tries again."""
         rows: list[dict[str, Any]] = []
         failures: list[ItemFailure] = []
         for item in items:
-            outcome = self._series(item, scorer)
+            outcome = self._series(item, scorer, with_room)
             if isinstance(outcome, ItemFailure):
                 failures.append(outcome)
             else:
@@ -228,7 +229,7 @@ class DicomStudiesWorkload:
             return None, failures
         return pa.Table.from_pylist(rows, schema=RESULT_SCHEMA), failures
 
-    def _series(self, item: Item, scorer: CoreScorer) -> dict[str, Any] | ItemFailure:
+    def _series(self, item: Item, scorer: CoreScorer, with_room: WithRoom) -> dict[str, Any] | ItemFailure:
         series = item.payload
         if not isinstance(series, ScannedSeries):
             return ItemFailure(item.index, item.locator, "not a DICOM series of this source")
@@ -256,7 +257,10 @@ class DicomStudiesWorkload:
             result = self._run_audited(item.index, series, spec, scorer)
         except InvalidInput as exc:  # SeriesRejected included: the series cannot be used as it is
             return ItemFailure(item.index, item.locator, f"pipeline '{spec.name}': {exc}")
-        files = self._publish(result, series)
+        files = with_room(
+            lambda: self._publish(result, series),
+            f"writing the results of series {series.series_instance_uid}",
+        )
         row.update(
             model=result.algorithm.name,
             model_version=result.algorithm.version,
