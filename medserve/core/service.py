@@ -200,7 +200,11 @@ class InferenceService:
                 if raw not in (None, "") and str(raw) in outcome:
                     outcome = outcome.replace(str(raw), f"<{ref or 'redacted'}>")  # error texts may echo ids
             if not isinstance(input_digest, str):
-                input_digest = await input_digest
+                try:
+                    input_digest = await input_digest
+                except Exception:  # the record is written whatever happened to the hash
+                    log.exception("hashing the inputs of a %s call to %s failed", event, model)
+                    input_digest = ""
             await self.record(
                 AuditEvent(
                     event=event,
