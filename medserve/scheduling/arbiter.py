@@ -50,7 +50,7 @@ class DeviceArbiter:
         self._running: Counter[tuple[int, str, int]] = Counter()  # (member id, device, priority)
         self._changed: asyncio.Event | None = None
         self.waits_total = 0
-        """Batches that waited for another model's more urgent work (for tests and metrics)."""
+        """Batches that waited for another model's more urgent work (the tests read it)."""
 
     @property
     def members(self) -> tuple[Member, ...]:
