@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
-import shlex
 import sys
 import time
 from dataclasses import dataclass, field
@@ -33,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serving import DEFAULT_REPOSITORY, log, machine, write_section  # noqa: E402
+from serving import add_report_arguments, log, machine, run_report  # noqa: E402
 
 from medserve.core.errors import MedserveError  # noqa: E402
 from medserve.core.metrics import ServingMetrics  # noqa: E402
@@ -214,16 +213,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stat-rate", type=float, default=3.0, help="stat requests per second to B")
     parser.add_argument("--stat-deadline", type=float, default=3.0, help="stat deadline / lone inference p50")
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY)
-    parser.add_argument("--output", type=Path, default=Path("docs/BENCHMARKS.md"))
-    parser.add_argument("--no-write", action="store_true")
-    args = parser.parse_args(argv)
-    command = "python benchmarks/cross_model.py " + shlex.join(argv if argv is not None else sys.argv[1:])
-    body = asyncio.run(amain(args, command))
-    print(body)
-    if not args.no_write:
-        write_section(args.output, body, "cross-model", "Precedence across models on one device")
-    return 0
+    add_report_arguments(parser)
+    return run_report(
+        "cross_model.py", parser, argv, amain, "cross-model", "Precedence across models on one device"
+    )
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ import argparse
 import asyncio
 import datetime as dt
 import os
-import shlex
 import shutil
 import sys
 import tempfile
@@ -39,7 +38,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from runtimes import variants  # noqa: E402
-from serving import DEFAULT_REPOSITORY, machine, write_section  # noqa: E402
+from serving import add_report_arguments, machine, run_report  # noqa: E402
 
 from medserve.core.metrics import ServingMetrics  # noqa: E402
 from medserve.core.model import ServedModel, load_version  # noqa: E402
@@ -256,18 +255,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--instances", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--rounds", type=int, default=3, help="measurements of every configuration")
-    parser.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY)
-    parser.add_argument("--output", type=Path, default=Path("docs/BENCHMARKS.md"))
-    parser.add_argument("--no-write", action="store_true")
-    args = parser.parse_args(argv)
-    command = "python benchmarks/placement.py " + shlex.join(argv if argv is not None else sys.argv[1:])
-    body = asyncio.run(amain(args, command))
-    print(body)
-    if not args.no_write:
-        write_section(
-            args.output, body, "placement", "Placement quality: automatic against exhaustive search"
-        )
-    return 0
+    add_report_arguments(parser)
+    return run_report(
+        "placement.py",
+        parser,
+        argv,
+        amain,
+        "placement",
+        "Placement quality: automatic against exhaustive search",
+    )
 
 
 if __name__ == "__main__":

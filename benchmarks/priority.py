@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
-import shlex
 import sys
 import time
 from collections.abc import Callable
@@ -38,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serving import DEFAULT_REPOSITORY, machine, write_section  # noqa: E402
+from serving import add_report_arguments, machine, run_report  # noqa: E402
 
 from medserve.core.errors import DeadlineExceeded, MedserveError, Overloaded  # noqa: E402
 from medserve.core.metrics import ServingMetrics  # noqa: E402
@@ -358,18 +357,15 @@ def main(argv: list[str] | None = None) -> int:
         help="ONNX Runtime's allow_spinning (off by default here: spinning threads starve the event loop)",
     )
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY)
-    parser.add_argument("--output", type=Path, default=Path("docs/BENCHMARKS.md"))
-    parser.add_argument("--no-write", action="store_true")
-    args = parser.parse_args(argv)
-    command = "python benchmarks/priority.py " + shlex.join(argv if argv is not None else sys.argv[1:])
-    body = asyncio.run(amain(args, command))
-    print(body)
-    if not args.no_write:
-        write_section(
-            args.output, body, "priority", "Mixed-priority overload: SLO-aware scheduling against FIFO"
-        )
-    return 0
+    add_report_arguments(parser)
+    return run_report(
+        "priority.py",
+        parser,
+        argv,
+        amain,
+        "priority",
+        "Mixed-priority overload: SLO-aware scheduling against FIFO",
+    )
 
 
 if __name__ == "__main__":

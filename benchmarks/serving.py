@@ -11,6 +11,7 @@ replaces the serving section of ``docs/BENCHMARKS.md``: ``python benchmarks/serv
 from __future__ import annotations
 
 import argparse
+import asyncio
 import datetime as dt
 import json
 import os
@@ -24,7 +25,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -363,6 +364,33 @@ def write_section(
         text = text.rstrip("\n") + "\n\n" + section + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
+
+
+def add_report_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--repository``, ``--output`` and ``--no-write``, as the report-writing benchmarks take them."""
+    parser.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY)
+    parser.add_argument("--output", type=Path, default=Path("docs/BENCHMARKS.md"))
+    parser.add_argument("--no-write", action="store_true", help="print only; leave --output alone")
+
+
+def run_report(
+    script: str,
+    parser: argparse.ArgumentParser,
+    argv: list[str] | None,
+    produce: Callable[[argparse.Namespace, str], Coroutine[Any, Any, str]],
+    key: str,
+    title: str,
+) -> int:
+    """Parse ``argv``, run ``produce(args, command)`` (the command line of ``benchmarks/<script>``, for
+    the report), print the report and write it as the ``key`` section of ``--output`` unless
+    ``--no-write``."""
+    args = parser.parse_args(argv)
+    command = shlex.join(["python", f"benchmarks/{script}", *(sys.argv[1:] if argv is None else argv)])
+    body = asyncio.run(produce(args, command))
+    print(body)
+    if not args.no_write:
+        write_section(args.output, body, key, title)
+    return 0
 
 
 def log(message: str) -> None:
