@@ -42,17 +42,17 @@ from serving import log, write_section  # noqa: E402
 from medserve.core.metrics import ServingMetrics  # noqa: E402
 from medserve.core.registry import ModelRegistry  # noqa: E402
 from medserve.core.service import InferenceService  # noqa: E402
-from medserve.examples.repository import build_example_repository  # noqa: E402
-from medserve.jobs.examples import write_example_jobs  # noqa: E402
+from medserve.demo.jobs import write_example_jobs  # noqa: E402
+from medserve.demo.models.repository import build_example_repository  # noqa: E402
 from medserve.jobs.prepare import prepare  # noqa: E402
 from medserve.jobs.scoring import CoreScorer  # noqa: E402
 from medserve.jobs.spec import load_spec  # noqa: E402
 from medserve.jobs.standalone import run_standalone  # noqa: E402
 from medserve.jobs.workload import Item  # noqa: E402
 from medserve.repository.repository import ModelRepository  # noqa: E402
-from medserve.security.access import Caller  # noqa: E402
 from medserve.settings import load_settings  # noqa: E402
 from medserve.trust import build_trust  # noqa: E402
+from medserve.values.access import Caller  # noqa: E402
 
 DEFAULT_REPOSITORY = Path.home() / ".cache" / "medserve" / "bench_repository"
 WORKLOADS = ("variant_scoring", "virtual_screening", "operations_forecast")

@@ -29,7 +29,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from serving import machine, medserve, write_section  # noqa: E402
 
-from medserve.examples.repository import build_example_repository  # noqa: E402
+from medserve.demo.models.repository import build_example_repository  # noqa: E402
 
 MODEL = "identity_fp32"
 

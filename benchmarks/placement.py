@@ -42,14 +42,14 @@ from serving import add_report_arguments, machine, run_report  # noqa: E402
 
 from medserve.core.metrics import ServingMetrics  # noqa: E402
 from medserve.core.model import ServedModel, load_version  # noqa: E402
-from medserve.core.types import InferenceRequest, Tensor  # noqa: E402
-from medserve.examples.repository import build_example_repository  # noqa: E402
+from medserve.demo.models.repository import build_example_repository  # noqa: E402
 from medserve.hardware.devices import discover_devices  # noqa: E402
 from medserve.hardware.placement import decide, format_decision  # noqa: E402
 from medserve.hardware.placer import placement_request  # noqa: E402
 from medserve.hardware.profile import format_profile  # noqa: E402
 from medserve.hardware.profiler import profile_model  # noqa: E402
 from medserve.repository.repository import ModelRepository  # noqa: E402
+from medserve.values.types import InferenceRequest, Tensor  # noqa: E402
 
 MODEL, INPUT = "chest_xray_classifier", "image"
 SHAPE = (1, 1, 224, 224)

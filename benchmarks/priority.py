@@ -39,14 +39,14 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from serving import add_report_arguments, machine, run_report  # noqa: E402
 
-from medserve.core.errors import DeadlineExceeded, MedserveError, Overloaded  # noqa: E402
 from medserve.core.metrics import ServingMetrics  # noqa: E402
 from medserve.core.model import LoadedVersion, ServedModel, load_version  # noqa: E402
-from medserve.core.types import InferenceRequest, Tensor  # noqa: E402
-from medserve.examples.repository import build_example_repository  # noqa: E402
+from medserve.demo.models.repository import build_example_repository  # noqa: E402
 from medserve.repository.config import DynamicBatching  # noqa: E402
 from medserve.repository.repository import ModelRepository  # noqa: E402
 from medserve.scheduling.priority import PriorityClass, PriorityClasses  # noqa: E402
+from medserve.values.errors import DeadlineExceeded, MedserveError, Overloaded  # noqa: E402
+from medserve.values.types import InferenceRequest, Tensor  # noqa: E402
 
 MODEL, INPUT = "chest_xray_classifier", "image"
 SHAPE = (1, 1, 224, 224)

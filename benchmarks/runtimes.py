@@ -1,7 +1,7 @@
 """Per-runtime throughput and p99 latency of ``chest_xray_classifier`` on this machine's CPU.
 
 The trained example's ONNX file is written in every engine's format from the same weights
-(:func:`medserve.examples.runtime_artifacts.write_runtime_variants`: TorchScript ``.pt`` and
+(:func:`medserve.demo.models.runtime_artifacts.write_runtime_variants`: TorchScript ``.pt`` and
 ``torch.export`` ``.pt2`` through the ONNX-to-torch converter, OpenVINO IR), once, into a cache
 folder. Each runtime is loaded through medserve's own runtime class with its default options (one
 instance, the engine's default threads), checked against ONNX Runtime's outputs, and run back to back
@@ -33,7 +33,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from serving import DEFAULT_REPOSITORY, machine, write_section  # noqa: E402
 
-from medserve.examples.repository import build_example_repository  # noqa: E402
+from medserve.demo.models.repository import build_example_repository  # noqa: E402
 from medserve.hardware.profiler import summarise  # noqa: E402
 from medserve.runtimes import Runtime, runtime_class  # noqa: E402
 
@@ -65,7 +65,7 @@ def log(message: str) -> None:
 
 def variants(onnx_file: Path) -> dict[str, Path]:
     """The model in every engine's format, cached by the ONNX file's digest."""
-    from medserve.examples.runtime_artifacts import openvino_available, write_runtime_variants
+    from medserve.demo.models.runtime_artifacts import openvino_available, write_runtime_variants
 
     digest = hashlib.sha256(onnx_file.read_bytes()).hexdigest()[:16]
     folder = VARIANTS_ROOT / digest

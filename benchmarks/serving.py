@@ -38,7 +38,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 import yaml
 
-from medserve.examples.repository import build_example_repository
+from medserve.demo.models.repository import build_example_repository
 from medserve.runtimes.onnxruntime import OnnxRuntime
 
 MODEL, INPUT, OUTPUT = "chest_xray_classifier", "image", "probabilities"

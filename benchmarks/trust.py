@@ -32,7 +32,7 @@ import tritonclient.http as httpclient
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from serving import cpu_seconds, machine, medserve, write_section  # noqa: E402
 
-from medserve.examples.repository import build_example_repository  # noqa: E402
+from medserve.demo.models.repository import build_example_repository  # noqa: E402
 
 MODELS: dict[str, dict[str, tuple[int, ...]]] = {
     "simple": {"INPUT0": (1, 16), "INPUT1": (1, 16)},

@@ -22,8 +22,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from serving import machine, medserve, write_section  # noqa: E402
 
-from medserve.examples.repository import build_example_repository  # noqa: E402
-from medserve.streaming.simulator import run_ward  # noqa: E402
+from medserve.demo.models.repository import build_example_repository  # noqa: E402
+from medserve.demo.ward_simulator import run_ward  # noqa: E402
 
 LIMIT_MS = 200.0
 

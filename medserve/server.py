@@ -15,8 +15,6 @@ from collections.abc import Generator
 
 import uvicorn
 
-from medserve.audit.record import AuditEvent
-from medserve.core.errors import InvalidConfig, InvalidInput, PermissionDenied, StoreUnavailable
 from medserve.core.metrics import ServingMetrics
 from medserve.core.registry import ModelRegistry
 from medserve.core.service import InferenceService
@@ -29,7 +27,6 @@ from medserve.jobs.manager import JobManager, JobSettings
 from medserve.jobs.store import JobStore
 from medserve.monitoring.drift import ModelMonitor
 from medserve.repository.repository import ModelRepository
-from medserve.security.access import Caller, Principal, Role
 from medserve.security.tls import (
     TlsConfig,
     TlsHttpToolsProtocol,
@@ -48,6 +45,9 @@ from medserve.transport.http import build_app
 from medserve.transport.jobs import jobs_routes
 from medserve.transport.stream import stream_routes
 from medserve.trust import Trust, build_trust
+from medserve.values.access import Caller, Principal, Role
+from medserve.values.audit_event import AuditEvent
+from medserve.values.errors import InvalidConfig, InvalidInput, PermissionDenied, StoreUnavailable
 
 log = logging.getLogger("medserve")
 

@@ -13,13 +13,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from medserve.core.errors import InvalidConfig
 from medserve.scheduling.priority import (
     DEFAULT_CLASS_NAME,
     DEFAULT_CLASS_SPECS,
     PriorityClasses,
     build_classes,
 )
+from medserve.values.errors import InvalidConfig
 
 
 class _FileSource(PydanticBaseSettingsSource):

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from sqlalchemy.exc import SQLAlchemyError
 
 from medserve.audit.trail import AuditTrail
-from medserve.core.errors import StoreUnavailable
 from medserve.repository.lineage import Lineage
 from medserve.security.authenticate import Authenticator
 from medserve.security.certificates import CertificateGrants
@@ -21,6 +20,7 @@ from medserve.security.signing import TrustedKeys
 from medserve.security.tokens import TokenStore
 from medserve.settings import Settings
 from medserve.store.database import Database, default_url
+from medserve.values.errors import StoreUnavailable
 
 log = logging.getLogger("medserve")
 

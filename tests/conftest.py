@@ -1,5 +1,9 @@
 """Shared fixtures: the example repository (built once per run) and a real ``medserve serve``
-subprocess on free ports."""
+subprocess on free ports.
+
+The suite has two tiers that mirror the package: ``tests/unit`` (pure logic: no sockets, no
+subprocesses, no example models; enforced below) and ``tests/integration`` (real servers, real
+clients, the example models, PostgreSQL when ``MEDSERVE_TEST_POSTGRES_URL`` is set)."""
 
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from medserve.examples.repository import EXAMPLE_MODELS, build_example_repository
+from medserve.demo.models.repository import EXAMPLE_MODELS, build_example_repository
 
 pytest_plugins = ["databases"]
 
@@ -32,11 +36,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _examples_digest() -> str:
+    # The example models are built by the demonstration package alone (builders and the synthetic
+    # data they train on): only a change there rebuilds them.
     digest = hashlib.sha256()
-    sources = [
-        *(ROOT / "medserve" / "examples").glob("*.py"),
-        *(ROOT / "medserve" / "clinical").rglob("*.py"),
-    ]
+    sources = [*(ROOT / "medserve" / "demo").rglob("*.py")]
     for path in sorted(sources):
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
@@ -44,6 +47,28 @@ def _examples_digest() -> str:
 
 #: Models are built once and reused by later runs while the builder's code is unchanged.
 CACHE = Path(os.environ.get("MEDSERVE_TEST_CACHE", ROOT / ".cache")) / f"repository-{_examples_digest()}"
+
+
+UNIT = Path(__file__).resolve().parent / "unit"
+
+
+class UnitTierViolation(RuntimeError):
+    """A test of the unit tier tried to open a network connection or start a process."""
+
+
+@pytest.fixture(autouse=True)
+def _unit_tier_is_pure(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests under ``tests/unit`` may not connect, listen or start processes: such a test belongs in
+    ``tests/integration``."""
+    if not Path(str(request.node.fspath)).is_relative_to(UNIT):
+        return
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise UnitTierViolation(f"{request.node.nodeid}: unit tests use no sockets or subprocesses")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "bind", refuse)
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
 
 
 def free_port() -> int:

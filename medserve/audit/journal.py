@@ -38,7 +38,6 @@ import orjson
 
 from medserve.audit.record import (
     GENESIS,
-    AuditEvent,
     AuditRecord,
     RecordValues,
     event_values,
@@ -46,7 +45,8 @@ from medserve.audit.record import (
     to_json_line,
     values_from_json_line,
 )
-from medserve.core.errors import InvalidInput, StoreUnavailable
+from medserve.values.audit_event import AuditEvent
+from medserve.values.errors import InvalidInput, StoreUnavailable
 
 _NAME: Final = re.compile(r"^journal-(\d{6,})\.jsonl$")
 _LOCK_NAME: Final = "journal.lock"

@@ -23,61 +23,13 @@ from typing import Any, Final
 
 import orjson
 
-from medserve.core.errors import InvalidInput
 from medserve.store.tables import AuditRecordRow
+from medserve.values.audit_event import (
+    AuditEvent,
+)
+from medserve.values.errors import InvalidInput
 
 GENESIS: Final = "0" * 64
-
-# Event kinds.
-INFERENCE: Final = "inference"
-INGESTION: Final = "ingestion"
-EXPORT: Final = "export"
-MODEL_LOAD: Final = "model.load"
-MODEL_UNLOAD: Final = "model.unload"
-MODEL_ROLLBACK: Final = "model.rollback"
-AUTH_FAILURE: Final = "auth.failure"
-CONFIG_CHANGE: Final = "config.change"
-SERVER_START: Final = "server.start"
-SERVER_STOP: Final = "server.stop"
-TOKEN_CREATE: Final = "token.create"
-TOKEN_REVOKE: Final = "token.revoke"
-EVENT_KINDS: Final = frozenset(
-    {
-        INFERENCE,
-        INGESTION,
-        EXPORT,
-        MODEL_LOAD,
-        MODEL_UNLOAD,
-        MODEL_ROLLBACK,
-        AUTH_FAILURE,
-        CONFIG_CHANGE,
-        SERVER_START,
-        SERVER_STOP,
-        TOKEN_CREATE,
-        TOKEN_REVOKE,
-    }
-)
-
-
-@dataclass(frozen=True, slots=True)
-class AuditEvent:
-    """What happened; never patient data (``patient_ref``/``study_ref`` are pseudonymous references)."""
-
-    event: str
-    principal: str = ""
-    door: str = ""
-    model: str = ""
-    model_version: str = ""
-    model_digest: str = ""
-    device: str = ""
-    request_id: str = ""
-    input_digest: str = ""
-    output_digest: str = ""
-    status: str = "ok"
-    latency_us: int = 0
-    study_ref: str = ""
-    patient_ref: str = ""
-    detail: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -16,9 +16,9 @@ from medserve.audit.record import (
     check_values,
     record_tuple,
 )
-from medserve.core.errors import InvalidInput, StoreUnavailable
 from medserve.store.database import Database, describe_error
 from medserve.store.tables import AuditRecordRow
+from medserve.values.errors import InvalidInput, StoreUnavailable
 
 #: The advisory lock key (PostgreSQL) that serialises processes flushing audit records.
 AUDIT_LOCK_KEY: Final = 0x6D656473_0002

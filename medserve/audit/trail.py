@@ -30,10 +30,11 @@ from typing import Final
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from medserve.audit.journal import Journal
-from medserve.audit.record import AuditEvent, RecordValues
+from medserve.audit.record import RecordValues
 from medserve.audit.rows import AUDIT_LOCK_KEY, database_head, insert_records, record_at
-from medserve.core.errors import MedserveError, StoreUnavailable
 from medserve.store.database import Database, describe_error, lock_for_write
+from medserve.values.audit_event import AuditEvent
+from medserve.values.errors import MedserveError, StoreUnavailable
 
 log = logging.getLogger(__name__)
 

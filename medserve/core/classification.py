@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from medserve.core.errors import InvalidInput
+from medserve.values.errors import InvalidInput
 
 
 def classify(name: str, scores: np.ndarray, count: int, labels: Sequence[str], batched: bool) -> np.ndarray:

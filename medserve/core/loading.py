@@ -12,16 +12,16 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from medserve.core.datatypes import numpy_dtype
-from medserve.core.errors import MedserveError, ModelLoadError
 from medserve.repository.config import ModelConfig, TensorConfig
-from medserve.repository.repository import sha256_file
 from medserve.runtimes import Runtime, runtime_class
 from medserve.runtimes.base import EngineTensor
 from medserve.scheduling.execution import ExecutionTimes, Metered
 from medserve.scheduling.failover import slot_for
 from medserve.scheduling.plan import InstanceGroup, InstancePlan
 from medserve.scheduling.pool import Slot
+from medserve.values.datatypes import numpy_dtype
+from medserve.values.digest import sha256_file
+from medserve.values.errors import MedserveError, ModelLoadError
 
 log = logging.getLogger(__name__)
 

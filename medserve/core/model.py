@@ -9,19 +9,9 @@ from typing import Any
 import numpy as np
 
 from medserve.core.classification import classify
-from medserve.core.datatypes import TRITON_CONFIG_TYPES
-from medserve.core.errors import DeadlineExceeded, MedserveError, Overloaded
 from medserve.core.loading import ArtifactCheck, LoadedVersion, Placer, build_group, load_version
 from medserve.core.metrics import ServingMetrics, failure_reason
 from medserve.core.statistics import VersionStatistics
-from medserve.core.types import (
-    InferenceRequest,
-    InferenceResponse,
-    ModelMetadata,
-    RequestedOutput,
-    Tensor,
-    TensorMetadata,
-)
 from medserve.core.validation import validate_inputs, validate_outputs
 from medserve.repository.config import TensorConfig
 from medserve.runtimes import Runtime
@@ -36,6 +26,16 @@ from medserve.scheduling.priority import (
     PriorityClass,
     PriorityClasses,
     resolve_request_class,
+)
+from medserve.values.datatypes import TRITON_CONFIG_TYPES
+from medserve.values.errors import DeadlineExceeded, MedserveError, Overloaded
+from medserve.values.types import (
+    InferenceRequest,
+    InferenceResponse,
+    ModelMetadata,
+    RequestedOutput,
+    Tensor,
+    TensorMetadata,
 )
 
 __all__ = ["ArtifactCheck", "LoadedVersion", "Placer", "ServedModel", "load_version"]

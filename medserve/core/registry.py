@@ -12,13 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from medserve.core.errors import MedserveError, ModelLoadError, ModelNotFound
 from medserve.core.metrics import ServingMetrics
 from medserve.core.model import LoadedVersion, Placer, ServedModel, load_version
-from medserve.core.types import RepositoryEntry
 from medserve.repository.repository import ModelRepository, VersionArtifact
 from medserve.scheduling.arbiter import DEFAULT_MAX_WAIT_S, DeviceArbiter
 from medserve.scheduling.priority import DEFAULT_CLASSES, PriorityClasses
+from medserve.values.errors import MedserveError, ModelLoadError, ModelNotFound
+from medserve.values.types import RepositoryEntry
 
 log = logging.getLogger(__name__)
 

@@ -21,12 +21,12 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 
 from medserve import __version__
-from medserve.audit.record import AuditEvent
-from medserve.core.digest import tensors_digest
-from medserve.core.errors import InvalidInput, MedserveError, ModelNotFound, Unauthenticated, Unsupported
 from medserve.core.registry import ModelRegistry
-from medserve.core.types import InferenceRequest, InferenceResponse, ModelMetadata, RepositoryEntry, Tensor
-from medserve.security.access import Action, Caller, Principal
+from medserve.values.access import Action, Caller, Principal
+from medserve.values.audit_event import AuditEvent
+from medserve.values.digest import tensors_digest
+from medserve.values.errors import InvalidInput, MedserveError, ModelNotFound, Unauthenticated, Unsupported
+from medserve.values.types import InferenceRequest, InferenceResponse, ModelMetadata, RepositoryEntry, Tensor
 
 log = logging.getLogger(__name__)
 

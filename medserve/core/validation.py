@@ -6,9 +6,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from medserve.core.errors import InvalidInput
-from medserve.core.types import RequestedOutput, Tensor
 from medserve.repository.config import TensorConfig
+from medserve.values.errors import InvalidInput
+from medserve.values.types import RequestedOutput, Tensor
 
 
 def _dims_match(sent: Sequence[int], expected: Sequence[int]) -> bool:

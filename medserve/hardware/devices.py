@@ -22,9 +22,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from medserve.core.errors import InvalidConfig
 from medserve.hardware.cpu import probe_cpu
 from medserve.hardware.nvidia import Gpu, compute_features, probe_nvml, probe_torch_cuda, torch_cuda_count
+from medserve.values.errors import InvalidConfig
 
 DeviceKind = Literal["cpu", "cuda", "npu", "gpu"]
 

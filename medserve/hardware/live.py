@@ -16,9 +16,9 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from medserve.core.errors import StoreUnavailable
 from medserve.hardware.profile_store import ProfileStore
 from medserve.scheduling.plan import ProfileKey
+from medserve.values.errors import StoreUnavailable
 
 log = logging.getLogger(__name__)
 

@@ -12,9 +12,9 @@ import functools
 from collections.abc import Sequence
 from typing import Any
 
-from medserve.core.errors import InvalidConfig
 from medserve.hardware.devices import Discovery, canonical_device_id, discover_devices, resolve_device
 from medserve.hardware.profile import device_option
+from medserve.values.errors import InvalidConfig
 
 
 @functools.lru_cache(maxsize=1)

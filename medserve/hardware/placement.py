@@ -28,8 +28,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal, get_args
 
-from medserve.core.errors import InvalidConfig
 from medserve.hardware.profile import ProfilePoint
+from medserve.values.errors import InvalidConfig
 
 Objective = Literal["latency", "throughput", "energy", "cost"]
 #: the device id of the host CPU (one instance there: its engine already uses every core)

@@ -23,7 +23,6 @@ from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 
-from medserve.core.errors import MedserveError, StoreUnavailable
 from medserve.hardware.devices import Discovery, canonical_device_id, hardware_fingerprint
 from medserve.hardware.energy import (
     EnergyAccount,
@@ -54,6 +53,7 @@ from medserve.repository.config import ModelConfig
 from medserve.scheduling.execution import ExecutionTimes
 from medserve.scheduling.plan import InstanceGroup, InstancePlan, ProfileKey
 from medserve.scheduling.pool import Slot
+from medserve.values.errors import MedserveError, StoreUnavailable
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from xml.sax.saxutils import escape
 
-from medserve.core.errors import InvalidInput
 from medserve.hardware.profile import ModelProfile, ProfilePoint
+from medserve.values.errors import InvalidInput
 
 _COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 _PANEL_W, _PANEL_H = 420, 300

@@ -82,7 +82,7 @@ class ModelProfile:
 def artifact_digest(path: Path) -> str:
     """SHA-256 of the artifact (as ``medserve models`` shows it); of a folder: of its files' names and
     digests, so a MONAI bundle changes digest when any of its files does."""
-    from medserve.repository.repository import sha256_file
+    from medserve.values.digest import sha256_file
 
     if path.is_file():
         return sha256_file(path)

@@ -18,10 +18,10 @@ from typing import cast
 from sqlalchemy import delete, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from medserve.core.errors import StoreUnavailable
 from medserve.hardware.profile import ModelProfile, PointSource, PointStatus, ProfilePoint
 from medserve.store.database import Database, describe_error
 from medserve.store.tables import ModelProfileRow
+from medserve.values.errors import StoreUnavailable
 
 #: the p99 tracker's quantile
 _TAIL = 0.99

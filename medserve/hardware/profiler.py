@@ -32,8 +32,6 @@ from typing import Any
 
 import numpy as np
 
-from medserve.core.datatypes import numpy_dtype
-from medserve.core.errors import InvalidInput, ModelLoadError
 from medserve.hardware.devices import (
     RUNTIME_ENGINES,
     Device,
@@ -54,6 +52,8 @@ from medserve.hardware.profile import (
 from medserve.repository.config import ModelConfig, TensorConfig
 from medserve.repository.repository import ModelRepository
 from medserve.runtimes import Runtime, runtime_class, runtime_names
+from medserve.values.datatypes import numpy_dtype
+from medserve.values.errors import InvalidInput, ModelLoadError
 
 log = logging.getLogger(__name__)
 

@@ -24,8 +24,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from medserve.core.errors import InvalidConfig
 from medserve.imaging.pipelines import KINDS, PipelineSpec
+from medserve.values.errors import InvalidConfig
 
 
 class PipelineConfig(BaseModel):

@@ -33,7 +33,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from medserve.clinical.dicom.scu import send_files
-from medserve.core.errors import InvalidConfig, InvalidInput, MedserveError
+from medserve.values.errors import InvalidConfig, InvalidInput, MedserveError
 
 ItemKind = Literal["dicom", "fhir"]
 ITEM_KINDS: tuple[str, ...] = ("dicom", "fhir")

@@ -23,9 +23,9 @@ from pydicom.errors import InvalidDicomError
 from sqlalchemy import select
 
 from medserve.clinical.dicom.routing import series_attributes
-from medserve.core.errors import InvalidInput
 from medserve.store.database import Database
 from medserve.store.tables import DicomInstanceRow, DicomSeriesRow
+from medserve.values.errors import InvalidInput
 
 log = logging.getLogger(__name__)
 

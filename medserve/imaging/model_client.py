@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from medserve.core.errors import InvalidInput
 from medserve.core.registry import ModelRegistry
-from medserve.core.types import InferenceRequest, Tensor
+from medserve.values.errors import InvalidInput
+from medserve.values.types import InferenceRequest, Tensor
 
 #: Requests a pipeline keeps in flight at once: enough to fill the largest batches.
 IN_FLIGHT = 32

@@ -24,8 +24,8 @@ import pydicom
 from medserve.clinical.dicom import preprocessing as prep
 from medserve.clinical.dicom.results import Algorithm, Finding, ImagingResult, Segment
 from medserve.clinical.dicom.series_to_volume import series_to_frames, series_to_volume
-from medserve.core.errors import InvalidConfig
 from medserve.imaging.model_client import ModelClient, ModelInfo
+from medserve.values.errors import InvalidConfig
 
 KINDS = ("classification_2d", "segmentation_3d")
 PADDING_MODES = ("edge", "reflect", "constant")

@@ -26,11 +26,9 @@ from typing import Any
 import pydicom
 from sqlalchemy import select, update
 
-from medserve.audit.record import AuditEvent
 from medserve.clinical.dicom.results import ImagingResult
 from medserve.clinical.dicom.routing import RoutingRule, load_rules, route
 from medserve.clinical.dicom.series_to_volume import SeriesRejected
-from medserve.core.errors import InvalidInput, MedserveError
 from medserve.core.service import InferenceService
 from medserve.imaging import instance_store as states
 from medserve.imaging.config import ImagingConfig
@@ -39,9 +37,11 @@ from medserve.imaging.instance_store import InstanceStore, StoredInstance, parse
 from medserve.imaging.model_client import ModelClient
 from medserve.imaging.outbox import Outbox
 from medserve.imaging.pipelines import PipelineSpec, run_pipeline
-from medserve.security.access import Action, Caller
 from medserve.store.database import Database
 from medserve.store.tables import DicomSeriesRow, ExportRow, ImagingResultRow
+from medserve.values.access import Action, Caller
+from medserve.values.audit_event import AuditEvent
+from medserve.values.errors import InvalidInput, MedserveError
 
 log = logging.getLogger(__name__)
 

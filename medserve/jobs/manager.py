@@ -16,8 +16,6 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from medserve.audit.record import AuditEvent
-from medserve.core.errors import MedserveError
 from medserve.core.service import InferenceService
 from medserve.jobs.prepare import prepare
 from medserve.jobs.runner import JobRunner, failures_path
@@ -25,7 +23,9 @@ from medserve.jobs.scoring import CoreScorer, default_batch_size
 from medserve.jobs.spec import JobSpec
 from medserve.jobs.store import FAILED, SUCCEEDED, JobStatus, JobStore, runner_name
 from medserve.jobs.workload import ItemFailure
-from medserve.security.access import Action, Caller, Principal, Role
+from medserve.values.access import Action, Caller, Principal, Role
+from medserve.values.audit_event import AuditEvent
+from medserve.values.errors import MedserveError
 
 log = logging.getLogger("medserve.jobs")
 

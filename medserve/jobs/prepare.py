@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from medserve.core.errors import InvalidInput
 from medserve.jobs.spec import GENERIC_SINKS, JobSpec
 from medserve.jobs.workload import Workload
 from medserve.jobs.workloads import open_workload, workload_kind
+from medserve.values.errors import InvalidInput
 
 
 def prepare(spec: JobSpec, model_exists: Callable[[str], None]) -> tuple[JobSpec, Workload]:

@@ -26,11 +26,11 @@ from typing import Protocol, TypeVar
 import numpy as np
 import pyarrow as pa
 
-from medserve.core.errors import MedserveError
 from medserve.jobs import sinks
 from medserve.jobs.spec import GENERIC_SINKS, JobSpec
 from medserve.jobs.store import CANCELLED, FAILED, PAUSED, QUEUED, RUNNING, SUCCEEDED, JobStore
 from medserve.jobs.workload import Item, ItemFailure, Workload
+from medserve.values.errors import MedserveError
 
 log = logging.getLogger("medserve.jobs")
 

@@ -16,13 +16,13 @@ from concurrent.futures import Future
 
 import numpy as np
 
-from medserve.core.datatypes import datatype_of
-from medserve.core.digest import tensors_digest
-from medserve.core.errors import InvalidInput
 from medserve.core.service import InferenceService
-from medserve.core.types import InferenceRequest, Tensor
 from medserve.imaging.model_client import ModelClient
-from medserve.security.access import Caller
+from medserve.values.access import Caller
+from medserve.values.datatypes import datatype_of
+from medserve.values.digest import tensors_digest
+from medserve.values.errors import InvalidInput
+from medserve.values.types import InferenceRequest, Tensor
 
 #: Batches a job keeps in flight: one running, one waiting, so the engine never idles between them.
 IN_FLIGHT = 2

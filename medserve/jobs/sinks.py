@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
-from medserve.core.errors import InvalidInput
+from medserve.values.errors import InvalidInput
 
 #: OS errors that mean "no room": the job pauses and tries again instead of failing.
 NO_SPACE_ERRNOS = frozenset({28, 122, 27})  # ENOSPC, EDQUOT, EFBIG

@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from medserve.core.errors import InvalidInput
+from medserve.values.errors import InvalidInput
 
 #: Sink formats the runner writes itself from the result rows; workloads may add their own (``vcf``).
 GENERIC_SINKS = ("parquet", "csv", "hits")

@@ -16,11 +16,11 @@ from typing import Any
 
 from sqlalchemy import func, select, update
 
-from medserve.core.errors import Conflict, JobNotFound
 from medserve.jobs.spec import JobSpec, parse_spec
 from medserve.jobs.workload import ItemFailure
 from medserve.store.database import Database
 from medserve.store.tables import JobChunkRow, JobFailureRow, JobRow
+from medserve.values.errors import Conflict, JobNotFound
 
 QUEUED, RUNNING, PAUSED = "queued", "running", "paused"
 SUCCEEDED, FAILED, CANCELLED = "succeeded", "failed", "cancelled"

@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from medserve.core.errors import InvalidConfig, ModelNotFound
+from medserve.values.errors import InvalidConfig, ModelNotFound
 
 PSI_EPSILON = 1e-4
 PSI_MODERATE = 0.1

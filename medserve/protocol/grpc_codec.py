@@ -14,9 +14,10 @@ from typing import Any
 import numpy as np
 from google.protobuf import json_format
 
-from medserve.core import datatypes
-from medserve.core.errors import InvalidInput
-from medserve.core.types import (
+from medserve.protocol.grpc_messages import pb
+from medserve.values import datatypes
+from medserve.values.errors import InvalidInput
+from medserve.values.types import (
     InferenceRequest,
     InferenceResponse,
     ModelMetadata,
@@ -26,7 +27,6 @@ from medserve.core.types import (
     Tensor,
     TensorMetadata,
 )
-from medserve.protocol.grpc_messages import pb
 
 # Which InferTensorContents field carries each datatype (FP16 and BF16 travel only as raw bytes).
 CONTENTS_FIELD: dict[str, str] = {

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from medserve.core.datatypes import (
+from medserve.values.datatypes import (
     bf16_bits_to_float,
     element_count,
     float_to_bf16_bits,
@@ -20,8 +20,8 @@ from medserve.core.datatypes import (
     numpy_dtype,
     raw_bytes,
 )
-from medserve.core.errors import InvalidInput
-from medserve.core.types import InferenceRequest, InferenceResponse, RequestedOutput, Tensor
+from medserve.values.errors import InvalidInput
+from medserve.values.types import InferenceRequest, InferenceResponse, RequestedOutput, Tensor
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 

@@ -22,8 +22,8 @@ from pydantic import (
     model_validator,
 )
 
-from medserve.core.datatypes import DATATYPES
-from medserve.core.errors import InvalidConfig
+from medserve.values.datatypes import DATATYPES
+from medserve.values.errors import InvalidConfig
 
 
 class _Strict(BaseModel):

@@ -22,10 +22,10 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
-from medserve.core.errors import InvalidConfig, InvalidInput, ModelLoadError, StoreUnavailable
 from medserve.security.signing import TrustedKeys, signature_path
 from medserve.store.database import Database
 from medserve.store.tables import ModelPinRow, ModelVersionRow
+from medserve.values.errors import InvalidConfig, InvalidInput, ModelLoadError, StoreUnavailable
 
 log = logging.getLogger(__name__)
 

@@ -2,26 +2,17 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from medserve.core.errors import InvalidConfig, ModelNotFound
 from medserve.repository.config import ModelConfig, load_model_config
+from medserve.values.errors import InvalidConfig, ModelNotFound
 
 
 @dataclass(frozen=True, slots=True)
 class VersionArtifact:
     version: int
     path: Path
-
-
-def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class ModelRepository:

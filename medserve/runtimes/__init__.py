@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import importlib
 
-from medserve.core.errors import ModelLoadError
 from medserve.runtimes.base import EngineTensor, Runtime
+from medserve.values.errors import ModelLoadError
 
 _RUNTIMES: dict[str, str | type[Runtime]] = {
     "onnxruntime": "medserve.runtimes.onnxruntime:OnnxRuntime",

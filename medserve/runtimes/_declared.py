@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from medserve.core.datatypes import DATATYPES
-from medserve.core.errors import MedserveError, ModelLoadError
 from medserve.runtimes.base import EngineTensor
+from medserve.values.datatypes import DATATYPES
+from medserve.values.errors import MedserveError, ModelLoadError
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ from typing import Any
 
 import torch
 
-from medserve.core.errors import InvalidConfig
 from medserve.runtimes.base import EngineTensor
+from medserve.values.errors import InvalidConfig
 
 log = logging.getLogger(__name__)
 

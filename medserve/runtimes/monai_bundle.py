@@ -76,9 +76,9 @@ from typing import Any
 import numpy as np
 import yaml
 
-from medserve.core.datatypes import numpy_dtype
-from medserve.core.errors import InferenceFailed, InvalidConfig, ModelLoadError
 from medserve.runtimes.base import EngineTensor, Runtime
+from medserve.values.datatypes import numpy_dtype
+from medserve.values.errors import InferenceFailed, InvalidConfig, ModelLoadError
 
 log = logging.getLogger(__name__)
 

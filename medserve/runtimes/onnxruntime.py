@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from medserve.core.errors import InferenceFailed, InvalidConfig, InvalidInput, ModelLoadError
 from medserve.runtimes.base import EngineTensor, Runtime
+from medserve.values.errors import InferenceFailed, InvalidConfig, InvalidInput, ModelLoadError
 
 log = logging.getLogger(__name__)
 

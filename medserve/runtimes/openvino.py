@@ -38,9 +38,9 @@ from typing import Any
 import numpy as np
 import openvino as ov
 
-from medserve.core.errors import InferenceFailed, InvalidConfig, ModelLoadError
 from medserve.runtimes._declared import repository_declaration
 from medserve.runtimes.base import EngineTensor, Runtime
+from medserve.values.errors import InferenceFailed, InvalidConfig, ModelLoadError
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@
 Tensors. TorchScript files carry no tensor names or shapes, so the engine takes them, in this order,
 from the model's ``config.yaml`` (``inputs``/``outputs``; the repository model the artifact is a
 version of), from a ``medserve.json`` embedded in the archive (``_extra_files`` of ``torch.jit.save``,
-``extra_files`` of ``torch.export.save``; written by ``medserve.examples.runtime_artifacts``), or, for
+``extra_files`` of ``torch.export.save``; written by ``medserve.demo.models.runtime_artifacts``), or, for
 ``.pt2`` only, from the exported program's signature (outputs then are ``OUTPUT__0``, ``OUTPUT__1``...).
 Inputs are passed positionally in the order of the module's ``forward`` parameters when their names
 match the tensor names, else in declared order. The module may return one tensor, a tuple/list (mapped
@@ -43,9 +43,9 @@ from typing import Any
 
 import numpy as np
 
-from medserve.core.errors import InferenceFailed, ModelLoadError
 from medserve.runtimes._declared import METADATA_FILE, parse_metadata, repository_declaration
 from medserve.runtimes.base import EngineTensor, Runtime
+from medserve.values.errors import InferenceFailed, ModelLoadError
 
 log = logging.getLogger(__name__)
 

@@ -44,7 +44,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from medserve.core.errors import DeadlineExceeded, MedserveError, ModelNotReady, Overloaded
 from medserve.scheduling.arbiter import DeviceArbiter
 from medserve.scheduling.batching import batch_is_full, batch_key
 from medserve.scheduling.execution import (
@@ -69,6 +68,7 @@ from medserve.scheduling.slo import (
     stretched_ns,
     urgency,
 )
+from medserve.values.errors import DeadlineExceeded, MedserveError, ModelNotReady, Overloaded
 
 __all__ = [
     "DeviceFaults",

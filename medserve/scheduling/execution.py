@@ -15,9 +15,9 @@ from typing import Protocol
 
 import numpy as np
 
-from medserve.core.errors import InferenceFailed, MedserveError
 from medserve.scheduling.batching import merge, split
 from medserve.scheduling.pool import Slot
+from medserve.values.errors import InferenceFailed, MedserveError
 
 
 @dataclass(slots=True)

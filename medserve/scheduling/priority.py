@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from medserve.core.errors import InvalidInput
+from medserve.values.errors import InvalidInput
 
 #: Request parameters read here.
 PRIORITY = "priority"

@@ -12,10 +12,10 @@ from typing import Any, overload
 
 import numpy as np
 
-from medserve.core.errors import DeadlineExceeded, MedserveError
 from medserve.scheduling.batching import BatchKey
 from medserve.scheduling.priority import PriorityClass
 from medserve.scheduling.slo import Urgency
+from medserve.values.errors import DeadlineExceeded, MedserveError
 
 
 @dataclass(slots=True, eq=False)

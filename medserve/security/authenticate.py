@@ -11,10 +11,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from medserve.core.errors import Unauthenticated
-from medserve.security.access import DEVELOPMENT, Principal
 from medserve.security.certificates import CertificateGrants
 from medserve.security.tokens import TokenStore
+from medserve.values.access import DEVELOPMENT, Principal
+from medserve.values.errors import Unauthenticated
 
 logger = logging.getLogger(__name__)
 

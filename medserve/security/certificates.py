@@ -16,11 +16,11 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
-from medserve.core.errors import InvalidInput, StoreUnavailable, Unauthenticated
-from medserve.security.access import Principal, Role
 from medserve.security.tokens import DEFAULT_CACHE_TTL, TtlCache, as_utc, normalise_grants, utcnow
 from medserve.store.database import Database
 from medserve.store.tables import ClientCertificateRow
+from medserve.values.access import Principal, Role
+from medserve.values.errors import InvalidInput, StoreUnavailable, Unauthenticated
 
 _MAX_CN = 256
 

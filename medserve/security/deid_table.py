@@ -35,7 +35,7 @@ from enum import StrEnum
 
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 
-from medserve.core.errors import InvalidConfig
+from medserve.values.errors import InvalidConfig
 
 
 class Action(StrEnum):

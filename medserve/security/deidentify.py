@@ -35,7 +35,6 @@ from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag, Tag
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
-from medserve.core.errors import InvalidConfig
 from medserve.security.deid_table import (
     TABLE,
     TEMPORAL_VRS,
@@ -45,6 +44,7 @@ from medserve.security.deid_table import (
     resolve,
 )
 from medserve.security.pseudonym import Pseudonymizer
+from medserve.values.errors import InvalidConfig
 
 #: Identifies medserve's de-identifier in the File Meta Information it writes.
 IMPLEMENTATION_CLASS_UID = f"2.25.{uuid.uuid5(uuid.NAMESPACE_URL, 'urn:medserve:deidentify').int}"

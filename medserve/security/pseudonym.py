@@ -20,7 +20,7 @@ import os
 import secrets
 from pathlib import Path
 
-from medserve.core.errors import InvalidConfig, InvalidInput
+from medserve.values.errors import InvalidConfig, InvalidInput
 
 log = logging.getLogger(__name__)
 

@@ -23,8 +23,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from medserve.core.errors import InvalidConfig, InvalidInput, ModelLoadError
-from medserve.repository.repository import sha256_file
+from medserve.values.digest import sha256_file
+from medserve.values.errors import InvalidConfig, InvalidInput, ModelLoadError
 
 ALGORITHM = "ed25519"
 SIGNATURE_SUFFIX = ".sig"

@@ -25,7 +25,7 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
-from medserve.core.errors import InvalidConfig
+from medserve.values.errors import InvalidConfig
 
 ClientAuth = Literal["none", "optional", "required"]
 _CERT_REQS: dict[str, ssl.VerifyMode] = {

@@ -28,10 +28,10 @@ from typing import Generic, TypeVar
 from sqlalchemy import select, update
 from sqlalchemy.exc import SQLAlchemyError
 
-from medserve.core.errors import InvalidInput, StoreUnavailable, Unauthenticated
-from medserve.security.access import Principal, Role
 from medserve.store.database import Database
 from medserve.store.tables import ApiTokenRow
+from medserve.values.access import Principal, Role
+from medserve.values.errors import InvalidInput, StoreUnavailable, Unauthenticated
 
 PREFIX = "msv_"
 ID_LENGTH = 12

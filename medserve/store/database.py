@@ -20,7 +20,7 @@ from sqlalchemy import Connection, Engine, create_engine, event, make_url, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from medserve.core.errors import InvalidConfig, StoreUnavailable
+from medserve.values.errors import InvalidConfig, StoreUnavailable
 
 
 def default_url(data_dir: Path) -> str:

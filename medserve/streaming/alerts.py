@@ -23,8 +23,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, TextIO
 
-from medserve.core.errors import InvalidInput, MedserveError
 from medserve.streaming.messages import Alert, SequenceId
+from medserve.values.errors import InvalidInput, MedserveError
 
 log = logging.getLogger(__name__)
 

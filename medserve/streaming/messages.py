@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from medserve.clinical.vitals.news2 import ACVPU, NEWS2Score, VitalSigns
-from medserve.core.errors import InvalidInput
+from medserve.values.errors import InvalidInput
 
 MONITOR_MODEL = "patient_monitor"
 

@@ -23,11 +23,8 @@ from medserve.clinical.fhir_observation import news2_observation
 from medserve.clinical.vitals.alert_policy import AlertEvent, AlertPolicy
 from medserve.clinical.vitals.news2 import NEWS2Score, score_news2
 from medserve.clinical.vitals.validation import ImplausibleVitalSign, check_value
-from medserve.core.errors import InvalidInput, MedserveError, ModelNotFound
 from medserve.core.metrics import ServingMetrics
 from medserve.core.service import InferenceService
-from medserve.core.types import InferenceRequest, Tensor
-from medserve.security.access import Caller
 from medserve.streaming.messages import (
     CONSCIOUSNESS_CODES,
     VITAL_FIELDS,
@@ -38,6 +35,9 @@ from medserve.streaming.messages import (
 )
 from medserve.streaming.rhythm import RhythmTracker, rhythm_observation
 from medserve.streaming.sessions import SampleVerdict, SequenceState, SessionManager
+from medserve.values.access import Caller
+from medserve.values.errors import InvalidInput, MedserveError, ModelNotFound
+from medserve.values.types import InferenceRequest, Tensor
 
 
 class AlertSink(Protocol):

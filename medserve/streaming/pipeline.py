@@ -8,9 +8,6 @@ from typing import Any
 
 import numpy as np
 
-from medserve.core.errors import InvalidInput
-from medserve.core.types import InferenceRequest, InferenceResponse, ModelMetadata, Tensor, TensorMetadata
-from medserve.security.access import Caller
 from medserve.streaming.messages import (
     MONITOR_MODEL,
     NEWS2_FIELDS,
@@ -20,6 +17,9 @@ from medserve.streaming.messages import (
     vitals_from_array,
 )
 from medserve.streaming.monitor import PatientMonitor
+from medserve.values.access import Caller
+from medserve.values.errors import InvalidInput
+from medserve.values.types import InferenceRequest, InferenceResponse, ModelMetadata, Tensor, TensorMetadata
 
 _INPUTS = {
     "SAMPLE_SEQ": ("INT64", [1]),

@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from medserve.core.errors import InvalidInput, Overloaded
 from medserve.streaming.ring_buffer import RingBuffer
+from medserve.values.errors import InvalidInput, Overloaded
 
 SequenceId = int | str
 """A Triton sequence id: a non-zero unsigned 64-bit integer, or a non-empty string."""

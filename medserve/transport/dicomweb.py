@@ -32,11 +32,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from medserve.core.errors import InvalidInput, ModelNotFound, PayloadTooLarge, StoreUnavailable
 from medserve.imaging.service import ImagingService, StudyMismatch
 from medserve.protocol.rest_codec import dumps
-from medserve.security.access import Action
 from medserve.transport.http import _guarded, _json, authenticated
+from medserve.values.access import Action
+from medserve.values.errors import InvalidInput, ModelNotFound, PayloadTooLarge, StoreUnavailable
 
 _DICOM_JSON = "application/dicom+json"
 _SPOOL_BYTES = 8 * 1024 * 1024

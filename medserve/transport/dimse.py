@@ -31,7 +31,7 @@ from pynetdicom.dsutils import encode_file_meta
 from pynetdicom.transport import ThreadedAssociationServer
 
 from medserve.clinical.dicom.scu import no_delay
-from medserve.core.errors import InvalidConfig
+from medserve.values.errors import InvalidConfig
 
 log = logging.getLogger(__name__)
 

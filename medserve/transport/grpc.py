@@ -19,16 +19,16 @@ from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
-from medserve.core import errors
 from medserve.protocol import grpc_codec
 from medserve.protocol.grpc_messages import SERVICE_NAME, pb
-from medserve.security.access import Action
 from medserve.security.tls import grpc_client_cert_cn
+from medserve.values import errors
+from medserve.values.access import Action
 
 if TYPE_CHECKING:
     from medserve.core.service import InferenceService
-    from medserve.core.types import InferenceRequest
-    from medserve.security.access import Caller
+    from medserve.values.access import Caller
+    from medserve.values.types import InferenceRequest
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,18 @@ from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from medserve.core.errors import (
+from medserve.core.metrics import ServingMetrics
+from medserve.core.service import InferenceService
+from medserve.protocol.rest_codec import (
+    HEADER_LENGTH,
+    decode_infer_request,
+    dumps,
+    encode_infer_response,
+    loads,
+)
+from medserve.streaming.alerts import AlertNotFound
+from medserve.values.access import Action, Caller
+from medserve.values.errors import (
     Conflict,
     DeadlineExceeded,
     InferenceFailed,
@@ -35,18 +46,7 @@ from medserve.core.errors import (
     Unauthenticated,
     Unsupported,
 )
-from medserve.core.metrics import ServingMetrics
-from medserve.core.service import InferenceService
-from medserve.core.types import ModelMetadata
-from medserve.protocol.rest_codec import (
-    HEADER_LENGTH,
-    decode_infer_request,
-    dumps,
-    encode_infer_response,
-    loads,
-)
-from medserve.security.access import Action, Caller
-from medserve.streaming.alerts import AlertNotFound
+from medserve.values.types import ModelMetadata
 
 log = logging.getLogger(__name__)
 

@@ -19,11 +19,11 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from medserve.core.errors import Conflict, InvalidInput
 from medserve.jobs.manager import JobManager
 from medserve.jobs.spec import parse_spec_text
 from medserve.jobs.store import SUCCEEDED
 from medserve.transport.http import _guarded, _json, authenticated
+from medserve.values.errors import Conflict, InvalidInput
 
 _MAX_SPEC_BYTES = 1 << 20
 

@@ -31,11 +31,8 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from medserve.core.digest import bytes_digest
-from medserve.core.errors import InvalidInput, MedserveError
 from medserve.core.service import InferenceService
 from medserve.protocol.rest_codec import dumps, loads
-from medserve.security.access import Action, Caller
 from medserve.streaming.alerts import AlertHub
 from medserve.streaming.messages import (
     MONITOR_MODEL,
@@ -46,6 +43,9 @@ from medserve.streaming.messages import (
     sample_from_json,
 )
 from medserve.transport.http import _error, _guarded, _json, authenticated, status_of
+from medserve.values.access import Action, Caller
+from medserve.values.digest import bytes_digest
+from medserve.values.errors import InvalidInput, MedserveError
 
 log = logging.getLogger(__name__)
 

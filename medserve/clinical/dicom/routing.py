@@ -31,7 +31,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydicom import Dataset
 
-from medserve.core.errors import InvalidConfig
+from medserve.values.errors import InvalidConfig
 
 _UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 

@@ -20,7 +20,7 @@ from pydicom.pixels.processing import apply_color_lut, apply_modality_lut
 from pydicom.pixels.utils import as_pixel_options
 
 from medserve.clinical.dicom.images import FrameRef, Frames, Volume
-from medserve.core.errors import InvalidInput
+from medserve.values.errors import InvalidInput
 
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601, as YBR_FULL's Y

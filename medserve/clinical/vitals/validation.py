@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from numbers import Real
 from typing import TYPE_CHECKING
 
-from medserve.core.errors import InvalidInput
+from medserve.values.errors import InvalidInput
 
 if TYPE_CHECKING:
     from medserve.clinical.vitals.news2 import VitalSigns

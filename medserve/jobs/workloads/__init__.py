@@ -7,8 +7,8 @@ import importlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from medserve.core.errors import InvalidInput
 from medserve.jobs.workload import SourceError, Workload
+from medserve.values.errors import InvalidInput
 
 
 @dataclass(frozen=True)

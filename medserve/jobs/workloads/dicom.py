@@ -64,7 +64,6 @@ from pydicom.errors import InvalidDicomError
 from medserve.clinical.dicom.results import ImagingResult
 from medserve.clinical.dicom.routing import load_rules, route
 from medserve.clinical.dicom.series_to_volume import SeriesRejected
-from medserve.core.errors import InvalidConfig, InvalidInput, ModelNotFound
 from medserve.imaging.config import load_config
 from medserve.imaging.folder_scan import FolderScan, ScannedSeries, first_series_file, scan_folder
 from medserve.imaging.model_client import ModelClient
@@ -72,7 +71,8 @@ from medserve.imaging.pipelines import PipelineSpec, run_pipeline
 from medserve.imaging.results_writer import write_results
 from medserve.jobs.scoring import CoreScorer
 from medserve.jobs.workload import Item, ItemFailure, SourceError, WithRoom
-from medserve.security.access import Action
+from medserve.values.access import Action
+from medserve.values.errors import InvalidConfig, InvalidInput, ModelNotFound
 
 RESULT_KINDS = ("seg", "sr", "fhir")
 """What ``write`` may choose from."""

@@ -7,8 +7,8 @@ from alembic import context
 from sqlalchemy import Connection, create_engine
 from sqlalchemy.pool import NullPool
 
-from medserve.core.errors import InvalidConfig
 from medserve.store.tables import Base
+from medserve.values.errors import InvalidConfig
 
 config = context.config
 target_metadata = Base.metadata

@@ -1,0 +1,222 @@
+"""The ``medserve`` command."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from medserve import __version__
+from medserve.cli.hardware import add_commands as add_hardware_commands
+from medserve.cli.jobs import add_commands as add_job_commands
+from medserve.cli.trust import add_commands as add_trust_commands
+from medserve.values.errors import InvalidInput, MedserveError
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from medserve.server import serve
+    from medserve.settings import load_settings
+
+    settings = load_settings(
+        args.config,
+        repository=args.repository,
+        host=args.host,
+        http_port=args.http_port,
+        grpc_port=args.grpc_port,
+        log_level=args.log_level,
+    )
+    serve(settings)
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    from medserve.cli.models import inspect_repository
+
+    if args.repository is None:
+        raise InvalidInput("medserve models: --repository DIR is required")
+    rows = inspect_repository(args.repository, load=not args.no_load)
+    widths = [
+        max(len(str(r[i])) for r in rows + [("MODEL", "VERSION", "STATE", "SHA256", "")]) for i in range(4)
+    ]
+    header = ("MODEL", "VERSION", "STATE", "SHA256")
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths)) + "  REASON")
+    for row in rows:
+        print("  ".join(str(v).ljust(w) for v, w in zip(row[:4], widths)) + f"  {row[4]}")
+    return 0 if all(r[2] in ("READY", "VALID") for r in rows) else 1
+
+
+def _examples_build(args: argparse.Namespace) -> int:
+    from medserve.demo.models.repository import build_example_repository
+
+    written = build_example_repository(args.directory, models=args.models or None, force=args.force)
+    print(f"example repository in {args.directory}: built {', '.join(written) or 'nothing (all present)'}")
+    return 0
+
+
+def _examples_dicom(args: argparse.Namespace) -> int:
+    from medserve.demo.dicom_studies import write_study
+
+    if args.studies < 1:
+        raise InvalidInput("medserve examples dicom: --studies must be at least 1")
+    if args.seed < 0:
+        raise InvalidInput("medserve examples dicom: --seed must be >= 0")
+    total = 0
+    for index in range(args.studies):
+        folder = args.out if args.studies == 1 else args.out / f"study_{index + 1:03d}"
+        try:
+            paths = write_study(
+                args.modality,
+                folder,
+                seed=args.seed + index,
+                findings=args.findings or (),
+                photometric=args.photometric,
+            )
+        except ValueError as error:
+            raise InvalidInput(f"medserve examples dicom: {error}") from None
+        total += len(paths)
+        print(f"{args.modality} study (seed {args.seed + index}): {len(paths)} file(s) in {folder}")
+    studies = "study" if args.studies == 1 else "studies"
+    print(f"wrote {args.studies} synthetic {args.modality} {studies}, {total} DICOM file(s), in {args.out}")
+    return 0
+
+
+def _examples_jobs(args: argparse.Namespace) -> int:
+    from medserve.demo.jobs import write_example_jobs
+
+    if args.items < 100:
+        raise InvalidInput("--items must be at least 100")
+    specs = write_example_jobs(args.out, items=args.items, seed=args.seed)
+    for spec in specs:
+        print(spec)
+    return 0
+
+
+def _simulate_ward(args: argparse.Namespace) -> int:
+    import json
+
+    from medserve.demo.ward_simulator import format_report, run_ward
+
+    report = run_ward(
+        args.url,
+        beds=args.beds,
+        minutes=args.minutes,
+        speed=args.speed,
+        seed=args.seed,
+        deteriorating=args.deteriorating,
+        token=args.token or os.environ.get("MEDSERVE_TOKEN", ""),
+    )
+    print(json.dumps(report.to_json(), indent=2) if args.json else format_report(report))
+    return 0
+
+
+def _devices(args: argparse.Namespace) -> int:
+    import json
+
+    from medserve.hardware.devices import discover_devices
+    from medserve.hardware.report import format_discovery
+
+    discovery = discover_devices()
+    print(json.dumps(discovery.to_json(), indent=2) if args.json else format_discovery(discovery))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="medserve", description="Inference server for clinical AI.")
+    parser.add_argument("--version", action="version", version=f"medserve {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="serve a model repository over HTTP and gRPC")
+    serve.add_argument("--repository", type=Path, help="model repository folder")
+    serve.add_argument("--host", help="bind address (default 127.0.0.1)")
+    serve.add_argument("--http-port", type=int, help="HTTP port (default 8000)")
+    serve.add_argument("--grpc-port", type=int, help="gRPC port (default 8001; -1 turns gRPC off)")
+    serve.add_argument("--config", type=Path, help="YAML settings file (see docs/CONFIGURATION.md)")
+    serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    serve.set_defaults(func=_serve)
+
+    models = commands.add_parser(
+        "models", help="list models, versions, states and artifact digests; sign; roll back"
+    )
+    models.add_argument("--repository", type=Path)
+    models.add_argument(
+        "--no-load", action="store_true", help="only validate configs, do not load the engines"
+    )
+    models.set_defaults(func=_models)
+    add_trust_commands(commands, models)
+
+    devices = commands.add_parser(
+        "devices", help="list this machine's devices (CPU, GPUs, NPUs) and the engines that can use them"
+    )
+    devices.add_argument("--json", action="store_true", help="print the discovery as JSON")
+    devices.set_defaults(func=_devices)
+    add_hardware_commands(commands)
+    add_job_commands(commands)
+
+    examples = commands.add_parser("examples", help="example models and data")
+    example_commands = examples.add_subparsers(dest="examples_command", required=True)
+    build = example_commands.add_parser("build", help="write the example model repository")
+    build.add_argument("directory", type=Path)
+    build.add_argument("--models", nargs="*", help="only these models (default: all)")
+    build.add_argument("--force", action="store_true", help="rebuild models already present")
+    build.set_defaults(func=_examples_build)
+    dicom = example_commands.add_parser(
+        "dicom", help="write synthetic DICOM studies (phantoms, not real patients) for testing"
+    )
+    dicom.add_argument("--modality", required=True, choices=["CT", "MR", "CR", "DX", "US"])
+    dicom.add_argument("--out", type=Path, required=True, help="folder (one subfolder per study if several)")
+    dicom.add_argument("--seed", type=int, default=0, help="seed of the first study; the next get +1 (0)")
+    dicom.add_argument("--studies", type=int, default=1, help="number of studies (1)")
+    dicom.add_argument(
+        "--findings",
+        nargs="*",
+        choices=["Cardiomegaly", "Effusion", "Mass", "Nodule", "Pneumothorax"],
+        help="CR/DX: synthetic findings to draw (default: none)",
+    )
+    dicom.add_argument(
+        "--photometric",
+        choices=["MONOCHROME1", "MONOCHROME2", "RGB"],
+        help="CR/DX: MONOCHROME1 or MONOCHROME2 (default); US: MONOCHROME2 (default) or RGB",
+    )
+    dicom.set_defaults(func=_examples_dicom)
+    jobs = example_commands.add_parser(
+        "jobs",
+        help="write synthetic inputs and a spec for each example offline job (VCF, SMILES, hospital series)",
+    )
+    jobs.add_argument("--out", type=Path, required=True, help="folder for the data and the specs")
+    jobs.add_argument("--items", type=int, default=20000, help="variants and compounds to write (20000)")
+    jobs.add_argument("--seed", type=int, default=0, help="seed of the synthetic data (0)")
+    jobs.set_defaults(func=_examples_jobs)
+
+    simulate = commands.add_parser("simulate", help="simulated clients for load and alert testing")
+    simulate_commands = simulate.add_subparsers(dest="simulate_command", required=True)
+    ward = simulate_commands.add_parser(
+        "ward", help="stream a simulated ward (vitals at 1 Hz, ECG) to patient_monitor over gRPC"
+    )
+    ward.add_argument("--beds", type=int, required=True, help="number of beds (one sequence each)")
+    ward.add_argument("--minutes", type=float, required=True, help="simulated minutes to run")
+    ward.add_argument("--speed", type=float, default=1.0, help="simulated seconds per wall second (1)")
+    ward.add_argument("--url", default="localhost:8001", help="gRPC address (localhost:8001)")
+    ward.add_argument("--seed", type=int, default=0, help="seed of the ward's patients (0)")
+    ward.add_argument(
+        "--deteriorating", type=float, default=0.2, help="fraction of beds that deteriorate (0.2)"
+    )
+    ward.add_argument("--json", action="store_true", help="print the report as JSON")
+    ward.add_argument("--token", help="API token with a grant for patient_monitor (default: $MEDSERVE_TOKEN)")
+    ward.set_defaults(func=_simulate_ward)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except MedserveError as exc:
+        print(f"medserve: error: {exc}", file=sys.stderr)
+        return 2
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,182 @@
+"""Write the example model repository: <dir>/<model>/config.yaml and <dir>/<model>/<version>/model.onnx.
+
+Each model is assembled in a hidden staging folder beside its final place and renamed into place in
+one step, so an interrupted build never leaves a half-written model; models already present are
+reused unless ``force``. Builders in several processes are serialised by a lock file
+(``.medserve-examples.lock``) where the platform has ``fcntl``. Repository loaders should skip the
+hidden (dot-prefixed) entries this leaves behind.
+
+The trained examples need torch and import it only when they are built: ``chest_xray_classifier``
+and ``ct_lesion_segmentation`` (MONAI) train for ``$MEDSERVE_EXAMPLES_TRAINING_S`` seconds each
+(default about 3 and 2 minutes); ``ecg_rhythm_classifier``, ``variant_scorer``,
+``solubility_predictor`` (which also needs RDKit) and ``occupancy_forecaster`` in seconds. All learn
+from synthetic or computed data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from medserve.demo.models._spec import ExampleModel
+from medserve.demo.models.chest_xray import CHEST_XRAY_CLASSIFIER
+from medserve.demo.models.ct_segmentation import CT_LESION_SEGMENTATION
+from medserve.demo.models.ecg_rhythm import ECG_RHYTHM_CLASSIFIER
+from medserve.demo.models.occupancy_forecaster import OCCUPANCY_FORECASTER
+from medserve.demo.models.solubility_predictor import SOLUBILITY_PREDICTOR
+from medserve.demo.models.test_models import TEST_MODELS
+from medserve.demo.models.variant_scorer import VARIANT_SCORER
+
+_log = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.yaml"
+MODEL_FILE = "model.onnx"
+LOCK_FILE = ".medserve-examples.lock"
+_STAGING = ".staging-"
+_RETIRED = ".retired-"
+
+_CATALOGUE: dict[str, ExampleModel] = {
+    model.name: model
+    for model in (
+        CHEST_XRAY_CLASSIFIER,
+        CT_LESION_SEGMENTATION,
+        ECG_RHYTHM_CLASSIFIER,
+        VARIANT_SCORER,
+        SOLUBILITY_PREDICTOR,
+        OCCUPANCY_FORECASTER,
+        *TEST_MODELS,
+    )
+}
+
+EXAMPLE_MODELS: tuple[str, ...] = tuple(_CATALOGUE)
+"""Names of every example model, the clinical demonstrations first."""
+
+
+def build_example_repository(
+    directory: Path, *, models: Iterable[str] | None = None, force: bool = False
+) -> list[str]:
+    """Write the named example models (all when ``models`` is None) under ``directory``.
+
+    A model already complete on disk is kept unless ``force``. Returns the names of the models
+    written by this call, in catalogue order. Raises ``ValueError`` for an unknown model name.
+    """
+    selected = _select(models)
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    written: list[str] = []
+    with _locked(directory / LOCK_FILE) as exclusive:
+        if exclusive:
+            _remove_leftovers(directory)
+        for example in selected:
+            if not force and is_complete(directory, example.name):
+                _log.debug("example model %s already built; keeping it", example.name)
+                continue
+            _build_one(directory, example)
+            written.append(example.name)
+    return written
+
+
+def is_complete(directory: Path, name: str) -> bool:
+    """Whether ``directory/name`` holds a config and every version's model file."""
+    example = _CATALOGUE[name]
+    root = Path(directory) / name
+    return (root / CONFIG_FILE).is_file() and all(
+        (root / str(version) / MODEL_FILE).is_file() for version in example.versions
+    )
+
+
+def _select(models: Iterable[str] | None) -> list[ExampleModel]:
+    if models is None:
+        return list(_CATALOGUE.values())
+    wanted = set(models)
+    unknown = sorted(wanted.difference(_CATALOGUE))
+    if unknown:
+        raise ValueError(
+            f"unknown example model(s) {', '.join(unknown)}; expected some of {', '.join(EXAMPLE_MODELS)}"
+        )
+    return [example for name, example in _CATALOGUE.items() if name in wanted]
+
+
+def _build_one(directory: Path, example: ExampleModel) -> None:
+    staging = Path(tempfile.mkdtemp(prefix=f"{_STAGING}{example.name}-", dir=directory))
+    try:
+        write_config(staging / CONFIG_FILE, example)
+        for version in example.versions:
+            version_dir = staging / str(version)
+            version_dir.mkdir()
+            example.write(version, version_dir / MODEL_FILE)
+        _replace(staging, directory / example.name)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def write_config(path: Path, example: ExampleModel) -> None:
+    """Write ``example``'s configuration as YAML to ``path``."""
+    text = yaml.dump(
+        _plain(example.config), Dumper=_ConfigDumper, sort_keys=False, width=100, allow_unicode=True
+    )
+    path.write_text(f"# {example.name}: written by medserve.demo.models\n{text}", encoding="utf-8")
+
+
+def _represent_list(dumper: Any, data: list[object]) -> Any:
+    """Lists of scalars (dims, labels, batch sizes) on one line; everything else in block style."""
+    flow = all(not isinstance(item, dict | list) for item in data)
+    return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flow)
+
+
+# Built with type() so that mypy accepts it with or without the PyYAML stubs installed.
+_ConfigDumper: Any = type("_ConfigDumper", (yaml.SafeDumper,), {})
+_ConfigDumper.add_representer(list, _represent_list)
+
+
+def _plain(value: object) -> object:
+    """Mappings and sequences as plain dicts and lists, for ``yaml.safe_dump``."""
+    if isinstance(value, Mapping):
+        return {str(key): _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    return value
+
+
+def _replace(staging: Path, final: Path) -> None:
+    """Move the finished ``staging`` folder to ``final``, retiring any model already there."""
+    retired: Path | None = None
+    if final.exists() or final.is_symlink():
+        retired = Path(tempfile.mkdtemp(prefix=f"{_RETIRED}{final.name}-", dir=final.parent))
+        os.replace(final, retired / final.name)
+    os.replace(staging, final)
+    if retired is not None:
+        shutil.rmtree(retired, ignore_errors=True)
+
+
+def _remove_leftovers(directory: Path) -> None:
+    """Delete staging/retired folders of builds that died; only safe while holding the lock."""
+    for entry in directory.iterdir():
+        if entry.name.startswith((_STAGING, _RETIRED)) and entry.is_dir():
+            _log.info("removing leftover %s from an interrupted build", entry)
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[bool]:
+    """Hold an exclusive lock on ``path``; yields whether a lock could be taken at all."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: builds in parallel processes are not serialised
+        yield False
+        return
+    with open(path, "a+b") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)

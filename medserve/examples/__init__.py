@@ -1,1 +1,0 @@
-"""Example models built by our own code (no downloads): see :mod:`medserve.examples.repository`."""
