@@ -16,10 +16,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, make_url, text
+from sqlalchemy import Engine, create_engine, event, make_url, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from medserve.store.migrate import upgrade
+from medserve.store.sql import describe_error
 from medserve.values.errors import InvalidConfig, StoreUnavailable
 
 
@@ -74,8 +76,6 @@ class Database:
 
     def migrate(self) -> None:
         """Bring the schema to the newest Alembic revision (serialised between processes)."""
-        from medserve.store.migrate import upgrade
-
         upgrade(self.engine)
 
     def ping(self) -> None:
@@ -107,23 +107,3 @@ def _wal_mode(cursor: Any, busy_timeout_s: float) -> None:
         if mode in ("wal", "memory") or time.monotonic() > deadline:
             return  # an in-memory database has no WAL
         time.sleep(0.01)
-
-
-def lock_for_write(connection: Connection, key: int) -> None:
-    """Start a write transaction that excludes other writers holding the same ``key`` until it ends.
-
-    SQLite: ``BEGIN IMMEDIATE`` (one writer per database). PostgreSQL: a transaction-scoped advisory
-    lock on ``key``.
-    """
-    if connection.dialect.name == "sqlite":
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
-    elif connection.dialect.name == "postgresql":
-        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
-
-
-def describe_error(exc: BaseException) -> str:
-    """A short, value-free description of a database error (driver class and first message line)."""
-    orig = getattr(exc, "orig", None) or exc
-    lines = str(orig).strip().splitlines()
-    first = lines[0] if lines else ""
-    return f"{type(orig).__name__}: {first[:200]}"

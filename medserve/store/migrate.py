@@ -18,7 +18,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from medserve.store.database import describe_error, lock_for_write
+from medserve.store.sql import describe_error, lock_for_write
 from medserve.values.errors import StoreUnavailable
 
 SCRIPT_LOCATION = Path(__file__).resolve().parent / "migrations"

@@ -32,7 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from medserve.clinical.vitals.news2 import ACVPU, NEWS2Score, VitalSigns
+from medserve.clinical.vitals.news2 import NEWS2Score
+from medserve.clinical.vitals.signs import ACVPU, VitalSigns
 from medserve.values.errors import InvalidInput
 
 MONITOR_MODEL = "patient_monitor"

@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from medserve.clinical.fhir_observation import NEWS2_TOTAL_CODE, PARAMETER_CODES, SNOMED_CT, news2_observation
-from medserve.clinical.vitals.news2 import ACVPU, NEWS2Score, VitalSigns, score_news2
+from medserve.clinical.vitals.news2 import NEWS2Score, score_news2
+from medserve.clinical.vitals.signs import ACVPU, VitalSigns
 
 WHEN = datetime(2024, 3, 1, 14, 17, 59, tzinfo=timezone(timedelta(hours=1)))
 # FHIR R4 dateTime with a time part: seconds and a time zone are required.

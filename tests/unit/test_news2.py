@@ -10,11 +10,9 @@ import numpy as np
 import pytest
 
 from medserve.clinical.vitals.news2 import (
-    ACVPU,
     ClinicalRisk,
     MonitoringFrequency,
     NEWS2Score,
-    VitalSigns,
     air_or_oxygen_score,
     consciousness_score,
     pulse_score,
@@ -25,6 +23,7 @@ from medserve.clinical.vitals.news2 import (
     systolic_bp_score,
     temperature_score,
 )
+from medserve.clinical.vitals.signs import ACVPU, VitalSigns
 from medserve.clinical.vitals.validation import ImplausibleVitalSign
 
 NORMAL = VitalSigns(

@@ -8,7 +8,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from medserve.clinical.vitals.news2 import ACVPU, VitalSigns
+from medserve.clinical.vitals.signs import ACVPU, VitalSigns
 from medserve.clinical.vitals.validation import (
     ImplausibleVitalSign,
     check_value,

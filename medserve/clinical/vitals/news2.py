@@ -26,19 +26,10 @@ from enum import Enum
 from numbers import Real
 from typing import Literal
 
+from medserve.clinical.vitals.signs import ACVPU, VitalSigns
 from medserve.clinical.vitals.validation import ImplausibleVitalSign
 
 SpO2Scale = Literal[1, 2]
-
-
-class ACVPU(Enum):
-    """Level of consciousness on the ACVPU scale (new Confusion added to AVPU by NEWS2)."""
-
-    ALERT = "A"
-    NEW_CONFUSION = "C"
-    VOICE = "V"
-    PAIN = "P"
-    UNRESPONSIVE = "U"
 
 
 class ClinicalRisk(Enum):
@@ -97,19 +88,6 @@ _CLINICAL_RESPONSE: dict[ClinicalRisk, str] = {
         "including airway management; consider transfer to a level 2 or 3 care facility (HDU or ICU)"
     ),
 }
-
-
-@dataclass(frozen=True)
-class VitalSigns:
-    """One set of observations, in the chart's units."""
-
-    respiration_rate: float  # breaths per minute
-    spo2: float  # oxygen saturation, %
-    on_supplemental_oxygen: bool
-    systolic_bp: float  # mmHg
-    pulse: float  # beats per minute
-    consciousness: ACVPU
-    temperature: float  # degrees Celsius
 
 
 @dataclass(frozen=True)

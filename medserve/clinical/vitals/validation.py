@@ -13,10 +13,11 @@ from dataclasses import dataclass
 from numbers import Real
 from typing import TYPE_CHECKING
 
+from medserve.clinical.vitals.signs import ACVPU
 from medserve.values.errors import InvalidInput
 
 if TYPE_CHECKING:
-    from medserve.clinical.vitals.news2 import VitalSigns
+    from medserve.clinical.vitals.signs import VitalSigns
 
 
 class ImplausibleVitalSign(InvalidInput, ValueError):
@@ -87,8 +88,6 @@ def _check_oxygen(value: object) -> ImplausibleVitalSign | None:
 
 
 def _check_consciousness(value: object) -> ImplausibleVitalSign | None:
-    from medserve.clinical.vitals.news2 import ACVPU  # news2 imports this module
-
     if isinstance(value, ACVPU):
         return None
     return ImplausibleVitalSign("consciousness", value, "must be one of A, C, V, P, U")
