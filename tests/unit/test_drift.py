@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from medserve.monitoring import DriftScore, ModelMonitor, drift_level
-from medserve.monitoring.drift import psi
+from medserve.monitoring.scores import psi
 from medserve.values.errors import InvalidConfig, ModelNotFound
 
 WINDOW = 300.0
