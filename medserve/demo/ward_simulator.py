@@ -22,7 +22,7 @@ import numpy as np
 
 from medserve.demo.ward_trajectories import ECG_CHUNK_SECONDS, PatientTrajectory, build_ward
 from medserve.streaming.messages import MONITOR_MODEL, VITAL_FIELDS
-from medserve.values.errors import MedserveError
+from medserve.values.errors import MedserveError, PermissionDenied, Unauthenticated
 
 _BEDS_PER_CHANNEL = 64
 _DRAIN_TIMEOUT_S = 10.0
@@ -238,6 +238,29 @@ def _outcome(patient: PatientTrajectory, truth: float | None, log: _BedLog) -> B
     )
 
 
+async def _check_access(client: Any, headers: dict[str, str] | None) -> None:
+    """Ask for ``patient_monitor``'s readiness with the run's token before streaming a whole ward: a
+    missing, unknown or ungranted token ends the run at once with the server's reason."""
+    from tritonclient.utils import InferenceServerException
+
+    try:
+        ready = await client.is_model_ready(MONITOR_MODEL, headers=headers)
+    except InferenceServerException as exc:
+        status = str(exc.status() or "")
+        if "UNAUTHENTICATED" in status:
+            raise Unauthenticated(
+                f"the server refused the token ({exc.message()}): pass --token or set MEDSERVE_TOKEN"
+            ) from None
+        if "PERMISSION_DENIED" in status:
+            raise PermissionDenied(
+                f"the token has no grant for {MONITOR_MODEL} ({exc.message()}): create one with "
+                f"`medserve tokens create --role service --models {MONITOR_MODEL}`"
+            ) from None
+        raise WardUnreachable(f"{MONITOR_MODEL}: {exc.message()}") from exc
+    if not ready:
+        raise WardUnreachable(f"{MONITOR_MODEL} is not ready on the server")
+
+
 async def _run_ward(
     url: str, beds: int, minutes: float, speed: float, seed: int, deteriorating: float, token: str
 ) -> WardReport:
@@ -255,6 +278,8 @@ async def _run_ward(
             raise WardUnreachable(f"no Open Inference Protocol gRPC server at {url}: {exc}") from exc
         if not live:
             raise WardUnreachable(f"the server at {url} is not live")
+        headers = {"authorization": f"Bearer {token}"} if token else None
+        await _check_access(clients[0], headers)
         stats = _Stats()
         start = time.perf_counter() + 0.2
         tasks = [
@@ -266,7 +291,7 @@ async def _run_ward(
                 speed,
                 start + (i / beds) / speed,  # spread the beds over one sample interval
                 stats,
-                {"authorization": f"Bearer {token}"} if token else None,
+                headers,
             )
             for i, patient in enumerate(ward.patients)
         ]

@@ -40,6 +40,8 @@ ALLOWED: dict[str, set[str]] = {
         "audit",
         "monitoring",
         "hardware",
+        "settings",
+        "trust",
     },
     "settings": {"values", "scheduling"},
     "trust": {"values", "store", "security", "repository", "audit", "settings"},
@@ -73,8 +75,9 @@ ALLOWED: dict[str, set[str]] = {
         "repository",
     },
 }
-#: The doors, the top floor and the demonstration package may import anything below them.
-UNRESTRICTED = {"transport", "server", "cli", "demo", "__main__", "__init__"}
+#: The doors, the top floor (the command line, the server and its start-up checks and logging) and the
+#: demonstration package may import anything below them.
+UNRESTRICTED = {"transport", "server", "startup", "logs", "cli", "demo", "__main__", "__init__"}
 LAZY_OPTIONAL = {"torch", "openvino", "monai", "matplotlib", "tritonclient", "rdkit", "cyvcf2", "pyfaidx"}
 MAX_LINES = 500
 
@@ -97,38 +100,45 @@ def _sources() -> Iterator[Path]:
             yield path
 
 
-def _type_checking_lines(tree: ast.Module) -> set[int]:
-    lines: set[int] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-            for child in node.body:
-                lines.update(range(child.lineno, (child.end_lineno or child.lineno) + 1))
-    return lines
-
-
 @functools.cache
 def _imports() -> tuple[Import, ...]:
     found: list[Import] = []
     for path in _sources():
         module = _module_name(path)
-        tree = ast.parse(path.read_text(encoding="utf-8"))
-        skip = _type_checking_lines(tree)
-        functions = [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)]
-        function_lines = {ln for f in functions for ln in range(f.lineno, (f.end_lineno or f.lineno) + 1)}
-        for node in ast.walk(tree):
-            if not isinstance(node, ast.Import | ast.ImportFrom) or node.lineno in skip:
-                continue
-            targets: list[str] = []
-            if isinstance(node, ast.Import):
-                targets = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                targets = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
-            for target in targets:
-                if target.split(".")[0] == "medserve" and _exists(target):
-                    found.append(Import(module, target, node.lineno in function_lines))
+        _collect(ast.parse(path.read_text(encoding="utf-8")), module, False, found)
     return tuple(found)
 
 
+def _collect(node: ast.AST, module: str, in_function: bool, found: list[Import]) -> None:
+    """One walk of the tree, knowing whether it is inside a function; ``if TYPE_CHECKING:`` skipped."""
+    for child in _statements(node):
+        if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
+            for other in child.orelse:
+                _collect(other, module, in_function, found)
+            continue
+        targets: list[str] = []
+        if isinstance(child, ast.Import):
+            targets = [alias.name for alias in child.names]
+        elif isinstance(child, ast.ImportFrom) and child.module and child.level == 0:
+            targets = [child.module] + [f"{child.module}.{alias.name}" for alias in child.names]
+        for target in targets:
+            if target.split(".")[0] == "medserve" and _exists(target):
+                found.append(Import(module, target, in_function))
+        inside = in_function or isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef)
+        _collect(child, module, inside, found)
+
+
+def _statements(node: ast.AST) -> Iterator[ast.stmt]:
+    """The statements directly inside ``node`` (imports are statements: expressions need no visit)."""
+    for field in ("body", "orelse", "finalbody", "handlers", "cases"):
+        for child in getattr(node, field, ()):
+            if isinstance(child, ast.stmt):
+                yield child
+            elif isinstance(child, ast.ExceptHandler | ast.match_case):
+                yield from child.body
+
+
+@functools.cache
 def _exists(module: str) -> bool:
     path = PACKAGE.parent.joinpath(*module.split("."))
     return path.with_suffix(".py").exists() or (path / "__init__.py").exists()
