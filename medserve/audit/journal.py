@@ -1,21 +1,20 @@
 """The audit journal: append-only JSON-lines files that several processes extend as one hash chain.
 
-Files are ``journal-000001.jsonl``, ``journal-000002.jsonl``, ... in one directory. Every append
-takes an exclusive ``flock`` on ``journal.lock``, finds the chain head, seals the batch onto it and
-writes it with one ``write``; with ``fsync`` the files are opened ``O_DSYNC``, so that write returns
-only once the data is on disk (what ``write`` + ``fdatasync`` do, in one system call).
+Files are ``journal-000001.jsonl``, ``journal-000002.jsonl``, ... in one directory
+(:mod:`.journal_files`). Every append takes an exclusive ``flock`` on ``journal.lock``, finds the chain
+head, seals the batch onto it and writes it with one ``write``; with ``fsync`` the files are opened
+``O_DSYNC``, so that write returns only once the data is on disk (what ``write`` + ``fdatasync`` do, in
+one system call).
 
 The chain head is the last complete line of the newest non-empty file. So that an append need not
-read it back each time, ``journal.lock`` also holds a small shared header (memory-mapped): a
-generation counter, the newest file's number and size, and the head. An appender makes the
-generation odd before writing and even after; a process that finds it unchanged trusts its cache,
-one that finds it even but changed trusts the header, and one that finds it odd (an appender died
-mid-write), or appends for the first time, reads the files and cuts a torn last line (never
-acknowledged) off.
+read it back each time, ``journal.lock`` also holds a small shared header (:mod:`.journal_header`); a
+process that cannot trust it (an appender died mid-write), or appends for the first time, reads the
+files and cuts a torn last line (never acknowledged) off.
 
 Once the newest file has passed ``max_file_bytes`` the next append starts a new file; older files are
 immutable, and :meth:`Journal.prune` deletes those whose records the database holds, never the newest
-non-empty one, so the head can always be found. Readers take no lock and see complete lines only.
+non-empty one, so the head can always be found. Readers take no lock and see complete lines only
+(:mod:`.journal_reader`).
 """
 
 from __future__ import annotations
@@ -23,110 +22,32 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import mmap
 import os
-import re
-import struct
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Final
 
 import orjson
 
-from medserve.audit.record import (
-    GENESIS,
-    AuditRecord,
-    RecordValues,
-    event_values,
-    from_json_line,
-    to_json_line,
-    values_from_json_line,
+from medserve.audit.journal_files import (
+    FILE_MODE,
+    LOCK_NAME,
+    cut_torn_tail,
+    first_record,
+    fsync_directory,
+    journal_name,
+    journal_numbers,
+    last_record,
 )
+from medserve.audit.journal_header import JournalState, SharedHeader
+from medserve.audit.journal_reader import JournalReader
+from medserve.audit.record import GENESIS, AuditRecord, RecordValues, event_values, to_json_line
+from medserve.audit.timestamps import UtcTimestamps
 from medserve.values.audit_event import AuditEvent
-from medserve.values.errors import InvalidInput, StoreUnavailable
+from medserve.values.errors import StoreUnavailable
 
-_NAME: Final = re.compile(r"^journal-(\d{6,})\.jsonl$")
-_LOCK_NAME: Final = "journal.lock"
-_CHUNK: Final = 1 << 20
-_FILE_MODE: Final = 0o600
-
-
-def journal_name(number: int) -> str:
-    return f"journal-{number:06d}.jsonl"
-
-
-class _Clock:
-    """ISO 8601 UTC with microseconds and ``Z``; the date-time prefix is cached per second."""
-
-    def __init__(self) -> None:
-        self._second = -1
-        self._prefix = ""
-
-    def format(self, time_ns: int) -> str:
-        micros = time_ns // 1000
-        second, micro = divmod(micros, 1_000_000)
-        if second != self._second:
-            self._second = second
-            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        return f"{self._prefix}.{micro:06d}Z"
-
-
-@dataclass(frozen=True, slots=True)
-class _State:
-    number: int  # the newest file
-    size: int  # its size in bytes
-    seq: int  # the chain head
-    hash: str
-    generation: int = 0
-
-
-class _Header:
-    """The shared header in the lock file: magic, generation, newest file number and size, head."""
-
-    _LAYOUT: Final = struct.Struct("<8sQQQQ64s")
-    _MAGIC: Final = b"MSAUDIT1"
-    _SIZE: Final = 4096
-
-    def __init__(self, fd: int) -> None:
-        if os.fstat(fd).st_size < self._SIZE:
-            os.ftruncate(fd, self._SIZE)  # zeros: generation 0, "no header yet"
-        self._map = mmap.mmap(fd, self._SIZE, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-
-    def generation(self) -> int:
-        value: int = struct.unpack_from("<Q", self._map, 8)[0]
-        return value
-
-    def read(self) -> _State | None:
-        """The published state; None while a write is in progress, after a crash, or before any."""
-        magic, generation, number, size, seq, hash_ = self._LAYOUT.unpack_from(self._map, 0)
-        if magic != self._MAGIC or generation == 0 or generation % 2 or self.generation() != generation:
-            return None
-        return _State(number, size, seq, hash_.decode("ascii", "replace"), generation)
-
-    def begin(self) -> int:
-        """Mark a write in progress (odd generation); returns that generation."""
-        current = self.generation()
-        odd = current + 1 if current % 2 == 0 else current + 2
-        struct.pack_into("<Q", self._map, 8, odd)
-        return odd
-
-    def end(self, odd: int, state: _State) -> int:
-        """Publish ``state`` and end the write (even generation); returns that generation."""
-        even = odd + 1
-        self._LAYOUT.pack_into(
-            self._map, 0, self._MAGIC, odd, state.number, state.size, state.seq, state.hash.encode("ascii")
-        )
-        struct.pack_into("<Q", self._map, 8, even)
-        return even
-
-    def publish(self, state: _State) -> int:
-        return self.end(self.begin(), state)
-
-    def close(self) -> None:
-        self._map.close()
+__all__ = ["Journal", "journal_name"]
 
 
 class Journal:
@@ -138,36 +59,26 @@ class Journal:
         self.max_file_bytes = max(max_file_bytes, 1)
         try:
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-            self._lock_fd = os.open(directory / _LOCK_NAME, os.O_RDWR | os.O_CREAT, _FILE_MODE)
-            self._header = _Header(self._lock_fd)
+            self._lock_fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, FILE_MODE)
+            self._header = SharedHeader(self._lock_fd)
         except OSError as exc:
             raise StoreUnavailable(f"audit journal directory {directory} is not usable: {exc}") from exc
         self._mutex = threading.Lock()
-        self._read_mutex = threading.Lock()
-        self._clock = _Clock()
+        self._timestamps = UtcTimestamps()
+        self._reader = JournalReader(directory)
         # The file appends go to, as last seen under the lock.
         self._fd: int | None = None
         self._number = 0
         self._size = 0
         self._head: tuple[int, str] = (0, GENESIS)
         self._generation: int | None = None  # the header generation the cache matches
-        # The reader's position: the next byte to read in file ``_read_number``, after seq ``_read_seq``.
-        self._read_number = 0
-        self._read_offset = 0
-        self._read_seq = -1
         self._last_seqs: dict[int, int] = {}  # last seq of older (immutable) files
 
     # -- files ----------------------------------------------------------------------------------
 
     def numbers(self) -> list[int]:
         """The numbers of the journal files present, ascending."""
-        found = []
-        with os.scandir(self.directory) as entries:
-            for entry in entries:
-                match = _NAME.match(entry.name)
-                if match:
-                    found.append(int(match.group(1)))
-        return sorted(found)
+        return journal_numbers(self.directory)
 
     def files(self) -> list[Path]:
         return [self.directory / journal_name(n) for n in self.numbers()]
@@ -206,12 +117,12 @@ class Journal:
         with self._locked():
             self._sync()
             seq, prev_hash = self._head
-            clock = self._clock.format
+            timestamp = self._timestamps.format
             lines = []
             for values, time_ns in zip(sealed, times_ns):
                 seq += 1
                 values["seq"] = seq
-                values["time"] = clock(time_ns)
+                values["time"] = timestamp(time_ns)
                 values["prev_hash"] = prev_hash
                 body = orjson.dumps(values, option=orjson.OPT_SORT_KEYS)
                 prev_hash = hashlib.sha256(prev_hash.encode() + body).hexdigest()
@@ -261,7 +172,7 @@ class Journal:
             raise StoreUnavailable(f"audit journal write failed: {exc.strerror or exc}") from exc
         self._size += len(data)
         self._head = head
-        self._generation = self._header.end(generation, _State(self._number, self._size, *head))
+        self._generation = self._header.end(generation, JournalState(self._number, self._size, *head))
 
     def _sync(self) -> None:
         """Make the cached file and head match the disk (another process may have appended).
@@ -284,15 +195,15 @@ class Journal:
         head: tuple[int, str] | None = None
         newest = numbers[-1] if numbers else 1
         if numbers:
-            _cut_torn_tail(self._path(newest), self.fsync)
+            cut_torn_tail(self._path(newest), self.fsync)
             for number in reversed(numbers):
-                head = _last_record(self._path(number))
+                head = last_record(self._path(number))
                 if head is not None:
                     break
         self._head = head or (0, GENESIS)
         self._open(newest)
         self._size = os.fstat(self._fd).st_size if self._fd is not None else 0
-        self._generation = self._header.publish(_State(self._number, self._size, *self._head))
+        self._generation = self._header.publish(JournalState(self._number, self._size, *self._head))
 
     def _open(self, number: int) -> None:
         """Make file ``number`` the one appends go to (created if missing)."""
@@ -303,11 +214,11 @@ class Journal:
         created = not path.exists()
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | (os.O_DSYNC if self.fsync else 0)
         try:
-            self._fd = os.open(path, flags, _FILE_MODE)
+            self._fd = os.open(path, flags, FILE_MODE)
         except OSError as exc:
             raise StoreUnavailable(f"audit journal {path} cannot be opened: {exc.strerror or exc}") from exc
         if created and self.fsync:
-            _fsync_directory(self.directory)
+            fsync_directory(self.directory)
         self._number = number
         self._size = 0 if created else os.fstat(self._fd).st_size
 
@@ -320,16 +231,7 @@ class Journal:
     def read_values(self, after_seq: int = 0, limit: int | None = None) -> list[RecordValues]:
         """:meth:`read` as plain values. Continues where the previous call stopped when ``after_seq``
         is at or past it, so a flusher reading forwards never rescans."""
-        with self._read_mutex:
-            if after_seq < self._read_seq or not self._path(self._read_number).exists():
-                self._seek(after_seq)
-            records: list[RecordValues] = []
-            while limit is None or len(records) < limit:
-                want = None if limit is None else limit - len(records)
-                got, more = self._read_some(after_seq, want, records)
-                if not got and not more:
-                    break
-            return records
+        return self._reader.read_values(after_seq, limit)
 
     def iter_records(self, after_seq: int = 0, page: int = 1000) -> Iterator[AuditRecord]:
         """Every complete record above ``after_seq``, in bounded pages."""
@@ -343,76 +245,10 @@ class Journal:
     def first_seq(self) -> int | None:
         """The seq of the oldest record still in the journal."""
         for number in self.numbers():
-            record = _first_record(self._path(number))
+            record = first_record(self._path(number))
             if record is not None:
                 return record.seq
         return None
-
-    def _seek(self, after_seq: int) -> None:
-        """Position the reader at the start of the file that holds ``after_seq + 1``."""
-        start = None
-        for number in self.numbers():
-            first = _first_record(self._path(number))
-            if first is None:
-                continue
-            if start is None or first.seq <= after_seq + 1:
-                start = number
-            if first.seq > after_seq + 1:
-                break
-        self._read_number = start or 1
-        self._read_offset = 0
-        self._read_seq = -1
-
-    def _read_some(self, after_seq: int, limit: int | None, into: list[RecordValues]) -> tuple[int, bool]:
-        """Read one chunk of the current file; (records added, whether to go on)."""
-        path = self._path(self._read_number)
-        try:
-            with path.open("rb") as handle:
-                handle.seek(self._read_offset)
-                data = handle.read(_CHUNK)
-                while data and b"\n" not in data:
-                    more = handle.read(_CHUNK)
-                    if not more:
-                        break
-                    data += more
-        except FileNotFoundError:
-            self._seek(max(after_seq, self._read_seq))
-            return 0, self._path(self._read_number).exists()
-        end = data.rfind(b"\n")
-        if end < 0:
-            # The end of this file, or a line still being written. A newer file means this one is
-            # finished (a torn line left by a crash is skipped); re-read first if it grew meanwhile.
-            if not self._path(self._read_number + 1).exists():
-                return 0, False
-            if path.stat().st_size > self._read_offset + len(data):
-                return 0, True
-            self._read_number += 1
-            self._read_offset = 0
-            return 0, True
-        added = 0
-        position = 0
-        while position <= end:
-            stop = data.index(b"\n", position)
-            line = data[position:stop]
-            seq = _seq_of(line)
-            record: RecordValues | None = None
-            if seq is None or seq > after_seq:
-                try:
-                    record = values_from_json_line(line)
-                except InvalidInput as exc:
-                    raise StoreUnavailable(
-                        f"audit journal {path.name} is corrupt at byte {self._read_offset + position}: {exc}"
-                    ) from exc
-                seq = int(record["seq"])
-            position = stop + 1
-            self._read_offset += len(line) + 1
-            self._read_seq = seq
-            if record is not None and seq > after_seq:
-                into.append(record)
-                added += 1
-                if limit is not None and added >= limit:
-                    break
-        return added, True
 
     # -- pruning --------------------------------------------------------------------------------
 
@@ -423,7 +259,7 @@ class Journal:
             numbers = self.numbers()
             newest = None
             for number in reversed(numbers):
-                if _last_record(self._path(number)) is not None:
+                if last_record(self._path(number)) is not None:
                     newest = number
                     break
             for number in numbers:
@@ -431,7 +267,7 @@ class Journal:
                     break
                 last = self._last_seqs.get(number)
                 if last is None:
-                    head = _last_record(self._path(number))
+                    head = last_record(self._path(number))
                     last = head[0] if head is not None else 0
                     self._last_seqs[number] = last
                 if last > flushed_seq:
@@ -456,92 +292,3 @@ class Journal:
                 self._header.close()
                 os.close(self._lock_fd)
                 self._lock_fd = -1
-
-
-def _seq_of(line: bytes) -> int | None:
-    """The seq of a journal line without parsing all of it (to skip records quickly); None if unsure.
-
-    ``,"seq":`` cannot occur inside a JSON string (its quotes would be escaped), so the first
-    occurrence is the key.
-    """
-    start = line.find(b',"seq":')
-    if start < 0:
-        return None
-    start += 7
-    stop = line.find(b",", start)
-    digits = line[start:stop] if stop >= 0 else b""
-    return int(digits) if digits.isdigit() else None
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _cut_torn_tail(path: Path, fsync: bool) -> None:
-    """Cut an incomplete last line (never acknowledged) so the next line starts cleanly."""
-    with path.open("r+b") as handle:
-        size = handle.seek(0, os.SEEK_END)
-        if size == 0:
-            return
-        handle.seek(size - 1)
-        if handle.read(1) == b"\n":
-            return
-        keep = _last_newline(handle, size) + 1
-        handle.truncate(keep)
-        if fsync:
-            os.fsync(handle.fileno())
-
-
-def _last_newline(handle: BinaryIO, size: int) -> int:
-    """The offset of the last ``\\n`` before ``size``; -1 for none."""
-    position = size
-    while position > 0:
-        start = max(0, position - _CHUNK)
-        handle.seek(start)
-        data = handle.read(position - start)
-        index = data.rfind(b"\n")
-        if index >= 0:
-            return start + index
-        position = start
-    return -1
-
-
-def _last_record(path: Path) -> tuple[int, str] | None:
-    """The seq and hash of the last complete line of ``path``; None if it has none."""
-    try:
-        with path.open("rb") as handle:
-            size = handle.seek(0, os.SEEK_END)
-            end = _last_newline(handle, size)
-            if end < 0:
-                return None
-            start = _last_newline(handle, end) + 1
-            handle.seek(start)
-            line = handle.read(end - start)
-    except FileNotFoundError:
-        return None
-    try:
-        values = orjson.loads(line)
-        seq, hash_ = values["seq"], values["hash"]
-    except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
-        raise StoreUnavailable(f"audit journal {path.name} ends in a corrupt line") from exc
-    if not isinstance(seq, int) or not isinstance(hash_, str):
-        raise StoreUnavailable(f"audit journal {path.name} ends in a corrupt line")
-    return seq, hash_
-
-
-def _first_record(path: Path) -> AuditRecord | None:
-    try:
-        with path.open("rb") as handle:
-            line = handle.readline()
-    except FileNotFoundError:
-        return None
-    if not line.endswith(b"\n"):
-        return None
-    try:
-        return from_json_line(line)
-    except InvalidInput as exc:
-        raise StoreUnavailable(f"audit journal {path.name} starts with a corrupt line") from exc

@@ -156,7 +156,7 @@ async def test_database_down_at_start_records_wait_in_the_journal(
     outage.database.migrate()
     outage.begin()
     trail = AuditTrail(outage.database, tmp_path / "audit", **FAST)
-    with caplog.at_level(logging.WARNING, logger="medserve.audit.trail"):
+    with caplog.at_level(logging.WARNING, logger="medserve.audit.flusher"):
         trail.open()  # no error: the database being down is not the journal's problem
         try:
             await asyncio.gather(*(trail.record(event(i)) for i in range(50)))
