@@ -37,10 +37,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from serving import free_port, medserve, write_section  # noqa: E402
 
 from medserve.clinical.dicom import preprocessing as prep  # noqa: E402
-from medserve.clinical.dicom.scu import send_files  # noqa: E402
 from medserve.clinical.dicom.series_to_volume import series_to_frames, series_to_volume  # noqa: E402
 from medserve.demo import dicom_studies as synthetic  # noqa: E402
 from medserve.demo.models.repository import build_example_repository  # noqa: E402
+from medserve.transport.dimse_scu import send_files  # noqa: E402
 
 XRAY, CT = "chest_xray_classifier", "ct_lesion_segmentation"
 DEFAULT_REPOSITORY = Path.home() / ".cache" / "medserve" / "bench_repository"

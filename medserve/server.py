@@ -21,7 +21,6 @@ from medserve.core.service import InferenceService
 from medserve.hardware.placer import HardwarePlacer
 from medserve.hardware.profile_store import ProfileStore
 from medserve.imaging.config import load_config
-from medserve.imaging.destinations import destination_from_config
 from medserve.imaging.service import ImagingService
 from medserve.jobs.manager import JobManager, JobSettings
 from medserve.jobs.store import JobStore
@@ -39,15 +38,16 @@ from medserve.settings import Settings
 from medserve.streaming.alerts import AlertHub
 from medserve.streaming.monitor import MonitorSettings, PatientMonitor
 from medserve.streaming.pipeline import MonitorPipeline
+from medserve.transport.destination_config import destination_from_config
 from medserve.transport.dicomweb import dicomweb_routes
-from medserve.transport.dimse import StorageSCP, StoreStatus
+from medserve.transport.dimse import StorageSCP, ingesting
 from medserve.transport.http import build_app
 from medserve.transport.jobs import jobs_routes
 from medserve.transport.stream import stream_routes
 from medserve.trust import Trust, build_trust
-from medserve.values.access import Caller, Principal, Role
+from medserve.values.access import Caller
 from medserve.values.audit_event import AuditEvent
-from medserve.values.errors import InvalidConfig, InvalidInput, PermissionDenied, StoreUnavailable
+from medserve.values.errors import InvalidConfig
 
 log = logging.getLogger("medserve")
 
@@ -170,40 +170,14 @@ class MedServer:
         await self.imaging.start()
         if settings.dicom_port < 0:
             return
-        loop = asyncio.get_running_loop()
-
-        def accept(encoded: bytes, calling_aet: str, peer: str) -> int:
-            future = asyncio.run_coroutine_threadsafe(self._dimse_store(encoded, calling_aet, peer), loop)
-            try:
-                return future.result(timeout=120)
-            except TimeoutError:  # the store is stalled: the sender should try again later
-                future.cancel()
-                return int(StoreStatus.OUT_OF_RESOURCES)
-
         self._scp = StorageSCP(
             settings.dicom_ae_title,
-            accept,
+            ingesting(self.imaging.ingest, asyncio.get_running_loop()),
             host=settings.host,
             port=settings.dicom_port,
             allowed_calling_aets=settings.dicom_allowed_calling_aets,
         )
         await asyncio.to_thread(self._scp.start)
-
-    async def _dimse_store(self, encoded: bytes, calling_aet: str, peer: str) -> int:
-        """C-STORE: the calling AE title is the principal (allowed titles are checked at association)."""
-        if self.imaging is None:
-            return int(StoreStatus.OUT_OF_RESOURCES)
-        principal = Principal(f"aet:{calling_aet}", Role.SERVICE, None, f"aet:{calling_aet}")
-        caller = Caller(principal, "dimse", "", peer)
-        try:
-            await self.imaging.ingest(encoded, caller)
-        except PermissionDenied:
-            return int(StoreStatus.NOT_AUTHORISED)
-        except StoreUnavailable:
-            return int(StoreStatus.OUT_OF_RESOURCES)
-        except InvalidInput:
-            return int(StoreStatus.CANNOT_UNDERSTAND)
-        return int(StoreStatus.SUCCESS)
 
     async def start(self) -> None:
         settings = self.settings

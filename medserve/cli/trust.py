@@ -208,7 +208,7 @@ def _is_part10(path: Path) -> bool:
 
 
 def _dicom_send(args: argparse.Namespace) -> int:
-    from medserve.clinical.dicom.scu import send_files
+    from medserve.transport.dimse_scu import send_files
 
     host, _, port = str(args.to).rpartition(":")
     if not host or not port.isdigit():

@@ -17,6 +17,10 @@ POST ``/dicom/exports/{id}/retry``          send a failed export again (manage r
 
 The body is spooled to a temporary file past a few MiB and parsed part by part, so memory holds
 one instance at a time however large the study.
+
+Errors: this door's one table, :data:`STATUS_CODES`, is the REST door's with an unsupported media
+type added (415); an instance refused inside a STOW-RS request gets the Failure Reason the DIMSE
+door's table gives its error (:func:`medserve.transport.dimse.store_status_of`), as a C-STORE would.
 """
 
 from __future__ import annotations
@@ -34,23 +38,34 @@ from starlette.routing import BaseRoute, Route
 
 from medserve.imaging.service import ImagingService, StudyMismatch
 from medserve.protocol.rest_codec import dumps
-from medserve.transport.http import _guarded, _json, authenticated
+from medserve.transport import http
+from medserve.transport.dicom_status import StoreStatus
+from medserve.transport.dimse import store_status_of
+from medserve.transport.http import authenticated, json_response
 from medserve.values.access import Action
-from medserve.values.errors import InvalidInput, ModelNotFound, PayloadTooLarge, StoreUnavailable
+from medserve.values.errors import InvalidInput, MedserveError, ModelNotFound, PayloadTooLarge
 
 _DICOM_JSON = "application/dicom+json"
 _SPOOL_BYTES = 8 * 1024 * 1024
 
-#: PS3.4 C-STORE / PS3.18 STOW-RS failure reasons.
-FAILURE_CANNOT_UNDERSTAND = 0xC000
-FAILURE_OUT_OF_RESOURCES = 0xA700
-FAILURE_STUDY_MISMATCH = 0xC409  # "Referenced Study Instance UID mismatch"
+
+class UnsupportedMediaType(InvalidInput):
+    """A STOW-RS request whose Content-Type is not ``multipart/related; type="application/dicom"``."""
+
+
+#: The DICOMweb door's one table: the REST door's, with an unsupported media type answered 415.
+STATUS_CODES = http.STATUS_CODES.extended("DICOMweb", {UnsupportedMediaType: 415})
+
+
+def guarded(handler: http.Handler) -> http.Handler:
+    """``handler`` answering its errors through the DICOMweb door's table."""
+    return http.guarded(handler, STATUS_CODES)
 
 
 def _boundary(content_type: str) -> bytes:
     main, _, params = content_type.partition(";")
     if main.strip().lower() != "multipart/related":
-        raise _UnsupportedMedia(
+        raise UnsupportedMediaType(
             f"STOW-RS needs Content-Type multipart/related; type=\"application/dicom\", not '{main.strip()}'"
         )
     found = dict(
@@ -60,15 +75,11 @@ def _boundary(content_type: str) -> bytes:
     )
     kind = found.get("type", "application/dicom").lower()
     if kind != "application/dicom":
-        raise _UnsupportedMedia(f"STOW-RS here takes type=\"application/dicom\" parts, not '{kind}'")
+        raise UnsupportedMediaType(f"STOW-RS here takes type=\"application/dicom\" parts, not '{kind}'")
     boundary = found.get("boundary", "")
     if not boundary:
         raise InvalidInput("the multipart/related Content-Type has no boundary parameter")
     return boundary.encode("latin-1")
-
-
-class _UnsupportedMedia(InvalidInput):
-    pass
 
 
 def iter_parts(body: bytes | mmap.mmap, boundary: bytes) -> Iterator[tuple[dict[str, str], bytes]]:
@@ -125,10 +136,7 @@ def dicomweb_routes(imaging: ImagingService, max_request_bytes: int) -> list[Bas
     async def stow(request: Request) -> Response:
         caller = await authenticated(service, request, door="dicomweb")
         caller.principal.require(Action.INFER)
-        try:
-            boundary = _boundary(request.headers.get("content-type", ""))
-        except _UnsupportedMedia as exc:
-            return _json({"error": str(exc)}, 415)
+        boundary = _boundary(request.headers.get("content-type", ""))
         expected_study = request.path_params.get("study")
         spool = await _spool(request, max_request_bytes)
         stored: list[dict[str, Any]] = []
@@ -146,21 +154,14 @@ def dicomweb_routes(imaging: ImagingService, max_request_bytes: int) -> list[Bas
             for number, (headers, content) in enumerate(iter_parts(body, boundary), start=1):
                 part_type = headers.get("content-type", "application/dicom").split(";")[0].strip().lower()
                 if part_type != "application/dicom":
-                    failed.append({"00081197": _element("US", FAILURE_CANNOT_UNDERSTAND)})
+                    failed.append(_failed(StoreStatus.CANNOT_UNDERSTAND))
                     warnings.append(f"part {number}: Content-Type '{part_type}' is not application/dicom")
                     continue
                 try:
                     instance = await imaging.ingest(content, caller, study_instance_uid=expected_study)
-                except StudyMismatch as exc:
-                    failed.append(_failed(exc.header, FAILURE_STUDY_MISMATCH))
-                    warnings.append(f"part {number}: {exc}")
-                    continue
-                except StoreUnavailable as exc:
-                    failed.append({"00081197": _element("US", FAILURE_OUT_OF_RESOURCES)})
-                    warnings.append(f"part {number}: {exc}")
-                    continue
-                except InvalidInput as exc:
-                    failed.append({"00081197": _element("US", FAILURE_CANNOT_UNDERSTAND)})
+                except MedserveError as exc:
+                    header = exc.header if isinstance(exc, StudyMismatch) else None
+                    failed.append(_failed(store_status_of(exc), header))
                     warnings.append(f"part {number}: {exc}")
                     continue
                 stored.append(
@@ -194,7 +195,7 @@ def dicomweb_routes(imaging: ImagingService, max_request_bytes: int) -> list[Bas
     async def studies(request: Request) -> Response:
         caller = await authenticated(service, request)
         caller.principal.require(Action.READ)
-        return _json({"studies": await _in_thread(imaging.studies)})
+        return json_response({"studies": await _in_thread(imaging.studies)})
 
     async def study(request: Request) -> Response:
         caller = await authenticated(service, request)
@@ -203,7 +204,7 @@ def dicomweb_routes(imaging: ImagingService, max_request_bytes: int) -> list[Bas
         found = await _in_thread(imaging.studies, uid)
         if not found:
             raise ModelNotFound(f"no study {uid} has been received")
-        return _json(found[0])
+        return json_response(found[0])
 
     async def series(request: Request) -> Response:
         caller = await authenticated(service, request)
@@ -212,7 +213,7 @@ def dicomweb_routes(imaging: ImagingService, max_request_bytes: int) -> list[Bas
         found = await _in_thread(imaging.studies, None, uid)
         if not found:
             raise ModelNotFound(f"no series {uid} has been received")
-        return _json(found[0]["series"][0])
+        return json_response(found[0]["series"][0])
 
     async def retry(request: Request) -> Response:
         caller = await authenticated(service, request)
@@ -220,24 +221,26 @@ def dicomweb_routes(imaging: ImagingService, max_request_bytes: int) -> list[Bas
         export_id = request.path_params["export"]
         if not await _in_thread(imaging.outbox.retry, export_id):
             raise ModelNotFound(f"no failed export {export_id}")
-        return _json({"export": export_id, "state": "pending"})
+        return json_response({"export": export_id, "state": "pending"})
 
     return [
-        Route("/dicomweb/studies", _guarded(stow), methods=["POST"]),
-        Route("/dicomweb/studies/{study}", _guarded(stow), methods=["POST"]),
-        Route("/dicom/studies", _guarded(studies), methods=["GET"]),
-        Route("/dicom/studies/{study}", _guarded(study), methods=["GET"]),
-        Route("/dicom/series/{series}", _guarded(series), methods=["GET"]),
-        Route("/dicom/exports/{export}/retry", _guarded(retry), methods=["POST"]),
+        Route("/dicomweb/studies", guarded(stow), methods=["POST"]),
+        Route("/dicomweb/studies/{study}", guarded(stow), methods=["POST"]),
+        Route("/dicom/studies", guarded(studies), methods=["GET"]),
+        Route("/dicom/studies/{study}", guarded(study), methods=["GET"]),
+        Route("/dicom/series/{series}", guarded(series), methods=["GET"]),
+        Route("/dicom/exports/{export}/retry", guarded(retry), methods=["POST"]),
     ]
 
 
-def _failed(header: Any, reason: int) -> dict[str, Any]:
-    return {
-        "00081150": _element("UI", str(header.get("SOPClassUID", ""))),
-        "00081155": _element("UI", str(header.get("SOPInstanceUID", ""))),
-        "00081197": _element("US", reason),
-    }
+def _failed(reason: int, header: Any = None) -> dict[str, Any]:
+    """A Failed SOP Sequence item: the instance's UIDs when its header is known, and the reason."""
+    item: dict[str, Any] = {}
+    if header is not None:
+        item["00081150"] = _element("UI", str(header.get("SOPClassUID", "")))
+        item["00081155"] = _element("UI", str(header.get("SOPInstanceUID", "")))
+    item["00081197"] = _element("US", int(reason))
+    return item
 
 
 _UNSAFE = re.compile(r"[^\x20-\x7e]|\"")

@@ -3,7 +3,9 @@
 The door only translates, like the HTTP door: for every C-STORE request it hands the received
 instance, as a complete DICOM Part-10 file (preamble, file meta information, data set exactly as the
 peer encoded it), to an ``accept`` callable and answers the peer with the DIMSE status that callable
-returns. Deciding what to keep, and why to refuse, is the ingestion core's job.
+returns. Deciding what to keep, and why to refuse, is the ingestion core's job; :func:`ingesting`
+makes that callable from the imaging workflow's ``ingest`` and answers its errors through this
+door's one table, :data:`STATUS_CODES`.
 
 pynetdicom serves every association in its own thread, so ``accept`` is called from those threads
 and must be thread-safe and blocking. An asyncio core bridges with
@@ -17,12 +19,12 @@ exception messages (which may quote them).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import ssl
 import threading
-from collections.abc import Callable, Collection, Sequence
-from enum import IntEnum
+from collections.abc import Callable, Collection, Coroutine, Sequence
 from typing import Any
 
 from pydicom import uid as dicom_uid
@@ -30,28 +32,72 @@ from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.dsutils import encode_file_meta
 from pynetdicom.transport import ThreadedAssociationServer
 
-from medserve.clinical.dicom.scu import no_delay
-from medserve.values.errors import InvalidConfig
+from medserve.imaging.service import StudyMismatch
+from medserve.streaming.alerts import AlertNotFound
+from medserve.transport.dicom_status import StoreStatus, is_warning
+from medserve.transport.dimse_scu import no_delay
+from medserve.transport.status_table import StatusTable
+from medserve.values.access import Caller, Principal, Role
+from medserve.values.errors import (
+    Conflict,
+    DeadlineExceeded,
+    InferenceFailed,
+    InvalidConfig,
+    InvalidInput,
+    JobNotFound,
+    MedserveError,
+    ModelLoadError,
+    ModelNotFound,
+    ModelNotReady,
+    Overloaded,
+    PayloadTooLarge,
+    PermissionDenied,
+    StoreUnavailable,
+    Unauthenticated,
+    Unsupported,
+)
 
 log = logging.getLogger(__name__)
 
 #: ``accept(encoded, calling_aet, peer) -> DIMSE status``; called from a pynetdicom thread.
 AcceptStore = Callable[[bytes, str, str], int]
 
+#: ``ingest(encoded, caller)``: store one instance durably for ``caller``, or raise ``MedserveError``.
+Ingest = Callable[[bytes, Caller], Coroutine[Any, Any, object]]
 
-class StoreStatus(IntEnum):
-    """The C-STORE response statuses an ``accept`` callable usually returns (PS3.4 B.2.3, PS3.7 C)."""
 
-    SUCCESS = 0x0000
-    WARNING_COERCION_OF_DATA_ELEMENTS = 0xB000
-    WARNING_ELEMENTS_DISCARDED = 0xB006
-    WARNING_DATA_SET_DOES_NOT_MATCH_SOP_CLASS = 0xB007
-    OUT_OF_RESOURCES = 0xA700
-    DATA_SET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
-    CANNOT_UNDERSTAND = 0xC000
-    PROCESSING_FAILURE = 0x0110
-    SOP_CLASS_NOT_SUPPORTED = 0x0122
-    NOT_AUTHORISED = 0x0124
+#: The DIMSE door's one table: medserve's error tree to the C-STORE status answered (the nearest
+#: listed class of an error wins). The DICOMweb door answers STOW-RS Failure Reasons from it too. A
+#: refusal of the instance or the caller is an error status; a server that cannot store now answers
+#: Out of Resources (the sender may resend later); a server fault is a Processing Failure.
+STATUS_CODES: StatusTable[StoreStatus] = StatusTable(
+    "DIMSE",
+    {
+        MedserveError: StoreStatus.PROCESSING_FAILURE,
+        Unauthenticated: StoreStatus.NOT_AUTHORISED,
+        PermissionDenied: StoreStatus.NOT_AUTHORISED,
+        InvalidInput: StoreStatus.CANNOT_UNDERSTAND,
+        StudyMismatch: StoreStatus.STUDY_INSTANCE_UID_MISMATCH,
+        PayloadTooLarge: StoreStatus.CANNOT_UNDERSTAND,
+        ModelNotFound: StoreStatus.CANNOT_UNDERSTAND,
+        JobNotFound: StoreStatus.CANNOT_UNDERSTAND,
+        AlertNotFound: StoreStatus.CANNOT_UNDERSTAND,
+        Conflict: StoreStatus.CANNOT_UNDERSTAND,
+        Unsupported: StoreStatus.SOP_CLASS_NOT_SUPPORTED,
+        ModelNotReady: StoreStatus.OUT_OF_RESOURCES,
+        Overloaded: StoreStatus.OUT_OF_RESOURCES,
+        DeadlineExceeded: StoreStatus.OUT_OF_RESOURCES,
+        StoreUnavailable: StoreStatus.OUT_OF_RESOURCES,
+        InvalidConfig: StoreStatus.PROCESSING_FAILURE,
+        ModelLoadError: StoreStatus.PROCESSING_FAILURE,
+        InferenceFailed: StoreStatus.PROCESSING_FAILURE,
+    },
+)
+
+
+def store_status_of(error: MedserveError) -> int:
+    """The C-STORE status (or STOW-RS Failure Reason) answered for ``error``."""
+    return int(STATUS_CODES.of(error))
 
 
 #: Transfer syntaxes accepted for every storage SOP class: uncompressed, deflated, JPEG, JPEG-LS,
@@ -280,7 +326,7 @@ class StorageSCP:
         status = int(status)
         if status == 0:
             self._count("succeeded")
-        elif 0xB000 <= status <= 0xBFFF or status in (0x0001, 0x0107, 0x0116):
+        elif is_warning(status):
             self._count("warnings")
         else:
             self._count("failed")
@@ -295,3 +341,26 @@ class StorageSCP:
             meta.SourceApplicationEntityTitle = calling_aet
         dataset = event.encoded_dataset(include_meta=False)
         return b"".join((b"\x00" * 128, b"DICM", encode_file_meta(meta), dataset))
+
+
+def ingesting(ingest: Ingest, loop: asyncio.AbstractEventLoop, timeout_s: float = 120.0) -> AcceptStore:
+    """The ``accept`` of a storage SCP that stores each instance through ``ingest``, run on ``loop``.
+
+    The calling AE title is the principal (the allowed titles were checked at association). The
+    peer hears Success once the instance is stored, else the status :data:`STATUS_CODES` gives the
+    error, or Out of Resources when the store has not answered within ``timeout_s``.
+    """
+
+    def accept(encoded: bytes, calling_aet: str, peer: str) -> int:
+        principal = Principal(f"aet:{calling_aet}", Role.SERVICE, None, f"aet:{calling_aet}")
+        future = asyncio.run_coroutine_threadsafe(ingest(encoded, Caller(principal, "dimse", "", peer)), loop)
+        try:
+            future.result(timeout=timeout_s)
+        except TimeoutError:  # the store is stalled: the sender should try again later
+            future.cancel()
+            return int(StoreStatus.OUT_OF_RESOURCES)
+        except MedserveError as exc:
+            return store_status_of(exc)
+        return int(StoreStatus.SUCCESS)
+
+    return accept

@@ -1,4 +1,5 @@
-"""A small DICOM C-STORE and C-ECHO SCU: send Part-10 files or data sets to a storage SCP.
+"""The outbound DIMSE door: a C-STORE and C-ECHO SCU that sends Part-10 files or data sets to a
+storage SCP.
 
 :func:`send_files` proposes one presentation context per SOP class and transfer syntax of what it
 is given (uncompressed little-endian instances also offer Explicit and Implicit VR Little Endian,
@@ -6,8 +7,9 @@ so pynetdicom may convert between them), opens as many associations as the 128-c
 needs, and reports a :class:`FileResult` for every input, in input order. Association problems
 (connection refused, rejection, abort, no response) are reported per file, never raised.
 
-Used by ``medserve dicom send`` and the PACS export destination. Like the storage SCP, nothing
-here logs data set contents; log lines name SOP Instance UIDs only as hashes.
+Used by ``medserve dicom send`` and by :class:`DicomStoreDestination`, the PACS export destination.
+Like the storage SCP, nothing here logs data set contents; log lines name SOP Instance UIDs only as
+hashes.
 """
 
 from __future__ import annotations
@@ -31,7 +33,10 @@ from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_file_meta_info
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
-from pynetdicom.status import STORAGE_SERVICE_CLASS_STATUS, code_to_category
+from pynetdicom.status import code_to_category
+
+from medserve.imaging.destinations import Destination, ExportFailed, ExportItem
+from medserve.transport.dicom_status import StoreStatus, out_of_resources, status_text
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +89,7 @@ class FileResult:
         """Whether sending it again later may work (network trouble, resources, transient rejection)."""
         if self.outcome in _TRANSIENT or (self.outcome is Outcome.REJECTED and self.transient_rejection):
             return True
-        return self.outcome is Outcome.FAILURE and self.status is not None and _resource_status(self.status)
+        return self.outcome is Outcome.FAILURE and self.status is not None and out_of_resources(self.status)
 
     def describe(self) -> str:
         status = f" 0x{self.status:04X}" if self.status is not None else ""
@@ -120,17 +125,6 @@ class SendReport:
             f"{self.sent} of {len(self.results)} stored ({self.warnings} with warnings), "
             f"{self.failed} failed, over {self.associations} association(s)"
         )
-
-
-def status_text(status: int) -> str:
-    """The Storage Service meaning of a DIMSE status, e.g. ``"Failure: Refused: Out of Resources"``."""
-    category = code_to_category(status)
-    meaning = STORAGE_SERVICE_CLASS_STATUS.get(status, ("", ""))[1]
-    return f"{category}: {meaning}" if meaning else category
-
-
-def _resource_status(status: int) -> bool:
-    return 0xA700 <= status <= 0xA7FF or status == 0x0213
 
 
 @dataclass
@@ -269,7 +263,7 @@ def _store(assoc: Association, item: _Item) -> FileResult:
     category = code_to_category(status)
     comment = str(reply.get("ErrorComment", "") or "")
     detail = status_text(status) + (f" ({comment})" if comment else "")
-    if status == 0x0000:
+    if status == StoreStatus.SUCCESS:
         return FileResult(*result, Outcome.SUCCESS, status)
     if category == "Warning":
         return FileResult(*result, Outcome.WARNING, status, detail)
@@ -353,9 +347,54 @@ def echo(
             return False
         try:
             reply = assoc.send_c_echo()
-            return "Status" in reply and int(reply.Status) == 0x0000
+            return "Status" in reply and int(reply.Status) == StoreStatus.SUCCESS
         finally:
             if assoc.is_established:
                 assoc.release()
     finally:
         ae.shutdown()
+
+
+class DicomStoreDestination(Destination):
+    """A PACS or other storage SCP, by C-STORE (DICOM items only). A failed send may be resent when
+    :attr:`FileResult.retryable` says so: no connection, or the receiver out of resources."""
+
+    kind = "dicom"
+    accepted = frozenset({"dicom"})
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        called_aet: str,
+        calling_aet: str = "MEDSERVE",
+        timeout: float = 30.0,
+        *,
+        tls: ssl.SSLContext | None = None,
+        name: str = "dicom",
+    ) -> None:
+        super().__init__(name)
+        self.host, self.port, self.called_aet, self.calling_aet = host, port, called_aet, calling_aet
+        self.timeout = timeout
+        self.tls = tls
+
+    def _send(self, item: ExportItem) -> str:
+        where = f"{self.called_aet}@{self.host}:{self.port}"
+        report = send_files(
+            [item.path],
+            self.host,
+            self.port,
+            called_aet=self.called_aet,
+            calling_aet=self.calling_aet,
+            timeout=self.timeout,
+            tls=self.tls,
+        )
+        result = report.results[0]
+        if result.sop_instance_uid and result.sop_instance_uid != item.uid:
+            raise ExportFailed(f"{item.path} holds another SOP instance than the one queued", retryable=False)
+        if result.ok:
+            return f"C-STORE to {where}: status 0x{result.status or 0:04X}"
+        if result.status == StoreStatus.DUPLICATE_SOP_INSTANCE:
+            return f"C-STORE to {where}: already stored (0x0111 duplicate SOP instance)"
+        detail = f"0x{result.status:04X} {result.detail}" if result.status is not None else result.detail
+        raise ExportFailed(f"C-STORE to {where}: {result.outcome}: {detail}", result.retryable)

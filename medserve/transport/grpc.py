@@ -22,6 +22,8 @@ from grpc_health.v1.health import aio as health_aio
 from medserve.protocol import grpc_codec
 from medserve.protocol.grpc_messages import SERVICE_NAME, pb
 from medserve.security.tls import grpc_client_cert_cn
+from medserve.streaming.alerts import AlertNotFound
+from medserve.transport.status_table import StatusTable
 from medserve.values import errors
 from medserve.values.access import Action
 
@@ -34,38 +36,36 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
-#: One table: medserve's error tree to gRPC status codes (most specific class wins).
-STATUS_CODES: dict[type[errors.MedserveError], grpc.StatusCode] = {
-    errors.ModelNotFound: grpc.StatusCode.NOT_FOUND,
-    errors.ModelNotReady: grpc.StatusCode.UNAVAILABLE,
-    errors.InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
-    errors.PayloadTooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    errors.InvalidConfig: grpc.StatusCode.INVALID_ARGUMENT,
-    errors.ModelLoadError: grpc.StatusCode.INTERNAL,
-    errors.InferenceFailed: grpc.StatusCode.INTERNAL,
-    errors.Unsupported: grpc.StatusCode.UNIMPLEMENTED,
-    errors.Overloaded: grpc.StatusCode.UNAVAILABLE,
-    errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
-}
-
-# Optional members of the error tree other modules may add later; mapped when present.
-for _name, _code in (
-    ("DeadlineExceeded", grpc.StatusCode.DEADLINE_EXCEEDED),
-    ("Unauthenticated", grpc.StatusCode.UNAUTHENTICATED),
-    ("PermissionDenied", grpc.StatusCode.PERMISSION_DENIED),
-    ("StoreUnavailable", grpc.StatusCode.UNAVAILABLE),
-    ("Cancelled", grpc.StatusCode.CANCELLED),
-):
-    _cls = getattr(errors, _name, None)
-    if isinstance(_cls, type) and issubclass(_cls, errors.MedserveError):
-        STATUS_CODES[_cls] = _code
+#: The gRPC door's one table: medserve's error tree to gRPC status codes (the nearest listed class of
+#: an error wins; an error no class above names is a server fault, INTERNAL).
+STATUS_CODES: StatusTable[grpc.StatusCode] = StatusTable(
+    "gRPC",
+    {
+        errors.MedserveError: grpc.StatusCode.INTERNAL,
+        errors.ModelNotFound: grpc.StatusCode.NOT_FOUND,
+        errors.JobNotFound: grpc.StatusCode.NOT_FOUND,
+        AlertNotFound: grpc.StatusCode.NOT_FOUND,
+        errors.ModelNotReady: grpc.StatusCode.UNAVAILABLE,
+        errors.InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
+        errors.PayloadTooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,
+        errors.InvalidConfig: grpc.StatusCode.INVALID_ARGUMENT,
+        errors.ModelLoadError: grpc.StatusCode.INTERNAL,
+        errors.InferenceFailed: grpc.StatusCode.INTERNAL,
+        errors.Unsupported: grpc.StatusCode.UNIMPLEMENTED,
+        errors.Overloaded: grpc.StatusCode.UNAVAILABLE,
+        errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+        errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+        errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+        errors.StoreUnavailable: grpc.StatusCode.UNAVAILABLE,
+        errors.Conflict: grpc.StatusCode.FAILED_PRECONDITION,
+    },
+)
 
 
 def status_code_for(error: BaseException) -> grpc.StatusCode:
     """The gRPC status for an exception: its nearest class in :data:`STATUS_CODES`, else INTERNAL."""
-    for cls in type(error).__mro__:
-        if issubclass(cls, errors.MedserveError) and cls in STATUS_CODES:
-            return STATUS_CODES[cls]
+    if isinstance(error, errors.MedserveError):
+        return STATUS_CODES.of(error)
     return grpc.StatusCode.INTERNAL
 
 
@@ -186,6 +186,7 @@ class GrpcInferenceServicer:
             await context.abort(status_code_for(error), str(error))
         answers: asyncio.Queue[pb.ModelStreamInferResponse] = asyncio.Queue()
         reader = asyncio.create_task(self._read_stream(requests, answers, caller))
+        get: asyncio.Task[pb.ModelStreamInferResponse] | None = None
         try:
             while True:
                 get = asyncio.create_task(answers.get())
@@ -199,7 +200,12 @@ class GrpcInferenceServicer:
                 reader.result()  # re-raise a failure to read the stream
                 return
         finally:
-            reader.cancel()
+            # A client that goes away cancels this generator while it waits: cancel and await both
+            # tasks, so neither is left pending (asyncio's "Task was destroyed but it is pending!").
+            pending = [task for task in (get, reader) if task is not None and not task.done()]
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
 
     async def _read_stream(
         self,

@@ -27,6 +27,7 @@ from medserve.protocol.rest_codec import (
     loads,
 )
 from medserve.streaming.alerts import AlertNotFound
+from medserve.transport.status_table import StatusTable
 from medserve.values.access import Action, Caller
 from medserve.values.errors import (
     Conflict,
@@ -50,37 +51,42 @@ from medserve.values.types import ModelMetadata
 
 log = logging.getLogger(__name__)
 
-#: MedserveError subclass → HTTP status; the first matching class in order wins.
-STATUS_CODES: tuple[tuple[type[MedserveError], int], ...] = (
-    (Unauthenticated, 401),
-    (PermissionDenied, 403),
-    (ModelNotFound, 404),
-    (AlertNotFound, 404),
-    (JobNotFound, 404),
-    (Conflict, 409),
-    (PayloadTooLarge, 413),
-    (InvalidInput, 400),
-    (InvalidConfig, 400),
-    (ModelLoadError, 400),
-    (Unsupported, 501),
-    (ModelNotReady, 503),
-    (Overloaded, 503),
-    (DeadlineExceeded, 504),
-    (StoreUnavailable, 503),
-    (InferenceFailed, 500),
+#: The REST door's one table: medserve's error tree to HTTP status codes (the nearest listed class of
+#: an error wins; an error no class above names is a server fault, 500). The DICOMweb, streaming and
+#: jobs routes answer through it too.
+STATUS_CODES: StatusTable[int] = StatusTable(
+    "HTTP",
+    {
+        MedserveError: 500,
+        Unauthenticated: 401,
+        PermissionDenied: 403,
+        ModelNotFound: 404,
+        AlertNotFound: 404,
+        JobNotFound: 404,
+        Conflict: 409,
+        PayloadTooLarge: 413,
+        InvalidInput: 400,
+        InvalidConfig: 400,
+        ModelLoadError: 400,
+        Unsupported: 501,
+        ModelNotReady: 503,
+        Overloaded: 503,
+        DeadlineExceeded: 504,
+        StoreUnavailable: 503,
+        InferenceFailed: 500,
+    },
 )
 
 _JSON = "application/json"
 
 
 def status_of(exc: MedserveError) -> int:
-    for cls, status in STATUS_CODES:
-        if isinstance(exc, cls):
-            return status
-    return 500
+    """The HTTP status the REST door answers ``exc`` with."""
+    return STATUS_CODES.of(exc)
 
 
-def _json(value: Any, status: int = 200) -> Response:
+def json_response(value: Any, status: int = 200) -> Response:
+    """``value`` as a JSON answer."""
     return Response(dumps(value), status_code=status, media_type=_JSON)
 
 
@@ -91,8 +97,10 @@ def retry_after_header(seconds: float | None) -> str | None:
     return str(max(1, math.ceil(seconds)))
 
 
-def _error(message: str, status: int, retry_after_s: float | None = None) -> Response:
-    response = _json({"error": message}, status)
+def error_response(message: str, status: int, retry_after_s: float | None = None) -> Response:
+    """The REST door's error answer: ``{"error": message}``, with ``WWW-Authenticate`` on 401 and
+    ``Retry-After`` when there is advice."""
+    response = json_response({"error": message}, status)
     if status == 401:
         response.headers["WWW-Authenticate"] = 'Bearer realm="medserve"'
     retry_after = retry_after_header(retry_after_s)
@@ -124,15 +132,17 @@ async def authenticated(service: InferenceService, connection: HTTPConnection, d
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-def _guarded(handler: Handler) -> Handler:
+def guarded(handler: Handler, table: StatusTable[int] = STATUS_CODES) -> Handler:
+    """``handler`` with every ``MedserveError`` answered ``{"error": ...}`` under its status in ``table``."""
+
     async def wrapper(request: Request) -> Response:
         try:
             return await handler(request)
         except MedserveError as exc:
-            return _error(str(exc), status_of(exc), getattr(exc, "retry_after_s", None))
+            return error_response(str(exc), table.of(exc), getattr(exc, "retry_after_s", None))
         except Exception as exc:  # a bug must not take the server down; the client hears of it
             log.exception("unexpected error serving %s %s", request.method, request.url.path)
-            return _error(f"internal error: {type(exc).__name__}: {exc}", 500)
+            return error_response(f"internal error: {type(exc).__name__}: {exc}", 500)
 
     return wrapper
 
@@ -202,32 +212,36 @@ def build_app(
         return params["model"], params.get("version", "")
 
     async def server_metadata(request: Request) -> Response:
-        return _json(service.server_metadata(await authenticated(service, request)))
+        return json_response(service.server_metadata(await authenticated(service, request)))
 
     async def live(request: Request) -> Response:
-        return _json({"live": True}) if service.live() else _error("server is not live", 503)
+        if service.live():
+            return json_response({"live": True})
+        return error_response("server is not live", 503)
 
     async def ready(request: Request) -> Response:
-        return _json({"ready": True}) if service.ready() else _error("server is not ready", 503)
+        if service.ready():
+            return json_response({"ready": True})
+        return error_response("server is not ready", 503)
 
     async def model_metadata(request: Request) -> Response:
         caller = await authenticated(service, request)
-        return _json(_metadata_json(service.model_metadata(*model_args(request), caller)))
+        return json_response(_metadata_json(service.model_metadata(*model_args(request), caller)))
 
     async def model_ready(request: Request) -> Response:
         name, version = model_args(request)
         if service.model_ready(name, version, await authenticated(service, request)):
-            return _json({"name": name, "ready": True})
-        return _error(f"model '{name}' is not ready", 503)
+            return json_response({"name": name, "ready": True})
+        return error_response(f"model '{name}' is not ready", 503)
 
     async def model_config(request: Request) -> Response:
         caller = await authenticated(service, request)
-        return _json(service.model_config(*model_args(request), caller))
+        return json_response(service.model_config(*model_args(request), caller))
 
     async def model_stats(request: Request) -> Response:
         caller = await authenticated(service, request)
         name = request.path_params.get("model", "")
-        return _json(service.model_statistics(name, request.path_params.get("version", ""), caller))
+        return json_response(service.model_statistics(name, request.path_params.get("version", ""), caller))
 
     async def infer(request: Request) -> Response:
         name, version = model_args(request)
@@ -265,7 +279,7 @@ def build_app(
         doc = loads(body, "repository index request") if body.strip() else {}
         ready_only = bool(doc.get("ready", False)) if isinstance(doc, dict) else False
         rows = service.repository_index(ready_only, caller)
-        return _json(
+        return json_response(
             [{"name": r.name, "version": r.version, "state": r.state, "reason": r.reason} for r in rows]
         )
 
@@ -280,13 +294,13 @@ def build_app(
                 "repository and load again"
             )
         await service.load_model(request.path_params["model"], caller)
-        return _json({})
+        return json_response({})
 
     async def unload(request: Request) -> Response:
         caller = await authenticated(service, request)
         await _read_body(request, max_request_bytes)
         await service.unload_model(request.path_params["model"], caller)
-        return _json({})
+        return json_response({})
 
     async def rollback(request: Request) -> Response:
         caller = await authenticated(service, request)
@@ -300,11 +314,11 @@ def build_app(
         outcome = await service.rollback_model(
             request.path_params["model"], caller, version, bool(doc.get("clear", False))
         )
-        return _json(outcome)
+        return json_response(outcome)
 
     async def monitoring(request: Request) -> Response:
         caller = await authenticated(service, request)
-        return _json(service.model_monitoring(request.path_params["model"], caller))
+        return json_response(service.model_monitoring(request.path_params["model"], caller))
 
     async def prometheus(request: Request) -> Response:
         (await authenticated(service, request)).principal.require(Action.READ)
@@ -313,31 +327,31 @@ def build_app(
     model = "/v2/models/{model}"
     versioned = "/v2/models/{model}/versions/{version}"
     routes: list[BaseRoute] = [
-        Route("/v2", _guarded(server_metadata), methods=["GET"]),
-        Route("/v2/health/live", _guarded(live), methods=["GET"]),
-        Route("/v2/health/ready", _guarded(ready), methods=["GET"]),
-        Route("/v2/models/stats", _guarded(model_stats), methods=["GET"]),
-        Route("/v2/repository/index", _guarded(repository_index), methods=["POST"]),
-        Route("/v2/repository/models/{model}/load", _guarded(load), methods=["POST"]),
-        Route("/v2/repository/models/{model}/unload", _guarded(unload), methods=["POST"]),
-        Route("/v2/repository/models/{model}/rollback", _guarded(rollback), methods=["POST"]),
-        Route("/v2/models/{model}/monitoring", _guarded(monitoring), methods=["GET"]),
-        Route("/metrics", _guarded(prometheus), methods=["GET"]),
+        Route("/v2", guarded(server_metadata), methods=["GET"]),
+        Route("/v2/health/live", guarded(live), methods=["GET"]),
+        Route("/v2/health/ready", guarded(ready), methods=["GET"]),
+        Route("/v2/models/stats", guarded(model_stats), methods=["GET"]),
+        Route("/v2/repository/index", guarded(repository_index), methods=["POST"]),
+        Route("/v2/repository/models/{model}/load", guarded(load), methods=["POST"]),
+        Route("/v2/repository/models/{model}/unload", guarded(unload), methods=["POST"]),
+        Route("/v2/repository/models/{model}/rollback", guarded(rollback), methods=["POST"]),
+        Route("/v2/models/{model}/monitoring", guarded(monitoring), methods=["GET"]),
+        Route("/metrics", guarded(prometheus), methods=["GET"]),
     ]
     for prefix in (model, versioned):
         routes += [
-            Route(prefix, _guarded(model_metadata), methods=["GET"]),
-            Route(f"{prefix}/ready", _guarded(model_ready), methods=["GET"]),
-            Route(f"{prefix}/config", _guarded(model_config), methods=["GET"]),
-            Route(f"{prefix}/stats", _guarded(model_stats), methods=["GET"]),
-            Route(f"{prefix}/infer", _guarded(infer), methods=["POST"]),
+            Route(prefix, guarded(model_metadata), methods=["GET"]),
+            Route(f"{prefix}/ready", guarded(model_ready), methods=["GET"]),
+            Route(f"{prefix}/config", guarded(model_config), methods=["GET"]),
+            Route(f"{prefix}/stats", guarded(model_stats), methods=["GET"]),
+            Route(f"{prefix}/infer", guarded(infer), methods=["POST"]),
         ]
 
     async def not_found(request: Request, exc: Exception) -> Response:
-        return _error(f"no route for {request.method} {request.url.path}", 404)
+        return error_response(f"no route for {request.method} {request.url.path}", 404)
 
     async def not_allowed(request: Request, exc: Exception) -> Response:
-        return _error(f"method {request.method} is not allowed on {request.url.path}", 405)
+        return error_response(f"method {request.method} is not allowed on {request.url.path}", 405)
 
     routes += list(extra_routes)
     return Starlette(routes=routes, exception_handlers={404: not_found, 405: not_allowed})

@@ -22,7 +22,7 @@ from starlette.routing import BaseRoute, Route
 from medserve.jobs.manager import JobManager
 from medserve.jobs.spec import parse_spec_text
 from medserve.jobs.store import SUCCEEDED
-from medserve.transport.http import _guarded, _json, authenticated
+from medserve.transport.http import authenticated, guarded, json_response
 from medserve.values.errors import Conflict, InvalidInput
 
 _MAX_SPEC_BYTES = 1 << 20
@@ -49,27 +49,27 @@ def jobs_routes(jobs: JobManager) -> list[BaseRoute]:
         if not spec.source.is_absolute() or not spec.sink.path.is_absolute():
             raise InvalidInput("over REST, source and sink.path must be absolute paths on the server")
         status = await jobs.submit(spec, caller)
-        return _json(status.document(), 201)
+        return json_response(status.document(), 201)
 
     async def listing(request: Request) -> Response:
         caller = await authenticated(service, request)
         limit = _int(request, "limit", 100, 1000)
-        return _json({"jobs": [s.document() for s in await jobs.recent(caller, limit)]})
+        return json_response({"jobs": [s.document() for s in await jobs.recent(caller, limit)]})
 
     async def status(request: Request) -> Response:
         caller = await authenticated(service, request)
-        return _json((await jobs.status(request.path_params["job"], caller)).document())
+        return json_response((await jobs.status(request.path_params["job"], caller)).document())
 
     async def cancel(request: Request) -> Response:
         caller = await authenticated(service, request)
-        return _json((await jobs.cancel(request.path_params["job"], caller)).document())
+        return json_response((await jobs.cancel(request.path_params["job"], caller)).document())
 
     async def failures(request: Request) -> Response:
         caller = await authenticated(service, request)
         offset = _int(request, "offset", 0, 1 << 62)
         limit = _int(request, "limit", 1000, 10000)
         found = await jobs.failures(request.path_params["job"], caller, offset, limit)
-        return _json(
+        return json_response(
             {"failures": [{"index": f.index, "locator": f.locator, "reason": f.reason} for f in found]}
         )
 
@@ -83,10 +83,10 @@ def jobs_routes(jobs: JobManager) -> list[BaseRoute]:
         return FileResponse(sink, filename=sink.name)
 
     return [
-        Route("/jobs", _guarded(submit), methods=["POST"]),
-        Route("/jobs", _guarded(listing), methods=["GET"]),
-        Route("/jobs/{job}", _guarded(status), methods=["GET"]),
-        Route("/jobs/{job}/cancel", _guarded(cancel), methods=["POST"]),
-        Route("/jobs/{job}/failures", _guarded(failures), methods=["GET"]),
-        Route("/jobs/{job}/results", _guarded(results), methods=["GET"]),
+        Route("/jobs", guarded(submit), methods=["POST"]),
+        Route("/jobs", guarded(listing), methods=["GET"]),
+        Route("/jobs/{job}", guarded(status), methods=["GET"]),
+        Route("/jobs/{job}/cancel", guarded(cancel), methods=["POST"]),
+        Route("/jobs/{job}/failures", guarded(failures), methods=["GET"]),
+        Route("/jobs/{job}/results", guarded(results), methods=["GET"]),
     ]

@@ -14,8 +14,11 @@ GET  ``/v2/alerts/stream``             ``text/event-stream``: ``event: alert`` p
 POST ``/v2/alerts/{id}/acknowledge``   body ``{"by": "nurse-id"}`` (optional); the updated alert
 =====================================  ========================================================
 
-Routes only translate; the monitor and the ``AlertHub`` hold the logic. Errors map through the REST
-door's one status table.
+Routes only translate; the monitor and the ``AlertHub`` hold the logic. A WebSocket refused at the
+handshake is answered with the REST door's HTTP status where the server can send one (the ASGI
+``websocket.http.response`` extension), else closed with the code this door's one table,
+:data:`CLOSE_CODES`, gives the error; the alert routes and the event stream answer through the REST
+door's table. An error about one sample is a frame, the socket stays open.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from medserve.core.service import InferenceService
 from medserve.protocol.rest_codec import dumps, loads
-from medserve.streaming.alerts import AlertHub
+from medserve.streaming.alerts import AlertHub, AlertNotFound
 from medserve.streaming.messages import (
     MONITOR_MODEL,
     Alert,
@@ -42,16 +45,67 @@ from medserve.streaming.messages import (
     result_to_json,
     sample_from_json,
 )
-from medserve.transport.http import _error, _guarded, _json, authenticated, status_of
+from medserve.transport.http import authenticated, error_response, guarded, json_response, status_of
+from medserve.transport.status_table import StatusTable
 from medserve.values.access import Action, Caller
 from medserve.values.digest import bytes_digest
-from medserve.values.errors import InvalidInput, MedserveError
+from medserve.values.errors import (
+    Conflict,
+    DeadlineExceeded,
+    InferenceFailed,
+    InvalidConfig,
+    InvalidInput,
+    JobNotFound,
+    MedserveError,
+    ModelLoadError,
+    ModelNotFound,
+    ModelNotReady,
+    Overloaded,
+    PayloadTooLarge,
+    PermissionDenied,
+    StoreUnavailable,
+    Unauthenticated,
+    Unsupported,
+)
 
 log = logging.getLogger(__name__)
 
 _MAX_ACK_BODY = 64 * 1024
 _TRUE = ("1", "true", "yes")
 _FALSE = ("", "0", "false", "no")
+
+#: WebSocket close codes (RFC 6455 section 7.4.1, IANA registry) this door uses.
+POLICY_VIOLATION = 1008
+UNSUPPORTED_DATA = 1003
+MESSAGE_TOO_BIG = 1009
+INTERNAL_ERROR = 1011
+TRY_AGAIN_LATER = 1013
+
+#: The streaming door's one table: medserve's error tree to the code a WebSocket is closed with
+#: (the nearest listed class of an error wins). A refusal the client must fix is a policy violation;
+#: a server that cannot serve now says "try again later"; a server fault is an internal error.
+CLOSE_CODES: StatusTable[int] = StatusTable(
+    "WebSocket",
+    {
+        MedserveError: INTERNAL_ERROR,
+        Unauthenticated: POLICY_VIOLATION,
+        PermissionDenied: POLICY_VIOLATION,
+        InvalidInput: POLICY_VIOLATION,
+        ModelNotFound: POLICY_VIOLATION,
+        JobNotFound: POLICY_VIOLATION,
+        AlertNotFound: POLICY_VIOLATION,
+        Conflict: POLICY_VIOLATION,
+        PayloadTooLarge: MESSAGE_TOO_BIG,
+        Unsupported: UNSUPPORTED_DATA,
+        ModelNotReady: TRY_AGAIN_LATER,
+        Overloaded: TRY_AGAIN_LATER,
+        DeadlineExceeded: TRY_AGAIN_LATER,
+        StoreUnavailable: TRY_AGAIN_LATER,
+        InvalidConfig: INTERNAL_ERROR,
+        ModelLoadError: INTERNAL_ERROR,
+        InferenceFailed: INTERNAL_ERROR,
+    },
+)
 
 
 class MonitorLike(Protocol):
@@ -118,12 +172,13 @@ def _sse(event: str, data: bytes) -> bytes:
     return b"event: " + event.encode() + b"\ndata: " + data + b"\n\n"
 
 
-async def _refuse(websocket: WebSocket, exc: MedserveError) -> None:
-    """Refuse a WebSocket handshake with the HTTP status of ``exc`` (or close 1008 without the extension)."""
+async def refuse(websocket: WebSocket, exc: MedserveError) -> None:
+    """Refuse a WebSocket handshake: the HTTP status of ``exc`` where the server can answer one, else
+    a close with its code in :data:`CLOSE_CODES` (the reason cut to fit a close frame)."""
     if "websocket.http.response" in websocket.scope.get("extensions", {}):
-        await websocket.send_denial_response(_error(str(exc), status_of(exc)))
+        await websocket.send_denial_response(error_response(str(exc), status_of(exc)))
     else:
-        await websocket.close(code=1008, reason=str(exc)[:120])
+        await websocket.close(code=CLOSE_CODES.of(exc), reason=str(exc)[:120])
 
 
 def stream_routes(
@@ -136,7 +191,7 @@ def stream_routes(
             caller = await authenticated(service, websocket, "websocket")
             caller.principal.require(Action.INFER, MONITOR_MODEL)
         except MedserveError as exc:
-            await _refuse(websocket, exc)
+            await refuse(websocket, exc)
             return
         await websocket.accept()
         try:
@@ -160,7 +215,7 @@ def stream_routes(
             unacknowledged_only=_query_flag(request, "unacknowledged"),
             limit=_query_limit(request),
         )
-        return _json([alert.to_json() for alert in found])
+        return json_response([alert.to_json() for alert in found])
 
     async def alert_stream(request: Request) -> Response:
         (await authenticated(service, request, "sse")).principal.require(Action.READ, MONITOR_MODEL)
@@ -209,11 +264,11 @@ def stream_routes(
             action=Action.ACKNOWLEDGE,
             facts={"request_id": alert_id},
         )
-        return _json(alert.to_json())
+        return json_response(alert.to_json())
 
     return [
         WebSocketRoute("/v2/monitor/stream", monitor_stream),
-        Route("/v2/alerts", _guarded(list_alerts), methods=["GET"]),
-        Route("/v2/alerts/stream", _guarded(alert_stream), methods=["GET"]),
-        Route("/v2/alerts/{alert_id}/acknowledge", _guarded(acknowledge), methods=["POST"]),
+        Route("/v2/alerts", guarded(list_alerts), methods=["GET"]),
+        Route("/v2/alerts/stream", guarded(alert_stream), methods=["GET"]),
+        Route("/v2/alerts/{alert_id}/acknowledge", guarded(acknowledge), methods=["POST"]),
     ]

@@ -17,16 +17,11 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
-from medserve.imaging.destinations import (
-    DicomStoreDestination,
-    ExportFailed,
-    ExportItem,
-    FhirDestination,
-    FolderDestination,
-    StowRsDestination,
-    destination_from_config,
-)
+from medserve.imaging.destinations import ExportFailed, ExportItem, FolderDestination
+from medserve.transport.destination_config import destination_from_config
 from medserve.transport.dimse import StorageSCP
+from medserve.transport.dimse_scu import DicomStoreDestination
+from medserve.transport.http_destinations import FhirDestination, StowRsDestination
 from medserve.values.errors import InvalidConfig, InvalidInput
 
 CT = Path(get_testdata_file("CT_small.dcm", download=False))

@@ -14,7 +14,8 @@ from pydicom.data import get_testdata_file
 from pynetdicom import AE, _config
 from pynetdicom.sop_class import CTImageStorage, MRImageStorage, Verification  # type: ignore[attr-defined]
 
-from medserve.transport.dimse import StorageSCP, StoreStatus, uid_hash
+from medserve.transport.dicom_status import StoreStatus
+from medserve.transport.dimse import StorageSCP, uid_hash
 from medserve.values.errors import InvalidConfig
 
 CT = Path(get_testdata_file("CT_small.dcm", download=False))

@@ -313,7 +313,7 @@ def test_bad_series_are_rejected_or_unmatched_with_reasons(
     assert "rule 'ct'" in unmatched["reason"] and "MR" in unmatched["reason"]
 
     # A C-STORE the server cannot understand gets a failure status; the server keeps serving.
-    from medserve.clinical.dicom.scu import send_files
+    from medserve.transport.dimse_scu import send_files
 
     broken = pydicom.dcmread(mr[0])
     broken.SOPInstanceUID = "1.2.3.not-a-uid"

@@ -18,9 +18,9 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossl
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
 
-from medserve.clinical.dicom.scu import MAX_CONTEXTS, Outcome, echo, send_files
 from medserve.security.devcerts import make_dev_certificates
 from medserve.transport.dimse import StorageSCP
+from medserve.transport.dimse_scu import MAX_CONTEXTS, Outcome, echo, send_files
 
 CT = Path(get_testdata_file("CT_small.dcm", download=False))
 MR = Path(get_testdata_file("MR_small.dcm", download=False))

@@ -21,7 +21,7 @@ from medserve.scheduling.batcher import DynamicBatcher
 from medserve.scheduling.pool import InstancePool
 from medserve.scheduling.priority import DEFAULT_CLASSES, PriorityClass
 from medserve.transport import grpc as grpc_door
-from medserve.transport.http import _guarded, status_of
+from medserve.transport.http import guarded, status_of
 from medserve.values.errors import DeadlineExceeded, InvalidInput, Overloaded
 from medserve.values.types import InferenceRequest, Tensor
 
@@ -350,13 +350,13 @@ async def test_http_and_grpc_status_of_scheduling_errors() -> None:
     async def refuse(request: Request) -> Any:
         raise Overloaded("model 'm' is saturated", retry_after_s=2.2)
 
-    response = await _guarded(refuse)(cast(Request, None))
+    response = await guarded(refuse)(cast(Request, None))
     assert response.status_code == 503 and response.headers["retry-after"] == "3"
 
     async def late(request: Request) -> Any:
         raise DeadlineExceeded("too late")
 
-    response = await _guarded(late)(cast(Request, None))
+    response = await guarded(late)(cast(Request, None))
     assert response.status_code == 504 and "retry-after" not in response.headers
 
     assert grpc_door.status_code_for(Overloaded("x")) == grpc.StatusCode.UNAVAILABLE
