@@ -194,7 +194,7 @@ class MedServer:
             await self.service.load_all(Caller.system())
         self._start_monitor()
         if settings.grpc_port >= 0:
-            from medserve.transport.grpc import GrpcServer
+            from medserve.transport.grpc_server import GrpcServer
 
             grpc_server = GrpcServer(
                 self.service,
