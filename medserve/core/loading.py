@@ -1,5 +1,6 @@
 """Loading a model version: digest and check the artifact, plan its instances (config.yaml or automatic
-placement), create and warm them up, and resolve its tensors against config.yaml."""
+placement), create them with what config.yaml declares, warm them up, and resolve its tensors against
+config.yaml."""
 
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from medserve.hardware.model_devices import options_for_devices
 from medserve.repository.config import ModelConfig, TensorConfig
 from medserve.runtimes import Runtime, runtime_class
-from medserve.runtimes.base import EngineTensor
+from medserve.runtimes.base import Declaration, EngineTensor
 from medserve.scheduling.execution import ExecutionTimes, Metered
 from medserve.scheduling.failover import slot_for
 from medserve.scheduling.plan import InstanceGroup, InstancePlan
@@ -139,27 +141,38 @@ class Placer(Protocol):
 def _config_group(name: str, config: ModelConfig, artifact: Path) -> InstanceGroup:
     options = dict(config.runtime_options)
     if config.devices:
-        from medserve.hardware.model_devices import options_for_devices
-
         options = options_for_devices(name, config.runtime, config.devices, options)
     return InstanceGroup(
         config.runtime, "", artifact.name, options, config.instance_count, config.max_batch_size
     )
 
 
+def declaration(config: ModelConfig, artifact: Path) -> Declaration:
+    """What ``config`` declares, for the engine instances of ``artifact``, its configured artifact in
+    ``<model>/<version>/``: errors then name ``<model>/config.yaml``."""
+    parents = artifact.resolve().parents
+    depth = len(Path(config.artifact).parts)
+    model_dir = parents[depth] if depth < len(parents) else artifact.parent
+    return Declaration.of(
+        str(model_dir / "config.yaml"), config.max_batch_size, config.inputs, config.outputs
+    )
+
+
 def build_group(
     group: InstanceGroup,
-    version_dir: Path,
+    artifact: Path,
     specs: tuple[list[TensorConfig], list[TensorConfig]] | None,
     config: ModelConfig,
 ) -> tuple[list[Runtime], list[TensorConfig], list[TensorConfig]]:
-    """Blocking: load and warm up ``group``'s instances; the tensors are ``specs`` (inputs, outputs) or,
+    """Blocking: load and warm up ``group``'s instances (of the group's artifact beside the version's
+    ``artifact``, given what config.yaml declares); the tensors are ``specs`` (inputs, outputs) or,
     when None, resolved from the first instance against config.yaml."""
     cls = runtime_class(group.runtime)
+    declared = declaration(config, artifact)
     instances: list[Runtime] = []
     try:
         for _ in range(group.count):
-            instance = cls(version_dir / group.artifact, dict(group.options))
+            instance = cls(artifact.parent / group.artifact, dict(group.options), declared=declared)
             instance.load()
             instances.append(instance)
         if specs is None:
@@ -178,13 +191,13 @@ def build_group(
 
 
 def _build_plan(
-    groups: tuple[InstanceGroup, ...], version_dir: Path, config: ModelConfig
+    groups: tuple[InstanceGroup, ...], artifact: Path, config: ModelConfig
 ) -> tuple[list[Slot], list[TensorConfig], list[TensorConfig]]:
     slots: list[Slot] = []
     specs: tuple[list[TensorConfig], list[TensorConfig]] | None = None
     try:
         for group in groups:
-            instances, inputs, outputs = build_group(group, version_dir, specs, config)
+            instances, inputs, outputs = build_group(group, artifact, specs, config)
             specs = (inputs, outputs)
             if not group.device:
                 group = replace(group, device=instances[0].device())
@@ -217,7 +230,7 @@ def load_version(
     plan = placer.plan(name, version, config, artifact, digest) if placer is not None else None
 
     def loaded(plan: InstancePlan, groups: tuple[InstanceGroup, ...]) -> LoadedVersion:
-        slots, inputs, outputs = _build_plan(groups, artifact.parent, config)
+        slots, inputs, outputs = _build_plan(groups, artifact, config)
         if plan.decision is None and not plan.groups:  # placed by config.yaml: record where it landed
             plan = replace(plan, groups=tuple(replace(g, device=slots[0].device) for g in groups))
         instances = [s.instance for s in slots]

@@ -123,7 +123,7 @@ class ServedModel:
 
     def _build(self, group: InstanceGroup) -> list[Runtime]:
         specs = (self.loaded.inputs, self.loaded.outputs)
-        return build_group(group, self.loaded.artifact.parent, specs, self.config)[0]
+        return build_group(group, self.loaded.artifact, specs, self.config)[0]
 
     def _executed(self, execution: ExecutionTimes) -> None:
         self.stats.executed(execution)

@@ -52,6 +52,7 @@ from medserve.hardware.profile import (
 from medserve.repository.config import ModelConfig, TensorConfig
 from medserve.repository.repository import ModelRepository
 from medserve.runtimes import Runtime, runtime_class, runtime_names
+from medserve.runtimes.base import Declaration
 from medserve.values.datatypes import numpy_dtype
 from medserve.values.errors import InvalidInput, ModelLoadError
 
@@ -219,6 +220,7 @@ class _Profiler:
     def __init__(
         self,
         config: ModelConfig,
+        declared: Declaration,
         version_dir: Path,
         batch_sizes: list[int],
         seconds: float,
@@ -228,6 +230,7 @@ class _Profiler:
         progress: Progress | None,
     ) -> None:
         self.config = config
+        self.declared = declared
         self.version_dir = version_dir
         self.batch_sizes = batch_sizes
         self.seconds = seconds
@@ -261,7 +264,9 @@ class _Profiler:
         try:
             probe = MemoryProbe(target.runtime, target.device)
             instance = self.loader(target.runtime)(
-                self.version_dir / target.artifact, _options(self.config, target.runtime, target.device)
+                self.version_dir / target.artifact,
+                _options(self.config, target.runtime, target.device),
+                declared=self.declared,
             )
             instance.load()
             inputs, outputs = _tensor_specs(self.config, instance)
@@ -366,8 +371,12 @@ def profile_model(
             elif devices is not None:
                 error = f"{name} cannot use {device.id} here (it is usable by: {', '.join(device.runtimes)})"
                 unavailable += [ProfilePoint(name, device.id, b).unusable(error) for b in sizes]
+    declared = Declaration.of(
+        str(model_dir.resolve() / "config.yaml"), config.max_batch_size, config.inputs, config.outputs
+    )
     profiler = _Profiler(
         config,
+        declared,
         version_dir,
         sizes,
         seconds_per_point,

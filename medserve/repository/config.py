@@ -3,7 +3,7 @@
 A repository is ``<repo>/<model>/config.yaml`` plus ``<repo>/<model>/<version>/<artifact>``. When
 ``max_batch_size`` > 0, tensor ``dims`` exclude the batch dimension (as in Triton). A model whose
 version folders are MONAI bundles needs no ``config.yaml``: its configuration is derived from the bundle
-and ``config.yaml``, when present, overrides it (see ``medserve.runtimes.monai_bundle``).
+and ``config.yaml``, when present, overrides it (see ``medserve.repository.monai_bundle``).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from pydantic import (
     model_validator,
 )
 
+from medserve.repository.monai_bundle import bundle_model_defaults
 from medserve.values.datatypes import DATATYPES
 from medserve.values.errors import InvalidConfig
 
@@ -234,8 +235,6 @@ def parse_model_config(
 
 def load_model_config(model_dir: Path) -> ModelConfig:
     """``config.yaml``, over the configuration derived from MONAI bundle version folders if any."""
-    from medserve.runtimes.monai_bundle import bundle_model_defaults
-
     path = model_dir / "config.yaml"
     defaults = bundle_model_defaults(model_dir) if model_dir.is_dir() else None
     if not path.is_file():

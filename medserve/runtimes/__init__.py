@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 
-from medserve.runtimes.base import EngineTensor, Runtime
+from medserve.runtimes.base import Declaration, EngineTensor, Runtime
 from medserve.values.errors import ModelLoadError
 
 _RUNTIMES: dict[str, str | type[Runtime]] = {
@@ -59,6 +59,7 @@ def runtime_class(name: str) -> type[Runtime]:
 
 
 __all__ = [
+    "Declaration",
     "EngineTensor",
     "Runtime",
     "register_runtime",

@@ -1,73 +1,21 @@
-"""What the model's ``config.yaml`` declares, for engines whose artifacts do not name their tensors.
+"""The tensor description embedded in an archive (``medserve.json``), for engines whose files carry none.
 
-The ``Runtime`` interface hands an engine only its artifact and ``runtime_options``. A TorchScript file
-carries no tensor names, datatypes or shapes, and the OpenVINO engine needs to know whether the first
-dimension is a batch dimension, so these engines read the configuration of the repository model the
-artifact belongs to (``<model>/<version>/<artifact>`` with ``<model>/config.yaml``). Outside a
-repository (an artifact loaded directly) there is none and the engines rely on the artifact alone.
+A TorchScript file names no tensors; ``torch.jit.save``'s ``_extra_files`` (and ``torch.export.save``'s
+``extra_files``) can carry this JSON beside the module. The model's configuration, when the caller
+declares one (``medserve.runtimes.base.Declaration``), comes first.
 """
 
 from __future__ import annotations
 
 import json
-import logging
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from medserve.runtimes.base import EngineTensor
 from medserve.values.datatypes import DATATYPES
-from medserve.values.errors import MedserveError, ModelLoadError
-
-log = logging.getLogger(__name__)
+from medserve.values.errors import ModelLoadError
 
 #: name of the tensor description embedded in TorchScript / torch.export archives (extra file)
 METADATA_FILE = "medserve.json"
-
-
-@dataclass(frozen=True, slots=True)
-class Declared:
-    """A model's declared tensors (full shapes: a batching model's start with -1) and batch size."""
-
-    max_batch_size: int
-    inputs: list[EngineTensor] | None
-    outputs: list[EngineTensor] | None
-    source: str
-
-
-def repository_declaration(artifact: Path) -> Declared | None:
-    """The declaration of the repository model ``artifact`` is a version of; None outside a repository.
-
-    A ``config.yaml`` that does not validate yields None: the registry reports that error itself.
-    """
-    from medserve.repository.config import load_model_config
-
-    resolved = artifact.resolve()
-    for version_dir in list(resolved.parents)[:4]:
-        model_dir = version_dir.parent
-        if not version_dir.name.isdigit() or not (model_dir / "config.yaml").is_file():
-            continue
-        try:
-            config = load_model_config(model_dir)
-        except (MedserveError, OSError) as exc:
-            log.debug("ignoring %s/config.yaml: %s", model_dir, exc)
-            return None
-        if (version_dir / config.artifact).resolve() != resolved:
-            continue
-        prefix = (-1,) if config.max_batch_size > 0 else ()
-        return Declared(
-            config.max_batch_size,
-            _tensors(config.inputs, prefix),
-            _tensors(config.outputs, prefix),
-            str(model_dir / "config.yaml"),
-        )
-    return None
-
-
-def _tensors(specs: Any, prefix: tuple[int, ...]) -> list[EngineTensor] | None:
-    if specs is None:
-        return None
-    return [EngineTensor(s.name, s.datatype, (*prefix, *s.dims)) for s in specs]
 
 
 def metadata_json(inputs: list[EngineTensor], outputs: list[EngineTensor]) -> str:

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from medserve.runtimes.base import EngineTensor, Runtime
+from medserve.runtimes.base import Declaration, EngineTensor, Runtime
 from medserve.values.errors import InferenceFailed, InvalidConfig, InvalidInput, ModelLoadError
 
 log = logging.getLogger(__name__)
@@ -82,8 +82,10 @@ class OnnxRuntime(Runtime):
     name = "onnxruntime"
     platform = "onnxruntime_onnx"
 
-    def __init__(self, artifact: Path, options: dict[str, Any]) -> None:
-        super().__init__(artifact, options)
+    def __init__(
+        self, artifact: Path, options: dict[str, Any], *, declared: Declaration | None = None
+    ) -> None:
+        super().__init__(artifact, options, declared=declared)
         self._session: ort.InferenceSession | None = None
         self._inputs: list[EngineTensor] = []
         self._outputs: list[EngineTensor] = []
@@ -93,11 +95,8 @@ class OnnxRuntime(Runtime):
         self._string_outputs: set[str] = set()
 
     def _where(self) -> str:
-        """Error prefix: the model's config.yaml field when the artifact is in a repository."""
-        from medserve.runtimes._declared import repository_declaration
-
-        declared = repository_declaration(self.artifact)
-        return f"{declared.source}: field 'runtime_options'" if declared else "onnxruntime option"
+        """Error prefix: the model's config.yaml field when the caller declared the model."""
+        return self.options_source("onnxruntime option")
 
     def _providers(self) -> list[Any]:
         """Execution providers from ``providers`` / ``execution_providers`` and ``device``.

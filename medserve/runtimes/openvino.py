@@ -38,8 +38,7 @@ from typing import Any
 import numpy as np
 import openvino as ov
 
-from medserve.runtimes._declared import repository_declaration
-from medserve.runtimes.base import EngineTensor, Runtime
+from medserve.runtimes.base import Declaration, EngineTensor, Runtime
 from medserve.values.errors import InferenceFailed, InvalidConfig, ModelLoadError
 
 log = logging.getLogger(__name__)
@@ -105,8 +104,10 @@ class OpenVinoRuntime(Runtime):
     name = "openvino"
     platform = "openvino"
 
-    def __init__(self, artifact: Path, options: dict[str, Any]) -> None:
-        super().__init__(artifact, options)
+    def __init__(
+        self, artifact: Path, options: dict[str, Any], *, declared: Declaration | None = None
+    ) -> None:
+        super().__init__(artifact, options, declared=declared)
         self._compiled: Any = None
         self._request: Any = None
         self._queue: Any = None
@@ -155,8 +156,8 @@ class OpenVinoRuntime(Runtime):
         return config
 
     def load(self) -> None:
-        declared = repository_declaration(self.artifact)
-        where = f"{declared.source}: field 'runtime_options'" if declared else "openvino runtime option"
+        declared = self.declared
+        where = self.options_source("openvino runtime option")
         core = ov.Core()
         config = self._config(core, where)
         if not self.artifact.is_file():

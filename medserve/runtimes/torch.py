@@ -18,8 +18,8 @@
       format: auto                # auto (by suffix: .pt2 = torch_export), torchscript or torch_export
 
 Tensors. TorchScript files carry no tensor names or shapes, so the engine takes them, in this order,
-from the model's ``config.yaml`` (``inputs``/``outputs``; the repository model the artifact is a
-version of), from a ``medserve.json`` embedded in the archive (``_extra_files`` of ``torch.jit.save``,
+from the model's ``config.yaml`` (``inputs``/``outputs``, handed over by the caller as the runtime's
+``declared``), from a ``medserve.json`` embedded in the archive (``_extra_files`` of ``torch.jit.save``,
 ``extra_files`` of ``torch.export.save``; written by ``medserve.demo.models.runtime_artifacts``), or, for
 ``.pt2`` only, from the exported program's signature (outputs then are ``OUTPUT__0``, ``OUTPUT__1``...).
 Inputs are passed positionally in the order of the module's ``forward`` parameters when their names
@@ -43,8 +43,8 @@ from typing import Any
 
 import numpy as np
 
-from medserve.runtimes._declared import METADATA_FILE, parse_metadata, repository_declaration
-from medserve.runtimes.base import EngineTensor, Runtime
+from medserve.runtimes._declared import METADATA_FILE, parse_metadata
+from medserve.runtimes.base import Declaration, EngineTensor, Runtime
 from medserve.values.errors import InferenceFailed, ModelLoadError
 
 log = logging.getLogger(__name__)
@@ -54,8 +54,10 @@ class TorchRuntime(Runtime):
     name = "torch"
     platform = "pytorch_libtorch"
 
-    def __init__(self, artifact: Path, options: dict[str, Any]) -> None:
-        super().__init__(artifact, options)
+    def __init__(
+        self, artifact: Path, options: dict[str, Any], *, declared: Declaration | None = None
+    ) -> None:
+        super().__init__(artifact, options, declared=declared)
         self._module: Any = None
         self._eager: Any = None
         self._settings: Any = None
@@ -70,12 +72,12 @@ class TorchRuntime(Runtime):
     # ------------------------------------------------------------------ loading
 
     def load(self) -> None:
-        declared = repository_declaration(self.artifact)
-        where = f"{declared.source}: field 'runtime_options'" if declared else "torch runtime option"
+        declared = self.declared
+        where = self.options_source("torch runtime option")
         try:
-            import torch
+            import torch  # lazy import of an optional engine (torch)
 
-            from medserve.runtimes import _torch_support as support
+            from medserve.runtimes import _torch_support as support  # lazy: imports torch, an optional engine
         except ImportError as exc:
             raise ModelLoadError(f"the torch runtime needs torch: {exc}") from None
         settings = support.parse_options(self.options, where)
@@ -126,7 +128,7 @@ class TorchRuntime(Runtime):
 
     def _read(self, fmt: str, device: Any) -> tuple[Any, Any, Any]:
         """The module, its embedded tensor description and (``.pt2``) the one its signature gives."""
-        import torch
+        import torch  # lazy import of an optional engine (torch)
 
         extra: dict[str, Any] = {METADATA_FILE: ""}
         derived = None
@@ -138,7 +140,7 @@ class TorchRuntime(Runtime):
                 program = torch.export.load(str(self.artifact), extra_files=extra)
                 derived = _signature_tensors(program)
                 if device.type != "cpu":  # also moves device arguments baked into the graph's operations
-                    from torch.export.passes import move_to_device_pass
+                    from torch.export.passes import move_to_device_pass  # lazy: optional engine
 
                     program = move_to_device_pass(program, device)
                 module = program.module()
@@ -151,7 +153,7 @@ class TorchRuntime(Runtime):
 
     def _compile(self, torch: Any) -> None:
         settings = self._settings
-        from medserve.runtimes._torch_support import example_inputs
+        from medserve.runtimes._torch_support import example_inputs  # lazy: imports torch, an optional engine
 
         try:
             compiled = torch.compile(
@@ -173,7 +175,7 @@ class TorchRuntime(Runtime):
                     f"{self.artifact}: cuda_graphs need a variable batch dimension and fixed other "
                     f"dimensions; input '{tensor.name}' has shape {list(tensor.shape)}"
                 )
-        import torch
+        import torch  # lazy import of an optional engine (torch)
 
         try:
             with torch.inference_mode():
@@ -202,7 +204,7 @@ class TorchRuntime(Runtime):
         settings = self._settings
         if settings is None:
             return {}
-        import torch
+        import torch  # lazy import of an optional engine (torch)
 
         return {
             "format": self._format,
@@ -223,7 +225,7 @@ class TorchRuntime(Runtime):
     def _call(self, args: list[Any]) -> Any:
         if not self._compiled:
             return self._invoke(self._module, args)
-        import torch._dynamo
+        import torch._dynamo  # lazy import of an optional engine (torch)
 
         try:
             return self._invoke(self._module, args)
@@ -233,7 +235,7 @@ class TorchRuntime(Runtime):
             return self._invoke(self._module, args)
 
     def _tensor(self, spec: EngineTensor, array: np.ndarray) -> Any:
-        import torch
+        import torch  # lazy import of an optional engine (torch)
 
         array = np.ascontiguousarray(array)
         if not array.flags.writeable:
@@ -260,9 +262,9 @@ class TorchRuntime(Runtime):
         return {names[0]: result}
 
     def _numpy(self, value: Any, spec: EngineTensor) -> np.ndarray:
-        import torch
+        import torch  # lazy import of an optional engine (torch)
 
-        from medserve.runtimes._torch_support import TORCH_DTYPES
+        from medserve.runtimes._torch_support import TORCH_DTYPES  # lazy: imports torch, an optional engine
 
         tensor = torch.as_tensor(value).detach()
         if spec.datatype == "BF16":
@@ -274,7 +276,7 @@ class TorchRuntime(Runtime):
     def run(self, inputs: dict[str, np.ndarray], output_names: list[str]) -> dict[str, np.ndarray]:
         if self._module is None:
             raise InferenceFailed("model instance is not loaded")
-        import torch
+        import torch  # lazy import of an optional engine (torch)
 
         specs = {t.name: t for t in self._outputs}
         try:
@@ -312,7 +314,7 @@ def _call_order(module: Any, names: list[str]) -> list[int]:
 
 def _signature_tensors(program: Any) -> tuple[list[EngineTensor], list[EngineTensor]] | None:
     """Inputs (by placeholder name) and outputs (``OUTPUT__i``) of an exported program."""
-    from medserve.runtimes._torch_support import OIP_DATATYPES
+    from medserve.runtimes._torch_support import OIP_DATATYPES  # lazy: imports torch, an optional engine
 
     def tensor(name: str, value: Any) -> EngineTensor | None:
         dtype = OIP_DATATYPES.get(getattr(value, "dtype", None))  # type: ignore[arg-type]

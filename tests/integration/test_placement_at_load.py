@@ -29,6 +29,7 @@ from medserve.hardware.profile import ModelProfile, ProfilePoint
 from medserve.hardware.profile_store import ProfileStore
 from medserve.repository.repository import ModelRepository
 from medserve.runtimes import register_runtime, unregister_runtime
+from medserve.runtimes.base import Declaration
 from medserve.runtimes.onnxruntime import OnnxRuntime
 from medserve.store.database import Database
 from medserve.values.digest import sha256_file
@@ -49,10 +50,12 @@ class DeviceOrt(OnnxRuntime):
     faulty: ClassVar[set[str]] = set()
     runs: ClassVar[dict[str, int]] = {}
 
-    def __init__(self, artifact: Path, options: dict[str, Any]) -> None:
+    def __init__(
+        self, artifact: Path, options: dict[str, Any], *, declared: Declaration | None = None
+    ) -> None:
         options = dict(options)
         self._where_to = str(options.pop("device", "cpu"))
-        super().__init__(artifact, options)
+        super().__init__(artifact, options, declared=declared)
 
     def device(self) -> str:
         return self._where_to

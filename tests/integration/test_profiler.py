@@ -22,6 +22,7 @@ from medserve.hardware.profile_store import ProfileStore
 from medserve.hardware.profiler import median_point, profile_model
 from medserve.repository.repository import ModelRepository
 from medserve.runtimes import Runtime, runtime_class
+from medserve.runtimes.base import Declaration
 from medserve.store.database import Database
 from medserve.values.errors import InferenceFailed, InvalidConfig, InvalidInput, ModelLoadError
 
@@ -124,9 +125,11 @@ class _FailsAtTwo(Runtime):
 
     name = "onnxruntime"
 
-    def __init__(self, artifact: Path, options: dict[str, Any]) -> None:
-        super().__init__(artifact, options)
-        self.inner = runtime_class("onnxruntime")(artifact, options)
+    def __init__(
+        self, artifact: Path, options: dict[str, Any], *, declared: Declaration | None = None
+    ) -> None:
+        super().__init__(artifact, options, declared=declared)
+        self.inner = runtime_class("onnxruntime")(artifact, options, declared=declared)
 
     def load(self) -> None:
         self.inner.load()

@@ -25,6 +25,7 @@ import onnx
 import pytest
 import torch
 
+from medserve.core.loading import declaration
 from medserve.core.metrics import ServingMetrics
 from medserve.core.registry import ModelRegistry
 from medserve.demo.models.runtime_artifacts import (
@@ -36,8 +37,10 @@ from medserve.demo.models.runtime_artifacts import (
     write_runtime_variants,
 )
 from medserve.demo.models.test_models import TEST_MODELS, simple_model
+from medserve.repository.config import load_model_config
 from medserve.repository.repository import ModelRepository
 from medserve.runtimes import runtime_class, runtime_names
+from medserve.runtimes.base import Declaration
 from medserve.runtimes.onnxruntime import OnnxRuntime, default_providers
 from medserve.runtimes.torch import TorchRuntime
 from medserve.values.errors import InvalidConfig, MedserveError, ModelLoadError
@@ -101,10 +104,18 @@ def feeds(model: str, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
     return {"image": rng.random((batch, 1, 16, 16), dtype=np.float32)}
 
 
-def loaded(path: Path, variant: str, options: dict[str, Any] | None = None) -> Any:
-    runtime = runtime_class(VARIANTS[variant][0])(path, dict(options or {}))
+def loaded(
+    path: Path, variant: str, options: dict[str, Any] | None = None, declared: Declaration | None = None
+) -> Any:
+    runtime = runtime_class(VARIANTS[variant][0])(path, dict(options or {}), declared=declared)
     runtime.load()
     return runtime
+
+
+def declared_by(model_dir: Path) -> Declaration:
+    """What the loader hands the engines of ``model_dir``'s version 1: its config.yaml's declaration."""
+    config = load_model_config(model_dir)
+    return declaration(config, model_dir / "1" / config.artifact)
 
 
 def reference(paths: dict[str, Path], inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -216,7 +227,9 @@ def test_torchscript_dict_outputs_map_by_name(tmp_path: Path) -> None:
         },
         tmp_path / "model.pt",
     )
-    runtime = loaded(model_dir / "1" / "model.pt", "torchscript")
+    with pytest.raises(ModelLoadError, match="names no tensors"):  # an engine reads no config.yaml itself
+        loaded(model_dir / "1" / "model.pt", "torchscript")
+    runtime = loaded(model_dir / "1" / "model.pt", "torchscript", declared=declared_by(model_dir))
     assert runtime.describe()["tensors_from"] == "config.yaml"
     x = np.array([[1.0, -2.0]], dtype=np.float32)
     out = runtime.run({"x": x}, ["doubled", "negated"])
@@ -253,6 +266,10 @@ def test_openvino_gives_a_fixed_batch_model_a_variable_batch(tmp_path: Path) -> 
         )
     fixed = loaded(tmp_path / "fixed.onnx", "openvino")
     assert fixed.inputs()[0].shape == (2, 1, 16, 16)
+    # dynamic_batch auto follows the declared model: variable when it batches
+    for max_batch_size, first in ((8, -1), (0, 2)):
+        declared = Declaration("fixed/config.yaml", max_batch_size)
+        assert loaded(tmp_path / "fixed.onnx", "openvino", declared=declared).inputs()[0].shape[0] == first
     runtime = loaded(tmp_path / "fixed.onnx", "openvino", {"dynamic_batch": True})
     assert runtime.inputs()[0].shape == (-1, 1, 16, 16)
     inputs = feeds("conv", 5)
@@ -381,7 +398,7 @@ async def test_bad_runtime_options_fail_the_load_naming_the_field(
     config = variant_config(SIMPLE_CONFIG, variant, options)
     model_dir = place_variant(tmp_path, "bad", config, simple[variant])
     with pytest.raises(InvalidConfig) as direct:
-        loaded(model_dir / "1" / config["artifact"], variant, options)
+        loaded(model_dir / "1" / config["artifact"], variant, options, declared_by(model_dir))
     error = await _load_error(tmp_path, "bad")
     for text in (str(direct.value), str(error)):
         assert message in text, text
