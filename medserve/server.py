@@ -15,17 +15,11 @@ from collections.abc import Generator
 
 import uvicorn
 
-from medserve.core.metrics import ServingMetrics
-from medserve.core.registry import ModelRegistry
-from medserve.core.service import InferenceService
-from medserve.hardware.placer import HardwarePlacer
-from medserve.hardware.profile_store import ProfileStore
+from medserve.core.dataplane import build_dataplane
 from medserve.imaging.config import load_config
 from medserve.imaging.service import ImagingService
 from medserve.jobs.manager import JobManager, JobSettings
 from medserve.jobs.store import JobStore
-from medserve.monitoring.drift import ModelMonitor
-from medserve.repository.repository import ModelRepository
 from medserve.security.tls import (
     TlsConfig,
     TlsHttpToolsProtocol,
@@ -85,31 +79,12 @@ def tls_config(settings: Settings) -> TlsConfig | None:
 class MedServer:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.metrics = ServingMetrics()
         self.trust: Trust = build_trust(settings)
         trust = self.trust
-        # placement at load (placement: auto), device failover, energy metering, live profiles
-        self.placer = HardwarePlacer(ProfileStore(trust.database))
-        self.registry = ModelRegistry(
-            ModelRepository(settings.repository),
-            self.metrics,
-            trust.lineage,
-            priority_classes=settings.priority_table(),
-            cross_model_wait_s=settings.cross_model_wait_s,
-            placer=self.placer,
-        )
-        self.model_monitor = ModelMonitor(window_s=settings.monitoring_window_s)
-        self.service = InferenceService(
-            self.registry,
-            trust.authenticator,
-            audit=None if settings.audit_disabled else trust.audit,
-            pseudonyms=trust.pseudonyms,
-            observer=self.model_monitor if settings.monitoring_max_per_s > 0 else None,
-            observe_per_s=settings.monitoring_max_per_s,
-        )
-        self.metrics.watch_trust(trust.audit, self.model_monitor)
-        if settings.audit_disabled:
-            log.warning("AUDIT IS DISABLED (audit_disabled=true): no inference is recorded. Benchmarks only.")
+        # the registry and the one InferenceService over it, with placement at load and monitoring
+        self.dataplane = build_dataplane(settings, trust, placement=True, monitoring=True)
+        self.service = self.dataplane.service
+        self.metrics = self.dataplane.metrics
         self._http: _HttpServer | None = None
         self._http_task: asyncio.Task[None] | None = None
         self._grpc: object | None = None
@@ -184,7 +159,7 @@ class MedServer:
         tls = tls_config(settings)
         if tls and tls.client_auth == "optional" and not grpc_requests_client_certificates(tls):
             log.warning("gRPC cannot ask for client certificates optionally: gRPC clients use tokens")
-        self.registry.repository.model_names()
+        self.service.repository_models()
         await self.service.record(
             AuditEvent(
                 event="server.start", principal="medserve", door="system", detail=_settings_summary(settings)
@@ -265,8 +240,7 @@ class MedServer:
         await self.jobs.stop(grace)
         if self.imaging is not None:
             await self.imaging.stop()
-        await self.registry.close()
-        await asyncio.to_thread(self.placer.close)
+        await self.dataplane.close()
         if self.alerts is not None:
             self.alerts.close()
         await self.service.record(AuditEvent(event="server.stop", principal="medserve", door="system"))

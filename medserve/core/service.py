@@ -16,13 +16,15 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
 from medserve import __version__
+from medserve.core.collaborators import AuditSink, Authenticator, OutputObserver, Pipeline, Pseudonyms
+from medserve.core.model_info import ServedModelInfo
 from medserve.core.registry import ModelRegistry
-from medserve.values.access import Action, Caller, Principal
+from medserve.values.access import Action, Caller
 from medserve.values.audit_event import AuditEvent
 from medserve.values.digest import tensors_digest
 from medserve.values.errors import InvalidInput, MedserveError, ModelNotFound, Unauthenticated, Unsupported
@@ -49,43 +51,6 @@ EXTENSIONS = (
 #: Request parameters that name a patient or a study; audit records keep only their pseudonyms.
 PATIENT_PARAMETERS = ("patient_id", "sequence_id")
 STUDY_PARAMETERS = ("study_instance_uid", "study_uid", "accession_number")
-
-
-class Pipeline(Protocol):
-    """A served model made of server-side logic over other models (e.g. the patient monitor)."""
-
-    name: str
-
-    async def infer(self, request: InferenceRequest, caller: Caller) -> InferenceResponse: ...
-
-    def metadata(self) -> ModelMetadata: ...
-
-
-class AuditSink(Protocol):
-    async def record(self, event: AuditEvent) -> None: ...
-
-
-class Authenticator(Protocol):
-    def authenticate(
-        self, authorization: str | None, client_cert_cn: str | None = None, *, door: str, peer: str = ""
-    ) -> Principal: ...
-
-
-class Pseudonyms(Protocol):
-    def ref(self, kind: str, value: str) -> str: ...
-
-
-class OutputObserver(Protocol):
-    def observe(
-        self,
-        model: str,
-        version: str,
-        inputs: dict[str, np.ndarray],
-        outputs: dict[str, np.ndarray],
-        now: float | None = None,
-    ) -> None: ...
-
-    def snapshot(self, model: str) -> dict[str, Any]: ...
 
 
 def _first(parameters: dict[str, Any], names: tuple[str, ...]) -> object:
@@ -116,6 +81,7 @@ class InferenceService:
         self._pipelines: dict[str, Pipeline] = {}
         self.observe_per_s = observe_per_s
         self._observed: dict[str, tuple[int, int]] = {}
+        self._loading: dict[str, asyncio.Lock] = {}
 
     def add_pipeline(self, pipeline: Pipeline) -> None:
         self._pipelines[pipeline.name] = pipeline
@@ -275,6 +241,12 @@ class InferenceService:
         caller.principal.require(Action.READ, name)
         return self.registry.get(name, version).triton_config()
 
+    def model_info(self, name: str, caller: Caller, version: str = "") -> ServedModelInfo:
+        """The version serving ``name`` (the newest unless ``version`` is given), for a workflow:
+        its declared tensors, batch limit, artifact digest, device and configuration metadata."""
+        caller.principal.require(Action.READ, name)
+        return ServedModelInfo.of(self.registry.get(name, version))
+
     def model_statistics(self, name: str, version: str, caller: Caller) -> dict[str, Any]:
         caller.principal.require(Action.READ, name or None)
         if name:
@@ -338,6 +310,13 @@ class InferenceService:
             facts=facts,
         )
 
+    async def infer_step(self, request: InferenceRequest, caller: Caller) -> InferenceResponse:
+        """One step (a frame, a sliding-window patch) of a pipeline run that is audited as a whole
+        by the ``call`` around it: authorised, batched and counted like any request, but without an
+        audit record or a monitoring sample of its own."""
+        caller.principal.require(Action.INFER, request.model_name)
+        return await self.registry.get(request.model_name, request.model_version).infer(request)
+
     def _observe(
         self, model: str, version: str, request: InferenceRequest, response: InferenceResponse
     ) -> None:
@@ -400,6 +379,15 @@ class InferenceService:
     async def unload_model(self, name: str, caller: Caller) -> None:
         await self._audited_change("model.unload", name, caller, lambda: self.registry.unload(name))
 
+    async def ensure_loaded(self, name: str, caller: Caller) -> None:
+        """Load ``name`` unless a version of it is serving, exactly as ``load_model`` does (``manage``
+        on the model, a ``model.load`` record); callers asking at the same time load it once."""
+        if self.registry.versions(name):
+            return
+        async with self._loading.setdefault(name, asyncio.Lock()):
+            if not self.registry.versions(name):
+                await self.load_model(name, caller)
+
     async def load_all(self, caller: Caller) -> None:
         """Load every model in the repository; one that fails is logged and left unavailable."""
         for name in self.registry.repository.model_names():
@@ -407,6 +395,18 @@ class InferenceService:
                 await self.load_model(name, caller)
             except MedserveError as exc:
                 log.error("model %s is not serving: %s", name, exc)
+
+    def repository_models(self) -> list[str]:
+        """The models in the repository; raises ``InvalidConfig`` when it cannot be read."""
+        return self.registry.repository.model_names()
+
+    def require_in_repository(self, name: str) -> None:
+        """Raises ``ModelNotFound`` unless the repository has a folder for ``name`` (loaded or not)."""
+        self.registry.repository.model_dir(name)
+
+    async def close(self) -> None:
+        """Unload every model (their in-flight batches finish first) and write back live profiles."""
+        await self.registry.close()
 
     async def rollback_model(
         self, name: str, caller: Caller, version: int | None = None, clear: bool = False

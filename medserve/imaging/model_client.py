@@ -1,6 +1,7 @@
-"""How an imaging pipeline, running in a worker thread, reaches models: through the core's registry
-and batcher on the server's event loop, one request per image or sliding-window patch, so that the
-dynamic batcher merges them into batches.
+"""How an imaging pipeline, running in a worker thread, reaches models: through ``InferenceService`` on
+the event loop that owns them, one request per image or sliding-window patch, so that the dynamic
+batcher merges them into batches. The run as a whole is one audited call (``series_runner``); its
+steps are ``InferenceService.infer_step`` calls, authorised for the pipeline's caller.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from medserve.core.registry import ModelRegistry
+from medserve.core.service import InferenceService
+from medserve.values.access import Caller
 from medserve.values.errors import InvalidInput
 from medserve.values.types import InferenceRequest, Tensor
 
@@ -35,24 +37,24 @@ class ModelInfo:
 class ModelClient:
     """Runs models for one pipeline execution; records which version served (for the audit record)."""
 
-    registry: ModelRegistry
+    service: InferenceService
+    caller: Caller
     loop: asyncio.AbstractEventLoop
     used: dict[str, ModelInfo] = field(default_factory=dict)
     timeout_s: float = 600.0
 
     def info(self, model: str) -> ModelInfo:
-        served = self.registry.get(model)
-        config = served.config
-        if not config.inputs or not config.outputs:
+        served = self.service.model_info(model, self.caller)
+        if not served.inputs or not served.outputs:
             raise InvalidInput(f"model '{model}' declares no inputs or outputs")
         info = ModelInfo(
             served.name,
             served.version,
-            served.loaded.sha256,
+            served.sha256,
             served.device,
-            dict(config.metadata or {}),
-            config.inputs[0].name,
-            config.outputs[0].name,
+            served.metadata,
+            served.inputs[0].name,
+            served.outputs[0].name,
         )
         self.used[model] = info
         return info
@@ -69,7 +71,6 @@ class ModelClient:
     async def _infer_each(
         self, info: ModelInfo, items: Sequence[np.ndarray], priority_class: str
     ) -> list[np.ndarray]:
-        served = self.registry.get(info.name, info.version)
         gate = asyncio.Semaphore(IN_FLIGHT)
 
         async def one(k: int, item: np.ndarray) -> np.ndarray:
@@ -82,7 +83,7 @@ class ModelClient:
                 parameters={"priority_class": priority_class},
             )
             async with gate:
-                response = await served.infer(request)
+                response = await self.service.infer_step(request, self.caller)
             output = next((t for t in response.outputs if t.name == info.output_name), response.outputs[0])
             result: np.ndarray = output.data[0]
             return result

@@ -2,8 +2,9 @@
 
 Doors (DIMSE C-STORE, DICOMweb STOW-RS) hand it whole Part-10 files with their caller; it stores
 each durably before the door acknowledges, watches series until they have been quiet for
-``quiet_time_s``, routes them, runs their pipeline in a worker thread with the models called through
-the core's batchers, writes SEG / SR / FHIR results and queues their exports in one transaction.
+``quiet_time_s``, routes them, runs each through its pipeline (``series_runner``: one audited
+inference, the model loaded first when it is not, the models called through the core's batchers),
+writes SEG / SR / FHIR results and queues their exports in one transaction.
 
 Everything is in the database, so a restart picks up where the last run stopped: series still
 receiving are watched again, series routed or being processed are processed (again), exports still
@@ -15,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import json
 import logging
 import uuid
 from collections.abc import Sequence
@@ -34,9 +34,10 @@ from medserve.imaging import instance_store as states
 from medserve.imaging.config import ImagingConfig
 from medserve.imaging.destinations import Destination
 from medserve.imaging.instance_store import InstanceStore, StoredInstance, parse_instance
-from medserve.imaging.model_client import ModelClient
 from medserve.imaging.outbox import Outbox
-from medserve.imaging.pipelines import PipelineSpec, run_pipeline
+from medserve.imaging.pipelines import PipelineSpec
+from medserve.imaging.results_writer import write_results
+from medserve.imaging.series_runner import run_series
 from medserve.store.database import Database
 from medserve.store.tables import DicomSeriesRow, ExportRow, ImagingResultRow
 from medserve.values.access import Action, Caller
@@ -216,28 +217,11 @@ class ImagingService:
             return
         spec = self.pipelines[row.pipeline]
         caller = Caller.system("dicom").for_pipeline(spec.name)
-        models = ModelClient(self.service.registry, asyncio.get_running_loop())
         paths = await asyncio.to_thread(self.store.instance_paths, series_uid)
         patient_id = await asyncio.to_thread(_patient_id, paths)
-        facts: dict[str, str] = {}
-
-        async def work() -> ImagingResult:
-            result = await asyncio.to_thread(self._run, spec, paths, models)
-            used = models.used.get(spec.model)
-            if used is not None:
-                facts.update(model_version=used.version, model_digest=used.digest, device=used.device)
-            return result
-
         try:
-            result = await self.service.call(
-                caller,
-                spec.model,
-                work,
-                input_digest=_digest(sorted(p.name for p in paths)),
-                output_digest=lambda r: _digest([r.summary]),
-                patient=patient_id,
-                study=row.study_uid,
-                facts=facts,
+            result = await run_series(
+                self.service, caller, spec, paths, patient=patient_id, study=row.study_uid
             )
         except SeriesRejected as exc:
             await asyncio.to_thread(self._set_state, series_uid, states.REJECTED, str(exc))
@@ -263,17 +247,6 @@ class ImagingService:
             row.state, row.updated_at = states.PROCESSING, _now()
             return row
 
-    def _run(self, spec: PipelineSpec, paths: Sequence[Path], models: ModelClient) -> ImagingResult:
-        datasets = []
-        for path in paths:
-            try:
-                datasets.append(pydicom.dcmread(path))
-            except (OSError, ValueError, EOFError) as exc:
-                raise SeriesRejected(f"instance {path.name} cannot be read back: {exc}") from exc
-        if not datasets:
-            raise SeriesRejected("the series has no stored instances")
-        return run_pipeline(spec, datasets, models)
-
     def _set_state(self, series_uid: str, state: str, reason: str) -> None:
         with self.database.session() as session, session.begin():
             session.execute(
@@ -283,8 +256,6 @@ class ImagingService:
             )
 
     def _store_results(self, result: ImagingResult) -> None:
-        from medserve.imaging.results_writer import write_results
-
         folder = self.results_root / result.study_instance_uid / result.series_instance_uid
         written = write_results(result, folder)
         now = _now()
@@ -390,10 +361,6 @@ class ImagingService:
 
 def _iso(value: datetime | None) -> str:
     return _utc(value).isoformat().replace("+00:00", "Z") if value else ""
-
-
-def _digest(parts: Sequence[str]) -> str:
-    return hashlib.sha256(json.dumps(list(parts)).encode()).hexdigest()
 
 
 def _ref(uid: str) -> str:

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,7 +61,7 @@ class JobManager:
     async def submit(self, spec: JobSpec, caller: Caller) -> JobStatus:
         """Check and queue a job (``manage`` role: a job reads and writes files on the server)."""
         caller.principal.require(Action.MANAGE)
-        spec, _ = await asyncio.to_thread(prepare, spec, self._model_exists)
+        spec, _ = await asyncio.to_thread(prepare, spec, self._model_loaded(caller))
         status = await asyncio.to_thread(self.store.create, spec, spec.model, caller.principal.name)
         await self._audit(caller, status, "job.submit")
         self._wake.set()
@@ -79,8 +80,13 @@ class JobManager:
             )
         )
 
-    def _model_exists(self, model: str) -> None:
-        self.service.registry.get(model)
+    def _model_loaded(self, caller: Caller) -> Callable[[str], None]:
+        """For ``prepare``: raises ``ModelNotFound`` for a model that is not loaded."""
+
+        def check(model: str) -> None:
+            self.service.model_info(model, caller)
+
+        return check
 
     async def status(self, job_id: str, caller: Caller) -> JobStatus:
         caller.principal.require(Action.READ)
@@ -148,16 +154,18 @@ class JobManager:
 
     def _run(self, status: JobStatus, loop: asyncio.AbstractEventLoop) -> str:
         """Worker thread: open the workload and run the job to its end (or a stop)."""
+        caller = job_caller(status)
         try:
             spec = self.store.spec(status.id)
-            spec, workload = prepare(spec, self._model_exists)
+            spec, workload = prepare(spec, self._model_loaded(caller))
             scorer = CoreScorer(
                 self.service,
                 loop,
-                job_caller(status),
+                caller,
                 spec.model,
                 version=spec.version,
-                batch_size=spec.batch_size or default_batch_size(self.service, spec.model, spec.version)
+                batch_size=spec.batch_size
+                or default_batch_size(self.service, caller, spec.model, spec.version)
                 if spec.model
                 else 1,
                 priority_class=self.settings.priority_class,

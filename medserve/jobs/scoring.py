@@ -17,7 +17,6 @@ from concurrent.futures import Future
 import numpy as np
 
 from medserve.core.service import InferenceService
-from medserve.imaging.model_client import ModelClient
 from medserve.values.access import Caller
 from medserve.values.datatypes import datatype_of
 from medserve.values.digest import tensors_digest
@@ -28,10 +27,9 @@ from medserve.values.types import InferenceRequest, Tensor
 IN_FLIGHT = 2
 
 
-def default_batch_size(service: InferenceService, model: str, version: str = "") -> int:
+def default_batch_size(service: InferenceService, caller: Caller, model: str, version: str = "") -> int:
     """The model's ``max_batch_size`` (1 for a model without batching)."""
-    served = service.registry.get(model, version)
-    return max(1, served.config.max_batch_size)
+    return max(1, service.model_info(model, caller, version).max_batch_size)
 
 
 class CoreScorer:
@@ -60,10 +58,6 @@ class CoreScorer:
         self.priority_class = priority_class
         self.timeout_s = timeout_s
         self._requests = 0
-
-    def model_client(self) -> ModelClient:
-        """For pipeline workloads: the imaging pipelines' way to the models, on this job's loop."""
-        return ModelClient(self.service.registry, self.loop, timeout_s=self.timeout_s)
 
     def submit(self, inputs: Mapping[str, np.ndarray]) -> Future[dict[str, np.ndarray]]:
         """Start scoring a chunk (from a worker thread); the future gives its outputs. The requests

@@ -1,7 +1,9 @@
 """``medserve job run SPEC.yaml``: a job in the foreground, without a server (a laptop, a batch node).
 
-The same core runs it: the model is loaded by the registry, requests go through
-``InferenceService`` (so every batch is audited), the same runner commits chunks to the same store.
+The same core runs it, built by the same builder as the server's (``core.dataplane``): the models are
+loaded through ``InferenceService`` under the job's caller (each load audited as ``model.load``),
+requests go through it too (so every batch is audited), the same runner commits chunks to the same
+store.
 Running the same spec again resumes the unfinished job it left (found by the spec's digest); Ctrl-C
 stops after the current chunk and leaves the job ``interrupted``, ready to resume.
 """
@@ -16,16 +18,13 @@ import time
 from contextlib import suppress
 from typing import Any, TextIO
 
-from medserve.core.metrics import ServingMetrics
-from medserve.core.registry import ModelRegistry
-from medserve.core.service import InferenceService
+from medserve.core.dataplane import build_dataplane
 from medserve.jobs.manager import job_caller
 from medserve.jobs.prepare import models_of, prepare
 from medserve.jobs.runner import JobRunner, Progress
 from medserve.jobs.scoring import CoreScorer, default_batch_size
 from medserve.jobs.spec import JobSpec
 from medserve.jobs.store import FAILED, INTERRUPTED, SUCCEEDED, UNFINISHED, JobStore, runner_name
-from medserve.repository.repository import ModelRepository
 from medserve.settings import Settings
 from medserve.trust import build_trust
 
@@ -86,24 +85,9 @@ def run_standalone(
     trust = build_trust(settings)
     store = JobStore(trust.database)
     try:
-        registry = ModelRegistry(
-            ModelRepository(settings.repository),
-            ServingMetrics(),
-            trust.lineage,
-            priority_classes=settings.priority_table(),
-            cross_model_wait_s=settings.cross_model_wait_s,
-        )
-        service = InferenceService(
-            registry,
-            trust.authenticator,
-            audit=None if settings.audit_disabled else trust.audit,
-            pseudonyms=trust.pseudonyms,
-        )
-
-        def model_exists(model: str) -> None:
-            registry.repository.model_dir(model)
-
-        spec, workload = prepare(spec, model_exists)
+        dataplane = build_dataplane(settings, trust, placement=False, monitoring=False)
+        service = dataplane.service
+        spec, workload = prepare(spec, service.require_in_repository)
         existing = store.unfinished_with_digest(spec.digest())
         if existing is not None:
             status = existing
@@ -127,16 +111,17 @@ def run_standalone(
         if install_signals and threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 previous[sig] = signal.signal(sig, lambda *_: stop.set())
+        caller = job_caller(status)
         try:
             for model in models_of(spec, workload):
-                asyncio.run_coroutine_threadsafe(registry.load(model), loop).result()
+                asyncio.run_coroutine_threadsafe(service.load_model(model, caller), loop).result()
             scorer = CoreScorer(
                 service,
                 loop,
-                job_caller(status),
+                caller,
                 spec.model,
                 version=spec.version,
-                batch_size=spec.batch_size or default_batch_size(service, spec.model, spec.version)
+                batch_size=spec.batch_size or default_batch_size(service, caller, spec.model, spec.version)
                 if spec.model
                 else 1,
                 priority_class=settings.jobs_class(),
@@ -158,7 +143,7 @@ def run_standalone(
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             with suppress(RuntimeError):
-                asyncio.run_coroutine_threadsafe(registry.close(), loop).result(30)
+                asyncio.run_coroutine_threadsafe(dataplane.close(), loop).result(30)
             loop.call_soon_threadsafe(loop.stop)
             thread.join(10)
         final = store.get(status.id)

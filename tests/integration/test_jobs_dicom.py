@@ -23,23 +23,23 @@ import pydicom
 import pytest
 
 from medserve.audit.journal import Journal
-from medserve.core.metrics import ServingMetrics
-from medserve.core.registry import ModelRegistry
+from medserve.core.dataplane import Dataplane, build_dataplane
 from medserve.core.service import InferenceService
 from medserve.demo.dicom_studies import GROUND_TRUTH_FILE, write_study
+from medserve.imaging.config import load_config
 from medserve.imaging.folder_scan import scan_folder
+from medserve.imaging.service import ImagingService
 from medserve.jobs.scoring import CoreScorer
 from medserve.jobs.spec import parse_spec
 from medserve.jobs.standalone import run_standalone
 from medserve.jobs.store import JobStore
 from medserve.jobs.workload import Item, ItemFailure, SourceError, Workload
 from medserve.jobs.workloads.dicom import DicomStudiesWorkload
-from medserve.repository.repository import ModelRepository
 from medserve.settings import Settings, load_settings
 from medserve.store.database import Database
-from medserve.trust import build_trust
+from medserve.trust import Trust, build_trust
 from medserve.values.access import Caller, Principal, Role
-from medserve.values.errors import PermissionDenied
+from medserve.values.errors import ModelNotFound, PermissionDenied
 
 CT_SHAPE, CT_SPACING = (24, 96, 96), (2.5, 2.0, 2.0)
 SUMMARY = re.compile(r"(\d+) lesion\(s\), total volume \d+\.\d mL")
@@ -246,37 +246,36 @@ def test_standalone_job_segments_routes_and_reports(
 
 
 @contextlib.contextmanager
-def job_core(settings: Settings, caller: Caller) -> Iterator[CoreScorer]:
-    """The core a job scores through (no model loaded beforehand), on a loop in its own thread."""
+def running_core(settings: Settings) -> Iterator[tuple[Dataplane, Trust, asyncio.AbstractEventLoop]]:
+    """The dataplane built as ``medserve job run`` builds it (no model loaded beforehand), the trust
+    parts it runs over, and an event loop in its own thread that owns it."""
     trust = build_trust(settings)
-    registry = ModelRegistry(
-        ModelRepository(settings.repository),
-        ServingMetrics(),
-        trust.lineage,
-        priority_classes=settings.priority_table(),
-    )
-    service = InferenceService(registry, trust.authenticator, audit=trust.audit, pseudonyms=trust.pseudonyms)
+    dataplane = build_dataplane(settings, trust, placement=False, monitoring=False)
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
     try:
-        yield CoreScorer(
-            service,
-            loop,
-            caller,
-            "ct_lesion_segmentation",
-            batch_size=1,
-            priority_class=settings.jobs_class(),
-        )
+        yield dataplane, trust, loop
     finally:
-        asyncio.run_coroutine_threadsafe(registry.close(), loop).result(30)
+        asyncio.run_coroutine_threadsafe(dataplane.close(), loop).result(30)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
         trust.close()
 
 
-def _caller(models: frozenset[str] | None = None) -> Caller:
-    return Caller(Principal("tester", Role.ADMIN, models, "job:test"), "job:test", "test")
+def _scorer(service: InferenceService, loop: asyncio.AbstractEventLoop, caller: Caller) -> CoreScorer:
+    return CoreScorer(service, loop, caller, "ct_lesion_segmentation", batch_size=1, priority_class="bulk")
+
+
+@contextlib.contextmanager
+def job_core(settings: Settings, caller: Caller) -> Iterator[CoreScorer]:
+    """The core a job scores through (no model loaded beforehand), on a loop in its own thread."""
+    with running_core(settings) as (dataplane, _, loop):
+        yield _scorer(dataplane.service, loop, caller)
+
+
+def _caller(models: frozenset[str] | None = None, role: Role = Role.ADMIN, name: str = "tester") -> Caller:
+    return Caller(Principal(name, role, models, "job:test"), "job:test", "test")
 
 
 def _write_now(write: Callable[[], T], what: str) -> T:
@@ -387,3 +386,105 @@ def test_a_caller_without_a_grant_runs_nothing(
     ):
         workload.run_chunk(items, scorer, _write_now)
     assert not studies["results"].exists()
+
+
+# -- loading a pipeline's model --------------------------------------------------------------------
+
+CT_MODEL = "ct_lesion_segmentation"
+
+
+def _loads(data_dir: Path) -> list[tuple[str, str, str, str]]:
+    """``(principal, door, model, status)`` of every ``model.load`` audit record."""
+    return [
+        (r.principal, r.door, r.model, r.status)
+        for r in Journal(data_dir / "audit").iter_records()
+        if r.event == "model.load"
+    ]
+
+
+def test_a_jobs_pipeline_model_is_loaded_only_with_manage_and_the_load_is_audited(
+    studies: dict[str, Any], example_repository: Path, tmp_path: Path
+) -> None:
+    """The CT model is not loaded: a job of a ``service`` principal (infer, not manage) is refused the
+    load (no record, as at every door), nothing loaded, nothing written; an admin's job loads it
+    through the dataplane, audited as ``model.load`` under the job's principal and door; then the
+    ``service`` principal's job runs the series on the loaded model without loading anything."""
+    shutil.rmtree(studies["source"] / "ct-bad")
+    workload = DicomStudiesWorkload(studies["source"], {"results_dir": str(studies["results"])})
+    items = [e for e in workload.items() if isinstance(e, Item) and e.payload.modality == "CT"]
+    settings = _settings(tmp_path, example_repository)
+    scanner = _caller(role=Role.SERVICE, name="scanner")
+    with running_core(settings) as (dataplane, _, loop):
+        service = dataplane.service
+        with pytest.raises(PermissionDenied, match="role 'service' of 'scanner' may not manage"):
+            workload.run_chunk(items, _scorer(service, loop, scanner), _write_now)
+        with pytest.raises(ModelNotFound, match=f"model '{CT_MODEL}' is not loaded"):
+            service.model_info(CT_MODEL, _caller())
+        assert not studies["results"].exists()
+        assert _loads(settings.data_dir) == []
+
+        loaded, failures = workload.run_chunk(items, _scorer(service, loop, _caller()), _write_now)
+        assert failures == [] and loaded is not None
+        assert service.model_info(CT_MODEL, _caller()).version == "1"
+        again, failures = workload.run_chunk(items, _scorer(service, loop, scanner), _write_now)
+        assert failures == [] and again is not None
+        assert [r["status"] for r in again.to_pylist()] == ["done"]
+    assert _loads(settings.data_dir) == [("tester", "job:test", CT_MODEL, "ok")]
+    inferences = [
+        r.principal
+        for r in Journal(settings.data_dir / "audit").iter_records()
+        if r.event == "inference" and r.model == CT_MODEL
+    ]
+    assert inferences == ["tester", "scanner"]
+
+
+async def _image_series(imaging: ImagingService, paths: list[Path], series_uid: str) -> str:
+    """Send ``paths`` as a modality would (a ``service`` principal) and wait for the series' end state."""
+    modality = Caller(Principal("aet:CT", Role.SERVICE, None, "aet:CT"), "dimse", "")
+    await imaging.start()
+    try:
+        for path in paths:
+            await imaging.ingest(path.read_bytes(), modality)
+        for _ in range(600):
+            series = [s for study in imaging.studies(series_uid=series_uid) for s in study["series"]]
+            if series and series[0]["state"] in ("done", "failed", "rejected"):
+                return str(series[0]["state"])
+            await asyncio.sleep(0.1)
+        raise TimeoutError(f"series still {series[0]['state'] if series else 'unknown'} after 60 s")
+    finally:
+        await imaging.stop()
+
+
+def test_the_imaging_service_loads_a_pipeline_model_as_a_job_does(
+    studies: dict[str, Any], example_repository: Path, tmp_path: Path
+) -> None:
+    """A CT series arrives while its model is not loaded: the imaging service runs it through the
+    same series runner, so the model is loaded through the dataplane (``manage``: the imaging
+    pipelines run as the server's own admin principal) and the load is audited under the pipeline's
+    door before the series' inference record."""
+    ct = studies["ct"]
+    paths = sorted((studies["source"] / "ct").glob("*.dcm"))
+    assert len(paths) == CT_SHAPE[0]
+    settings = _settings(tmp_path, example_repository)
+    with running_core(settings) as (dataplane, trust, loop):
+        imaging = ImagingService(
+            dataplane.service,
+            trust.database,
+            settings.data_dir,
+            load_config(None, settings.data_dir),
+            [],
+            quiet_time_s=0.2,
+        )
+        state = asyncio.run_coroutine_threadsafe(
+            _image_series(imaging, paths, ct["series_instance_uid"]), loop
+        ).result(120)
+        assert state == "done"
+    records = [
+        r
+        for r in Journal(settings.data_dir / "audit").iter_records()
+        if r.model == CT_MODEL and r.event in ("model.load", "inference")
+    ]
+    assert [(r.event, r.principal, r.door, r.status) for r in records] == [
+        ("model.load", "medserve", "pipeline:ct-lesions", "ok"),
+        ("inference", "medserve", "pipeline:ct-lesions", "ok"),
+    ]

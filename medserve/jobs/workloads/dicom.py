@@ -8,18 +8,20 @@ failure naming the file. A folder without any DICOM instance is refused.
 
 For each series, ``run_chunk`` (the runner calls it instead of featurise → score → rows) does what
 the imaging service does for a series received over the network: it routes the series with the
-configured rules, runs the chosen pipeline in the job's worker thread with the models called through
-the core (in the job's priority class, not the pipeline's), and writes the chosen results (DICOM SEG,
-Comprehensive 3D SR, FHIR Bundle) into ``<results_dir>/<StudyInstanceUID>/<SeriesInstanceUID>/``.
-Each series is one audited ``inference`` record (door ``job:<id>``), with the pipeline's model and
-version, the patient and study pseudonyms, and digests of the file names and of the summary.
+configured rules, runs the chosen pipeline through ``medserve.imaging.series_runner`` (the one runner
+both use) with the models called through the core in the job's priority class (not the pipeline's),
+and writes the chosen results (DICOM SEG, Comprehensive 3D SR, FHIR Bundle) into
+``<results_dir>/<StudyInstanceUID>/<SeriesInstanceUID>/``. Each series is one audited ``inference``
+record (door ``job:<id>``), with the pipeline's model and version, the patient and study pseudonyms,
+and digests of the file names and of the summary.
 
 The results are written into a staging folder beside the final one and renamed over it, so a chunk
 done again after a crash replaces a series' results instead of adding a second set. A series that no
 rule matches is a result row with status ``unmatched`` and the reason; a series the pipeline refuses
 (unreadable instances, inconsistent geometry, too few slices...) is a failure with the reason. A
-pipeline's model that is not loaded is loaded first (submitting a job already takes the ``admin``
-role). Export destinations of the imaging configuration are not used: the files stay in
+pipeline's model that is not loaded is loaded first, as the imaging service and the repository API
+load it: the job's principal needs ``manage`` on the model, and the load is audited (``model.load``,
+door ``job:<id>``). Export destinations of the imaging configuration are not used: the files stay in
 ``results_dir``.
 
 Options:
@@ -43,11 +45,8 @@ here; the generic ``parquet`` and ``csv`` sinks hold the rows.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import dataclasses
-import hashlib
-import json
 import os
 import shutil
 import threading
@@ -58,21 +57,17 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pydicom
-from pydicom.errors import InvalidDicomError
 
 from medserve.clinical.dicom.results import ImagingResult
 from medserve.clinical.dicom.routing import load_rules, route
-from medserve.clinical.dicom.series_to_volume import SeriesRejected
 from medserve.imaging.config import load_config
 from medserve.imaging.folder_scan import FolderScan, ScannedSeries, first_series_file, scan_folder
-from medserve.imaging.model_client import ModelClient
-from medserve.imaging.pipelines import PipelineSpec, run_pipeline
+from medserve.imaging.pipelines import PipelineSpec
 from medserve.imaging.results_writer import write_results
+from medserve.imaging.series_runner import run_series
 from medserve.jobs.scoring import CoreScorer
 from medserve.jobs.workload import Item, ItemFailure, SourceError, WithRoom
-from medserve.values.access import Action
-from medserve.values.errors import InvalidConfig, InvalidInput, ModelNotFound
+from medserve.values.errors import InvalidConfig, InvalidInput
 
 RESULT_KINDS = ("seg", "sr", "fhir")
 """What ``write`` may choose from."""
@@ -124,10 +119,6 @@ def _write_option(value: Any) -> tuple[str, ...]:
             f"option 'write': unknown result kind(s) {', '.join(unknown)}; known: {', '.join(RESULT_KINDS)}"
         )
     return tuple(kind for kind in RESULT_KINDS if kind in kinds)
-
-
-def _digest(parts: Sequence[str]) -> str:
-    return hashlib.sha256(json.dumps(list(parts)).encode()).hexdigest()
 
 
 def _fsync_directory(path: Path) -> None:
@@ -214,9 +205,9 @@ class DicomStudiesWorkload:
     def run_chunk(
         self, items: Sequence[Item], scorer: CoreScorer, with_room: WithRoom
     ) -> tuple[pa.Table | None, list[ItemFailure]]:
-        """Route, run and write each series (in this, the job's worker thread); the result rows
-        and the series that failed. A series is all or nothing: its results replace any earlier ones;
-        while the disk is full, the job pauses before writing them and tries again."""
+        """Route, run (on the job's event loop, this worker thread waiting) and write each series;
+        the result rows and the series that failed. A series is all or nothing: its results replace any
+        earlier ones; while the disk is full, the job pauses before writing them and tries again."""
         rows: list[dict[str, Any]] = []
         failures: list[ItemFailure] = []
         for item in items:
@@ -251,10 +242,8 @@ class DicomStudiesWorkload:
         if decision.pipeline is None:
             return row
         spec = dataclasses.replace(self.pipelines[decision.pipeline], priority_class=scorer.priority_class)
-        scorer.caller.principal.require(Action.INFER, spec.model)  # before loading anything for it
-        self._ensure_loaded(spec.model, scorer)
         try:
-            result = self._run_audited(item.index, series, spec, scorer)
+            result = self._run(item.index, series, spec, scorer)
         except InvalidInput as exc:  # SeriesRejected included: the series cannot be used as it is
             return ItemFailure(item.index, item.locator, f"pipeline '{spec.name}': {exc}")
         files = with_room(
@@ -270,66 +259,29 @@ class DicomStudiesWorkload:
         )
         return row
 
-    @staticmethod
-    def _ensure_loaded(model: str, scorer: CoreScorer) -> None:
-        registry = scorer.service.registry
-        try:
-            registry.get(model)
-        except ModelNotFound:
-            asyncio.run_coroutine_threadsafe(registry.load(model), scorer.loop).result(scorer.timeout_s)
-
-    def _run_audited(
+    def _run(
         self, index: int, series: ScannedSeries, spec: PipelineSpec, scorer: CoreScorer
     ) -> ImagingResult:
-        """Run the pipeline here, inside one ``service.call`` on the job's loop (authorised first,
-        audited with its outcome); the loop only waits for this thread."""
-        models = scorer.model_client()
-        facts = {"request_id": f"{scorer.caller.request_id}-series-{index}"}
-        begun = threading.Event()
-        outcome: concurrent.futures.Future[ImagingResult] = concurrent.futures.Future()
-
-        async def work() -> ImagingResult:
-            begun.set()
-            return await asyncio.wrap_future(outcome)
-
-        audited = asyncio.run_coroutine_threadsafe(
-            scorer.service.call(
+        """``run_series`` on the job's event loop; this, the job's worker thread, waits for it."""
+        running = asyncio.run_coroutine_threadsafe(
+            run_series(
+                scorer.service,
                 scorer.caller,
-                spec.model,
-                work,
-                input_digest=_digest(sorted(p.name for p in series.paths)),
-                output_digest=lambda r: _digest([r.summary]),
+                spec,
+                series.paths,
                 patient=series.patient_id,
                 study=series.study_instance_uid,
-                facts=facts,
+                request_id=f"{scorer.caller.request_id}-series-{index}",
+                name_of=self._relative,
+                timeout_s=scorer.timeout_s,
             ),
             scorer.loop,
         )
-        audited.add_done_callback(lambda _: begun.set())
-        if not begun.wait(scorer.timeout_s):
-            audited.cancel()
-            raise TimeoutError(f"the job's event loop did not start series {index} in {scorer.timeout_s:g} s")
-        if audited.done():  # refused before the work began (the caller may not use the model)
-            return audited.result()
         try:
-            result = self._run_pipeline(spec, series, models)
-        except BaseException as exc:
-            outcome.set_exception(exc)
-        else:
-            used = models.used.get(spec.model)
-            if used is not None:
-                facts.update(model_version=used.version, model_digest=used.digest, device=used.device)
-            outcome.set_result(result)
-        return audited.result(scorer.timeout_s)
-
-    def _run_pipeline(self, spec: PipelineSpec, series: ScannedSeries, models: ModelClient) -> ImagingResult:
-        datasets = []
-        for path in series.paths:
-            try:
-                datasets.append(pydicom.dcmread(path))
-            except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
-                raise SeriesRejected(f"instance {self._relative(path)} cannot be read: {exc}") from exc
-        return run_pipeline(spec, datasets, models)
+            return running.result(scorer.timeout_s)
+        except TimeoutError:  # the series may still be running: stop waiting for it
+            running.cancel()
+            raise
 
     # -- results ----------------------------------------------------------------------------------
     def _publish(self, result: ImagingResult, series: ScannedSeries) -> list[str]:

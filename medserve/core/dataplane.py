@@ -1,0 +1,85 @@
+"""The one builder of the dataplane from settings: the model registry and the ``InferenceService`` over
+it, with what both need wired in (the serving metrics, the priority classes, the device arbiter across
+models, the lineage book, the audit trail unless it is turned off, pseudonyms) and, for a server,
+placement at load and output monitoring.
+
+``medserve.server`` (the server) and ``medserve.jobs.standalone`` (``medserve job run``) both build
+here, so a job run without a server meets the same dataplane as one inside it. It lives in ``core``,
+not beside the server: it reads ``medserve.settings`` and takes the parts ``medserve.trust`` opened,
+which import only the floors below ``core`` (scheduling, store, security, audit, repository), so every
+import here points down and the workflow floor (``jobs``) may call it. This is the one place outside
+the service itself that holds the registry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from medserve.core.metrics import ServingMetrics
+from medserve.core.registry import ModelRegistry
+from medserve.core.service import InferenceService
+from medserve.hardware.placer import HardwarePlacer
+from medserve.hardware.profile_store import ProfileStore
+from medserve.monitoring.drift import ModelMonitor
+from medserve.repository.repository import ModelRepository
+from medserve.settings import Settings
+from medserve.trust import Trust
+
+log = logging.getLogger("medserve")
+
+
+@dataclass
+class Dataplane:
+    """What the builder made; ``close`` unloads the models and closes what the builder opened (the
+    trust parts stay the caller's: the last audit records come after the models are unloaded)."""
+
+    service: InferenceService
+    metrics: ServingMetrics
+    monitor: ModelMonitor | None = None
+    """Output and input statistics per model (``None`` without monitoring)."""
+    placer: HardwarePlacer | None = None
+    """Placement at load, device failover, energy metering, live profiles (``None`` without placement)."""
+
+    async def close(self) -> None:
+        await self.service.close()
+        if self.placer is not None:
+            await asyncio.to_thread(self.placer.close)
+
+
+def build_dataplane(
+    settings: Settings, trust: Trust, *, placement: bool = True, monitoring: bool = True
+) -> Dataplane:
+    """The registry and service from ``settings`` over the opened ``trust`` parts.
+
+    ``placement``: plan instances from the stored hardware profiles (``placement: auto``), fail over
+    on device faults, meter energy and write live profiles back. ``monitoring``: keep output
+    distributions per model (sampled at ``monitoring_max_per_s``; 0 keeps the monitor empty) and show
+    them, with the audit trail's health, in the metrics. The server turns both on; ``medserve job run``
+    turns both off (it serves no metrics, and places instances as config.yaml says).
+    """
+    metrics = ServingMetrics()
+    placer = HardwarePlacer(ProfileStore(trust.database)) if placement else None
+    registry = ModelRegistry(
+        ModelRepository(settings.repository),
+        metrics,
+        trust.lineage,
+        priority_classes=settings.priority_table(),
+        cross_model_wait_s=settings.cross_model_wait_s,
+        placer=placer,
+    )
+    monitor = ModelMonitor(window_s=settings.monitoring_window_s) if monitoring else None
+    service = InferenceService(
+        registry,
+        trust.authenticator,
+        audit=None if settings.audit_disabled else trust.audit,
+        pseudonyms=trust.pseudonyms,
+        observer=monitor if monitor is not None and settings.monitoring_max_per_s > 0 else None,
+        observe_per_s=settings.monitoring_max_per_s,
+    )
+    if monitor is not None:
+        metrics.watch_trust(trust.audit, monitor)
+    if settings.audit_disabled:
+        log.warning("AUDIT IS DISABLED (audit_disabled=true): no inference is recorded. Benchmarks only.")
+    return Dataplane(service, metrics, monitor, placer)
