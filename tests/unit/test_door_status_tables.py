@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import pkgutil
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +26,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 
+from medserve import transport
 from medserve.imaging.service import StudyMismatch
 from medserve.transport import dicomweb, dimse, http, stream
 from medserve.transport import grpc as grpc_door
@@ -126,6 +128,13 @@ def _error_tree() -> list[type[MedserveError]]:
 
 
 TREE = _error_tree()
+WALKED = (
+    http.STATUS_CODES,
+    dicomweb.STATUS_CODES,
+    grpc_door.STATUS_CODES,
+    stream.CLOSE_CODES,
+    dimse.STATUS_CODES,
+)
 IDS = [cls.__name__ for cls in TREE]
 
 
@@ -161,6 +170,20 @@ def test_the_walk_finds_the_tree_and_every_direct_subclass_is_classified() -> No
         if cls is not MedserveError and not any(_name(a) in SIDES for a in cls.__mro__)
     ]
     assert not unlisted, f"say in SIDES whose failure these are: {unlisted}"
+
+
+def test_every_door_table_is_walked_here() -> None:
+    """A new door's table must join the walk below, with the code that door answers through."""
+    walked = {id(table) for table in WALKED}
+    unwalked: list[str] = []
+    for info in pkgutil.iter_modules(transport.__path__, "medserve.transport."):
+        module = importlib.import_module(info.name)
+        unwalked += [
+            f"{info.name}.{name}"
+            for name, value in vars(module).items()
+            if isinstance(value, StatusTable) and id(value) not in walked
+        ]
+    assert not unwalked, f"walk these doors' tables in this test too: {unwalked}"
 
 
 # -- inbound doors: the status each sends ----------------------------------------------------------
