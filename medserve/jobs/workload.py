@@ -55,7 +55,7 @@ class PipelineWorkload(Protocol):
     """Optional, for workloads whose items are not one tensor each (a DICOM series goes through an
     imaging pipeline that makes many model calls): the runner calls ``run_chunk`` instead of
     ``featurise`` → score → ``rows``. ``scorer`` is the job's ``CoreScorer`` (``service``, ``loop``,
-    ``caller``, ``priority_class``, ``model_client()``). Returns the chunk's result rows (with the
+    ``caller``, ``priority_class``, ``timeout_s``). Returns the chunk's result rows (with the
     ``index`` column) and the items that failed; every other item counts as scored. Whatever it writes
     besides the rows must be idempotent: the chunk is run again if the job dies before its commit.
     ``with_room(write, what)`` runs ``write()`` and returns its value; while the disk is full the job
