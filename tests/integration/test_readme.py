@@ -29,7 +29,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
-FENCE = re.compile(r"(?:<!-- readme-test: (?P<mark>[\w-]+)[^>]*-->\n)?```(?P<lang>\w+)\n(?P<body>.*?)\n```", re.S)
+FENCE = re.compile(
+    r"(?:<!-- readme-test: (?P<mark>[\w-]+)[^>]*-->\n)?```(?P<lang>\w+)\n(?P<body>.*?)\n```", re.S
+)
 PORTS = (8000, 8001, 11112, 9000, 9001, 11113)
 
 
@@ -141,7 +143,8 @@ def test_every_readme_command_runs_as_written(workdir: Path) -> None:
                 if block.mark == "server":
                     server, log = process, workdir / f"serve-{block.line}.log"
                 else:
-                    assert _stop(process) == 0, f"{where}: {(workdir / f'serve-{block.line}.log').read_text()}"
+                    output = (workdir / f"serve-{block.line}.log").read_text()
+                    assert _stop(process) == 0, f"{where}: {output}"
                 continue
             assert server is not None, f"{where}: a command before the server is started"
             if block.lang == "python":
