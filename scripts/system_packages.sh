@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Install the Debian packages the test suite's real parts need (skipped when all are present):
+# one package name per line in PACKAGES below, with the tests that use it. Runs as root (or with
+# passwordless sudo); .ci/run calls it on a fresh machine.
+set -euo pipefail
+
+PACKAGES=(
+    curl            # the README's commands
+)
+
+missing=()
+for package in "${PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+done
+[ "${#missing[@]}" -eq 0 ] && exit 0
+
+SUDO=()
+[ "$(id -u)" -eq 0 ] || SUDO=(sudo -n)
+echo "system_packages.sh: installing ${missing[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+"${SUDO[@]}" apt-get update -qq >&2
+"${SUDO[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
