@@ -28,9 +28,9 @@ from medserve.demo.models.repository import EXAMPLE_MODELS, build_example_reposi
 
 pytest_plugins = ["databases"]
 
-# The trained example models get a short training budget in tests (the default is minutes): enough for
-# the CT UNet to find the phantoms' lesions; the X-ray model's accuracy is not what the tests check.
-os.environ.setdefault("MEDSERVE_EXAMPLES_TRAINING_S", "40")
+# The trained example models train with the test profile (fewer fixed steps than the default, floors of
+# its own): enough for the CT UNet to find the phantoms' lesions.
+os.environ.setdefault("MEDSERVE_EXAMPLES_PROFILE", "test")
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -48,9 +48,44 @@ def _models(args: argparse.Namespace) -> int:
 
 
 def _examples_build(args: argparse.Namespace) -> int:
-    from medserve.demo.models.repository import build_example_repository
+    import logging
 
-    written = build_example_repository(args.directory, models=args.models or None, force=args.force)
+    from medserve.demo.models._profile import current_profile
+    from medserve.demo.models._progress import PROGRESS_LOGGER
+    from medserve.demo.models._quality import QualityFloorMissed
+    from medserve.demo.models.repository import EXAMPLE_MODELS, build_example_repository
+
+    unknown = sorted(set(args.models or ()).difference(EXAMPLE_MODELS))
+    if unknown:
+        raise InvalidInput(
+            f"medserve examples build: unknown example model(s) {', '.join(unknown)}; "
+            f"expected some of {', '.join(EXAMPLE_MODELS)}"
+        )
+    if args.workers is not None and args.workers < 1:
+        raise InvalidInput("medserve examples build: --workers must be at least 1")
+    try:
+        profile = args.profile or current_profile()
+    except ValueError as error:
+        raise InvalidInput(f"medserve examples build: {error}") from None
+    progress = logging.getLogger(PROGRESS_LOGGER)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    progress.addHandler(handler)
+    progress.setLevel(logging.INFO)
+    progress.propagate = False
+    try:
+        written = build_example_repository(
+            args.directory,
+            models=args.models or None,
+            force=args.force,
+            profile=profile,
+            workers=args.workers,
+        )
+    except QualityFloorMissed as error:
+        print(f"medserve examples build: {error}", file=sys.stderr)
+        return 1
+    finally:
+        progress.removeHandler(handler)
     print(f"example repository in {args.directory}: built {', '.join(written) or 'nothing (all present)'}")
     return 0
 
@@ -160,6 +195,19 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("directory", type=Path)
     build.add_argument("--models", nargs="*", help="only these models (default: all)")
     build.add_argument("--force", action="store_true", help="rebuild models already present")
+    build.add_argument(
+        "--profile",
+        choices=["default", "test"],
+        help="training steps and quality floors: default (the documented models, a few minutes on two "
+        "cores) or test (fewer steps, lower floors, for the test suite); "
+        "default: $MEDSERVE_EXAMPLES_PROFILE, else default",
+    )
+    build.add_argument(
+        "--workers",
+        type=int,
+        help="models trained at once, one process and one torch thread each; the models are the same "
+        "whatever the number (default: one per CPU core)",
+    )
     build.set_defaults(func=_examples_build)
     dicom = example_commands.add_parser(
         "dicom", help="write synthetic DICOM studies (phantoms, not real patients) for testing"

@@ -1,6 +1,6 @@
-"""``ct_lesion_segmentation``: built with a short training budget, it exports a valid ONNX graph with a
-dynamic batch, documents its preprocessing, passes its held-out DICE floor and finds the lesions of
-a synthetic CT study through the pipeline's own preprocessing."""
+"""``ct_lesion_segmentation``: built with the test profile, it exports a valid ONNX graph with a
+dynamic batch, documents its preprocessing and its build, passes its held-out floors and finds the
+lesions of a synthetic CT study through the pipeline's own preprocessing."""
 
 from __future__ import annotations
 
@@ -15,21 +15,8 @@ import yaml
 
 from medserve.demo import dicom_studies as synthetic
 from medserve.demo.models import ct_segmentation
-from medserve.demo.models.chest_xray import BUDGET_ENV, training_budget_s
+from medserve.demo.models._profile import PROFILE_ENV
 from medserve.demo.models.repository import EXAMPLE_MODELS, build_example_repository
-
-BUDGET_S = 20
-
-
-def test_training_budget_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(BUDGET_ENV, raising=False)
-    assert training_budget_s(120.0) == 120.0
-    monkeypatch.setenv(BUDGET_ENV, " 12.5 ")
-    assert training_budget_s(120.0) == 12.5
-    for bad in ("soon", "0", "-3", "inf"):
-        monkeypatch.setenv(BUDGET_ENV, bad)
-        with pytest.raises(ValueError, match=BUDGET_ENV):
-            training_budget_s(120.0)
 
 
 def test_catalogue_and_static_config() -> None:
@@ -51,10 +38,10 @@ def _config(root: Path) -> dict[str, Any]:
 
 
 @pytest.mark.slow
-def test_build_with_a_short_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_build_with_the_test_profile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("torch")
     pytest.importorskip("monai")
-    monkeypatch.setenv(BUDGET_ENV, str(BUDGET_S))
+    monkeypatch.setenv(PROFILE_ENV, "test")
     assert build_example_repository(tmp_path, models=["ct_lesion_segmentation"]) == ["ct_lesion_segmentation"]
 
     config = _config(tmp_path)
@@ -63,9 +50,14 @@ def test_build_with_a_short_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     metadata = config["metadata"]
     assert metadata["labels"] == ["background", "lesion"]
     assert metadata["research_use"] is True and "NOT a clinical model" in metadata["intended_use"]
-    # The build recorded what it measured, and the floor held.
-    assert metadata["dice_held_out"] >= ct_segmentation.MIN_HELD_OUT_DICE
-    assert metadata["training"]["budget_seconds"] == BUDGET_S and metadata["training"]["steps"] > 0
+    # The build recorded what it did and measured, and the floors held.
+    build = metadata["build"]
+    assert build["profile"] == "test" and build["steps"] == ct_segmentation.STEPS["test"]
+    assert build["seed"] == ct_segmentation.SEED and build["threads"] == 1
+    assert build["floors"] == {"DICE": ">= 0.7", "lesion sensitivity": ">= 1.0"}
+    assert build["held_out"]["DICE"] == metadata["dice_held_out"] >= 0.7
+    assert build["held_out"]["lesion sensitivity"] == metadata["lesion_sensitivity_held_out"] == 1.0
+    assert metadata["training"]["steps"] == ct_segmentation.STEPS["test"]
     pytest.importorskip("medserve.repository.config").load_model_config(tmp_path / "ct_lesion_segmentation")
 
     path = tmp_path / "ct_lesion_segmentation" / "1" / "model.onnx"

@@ -3,6 +3,7 @@ in onnxruntime; configs follow the repository schema; builds are cached and neve
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -245,12 +246,24 @@ def test_small_models_build_without_torch(tmp_path: Path) -> None:
     assert result.stdout.strip() == str(len(SMALL_MODELS))
 
 
+def _tiny_chest_training(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Three steps of the chest X-ray DenseNet, no floors: the build path, not the accuracy (the
+    session's example repository builds the test profile, with its floors)."""
+    from medserve.demo.models import chest_xray
+
+    monkeypatch.setitem(chest_xray.STEPS, "test", chest_xray.Steps(2, 1))
+    monkeypatch.setitem(chest_xray.FLOORS, "test", ())
+    monkeypatch.setattr(chest_xray, "HELD_OUT_IMAGES", 40)
+
+
 @pytest.mark.slow
 def test_chest_xray_classifier(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("torch")
-    monkeypatch.setenv("MEDSERVE_EXAMPLES_TRAINING_S", "5")  # a few steps: the build path, not the accuracy
+    _tiny_chest_training(monkeypatch)
     # The build itself checks onnxruntime against torch (atol 1e-4) on a batch of 3.
-    assert build_example_repository(tmp_path, models=["chest_xray_classifier"]) == ["chest_xray_classifier"]
+    assert build_example_repository(tmp_path, models=["chest_xray_classifier"], profile="test") == [
+        "chest_xray_classifier"
+    ]
     config = _config(tmp_path, "chest_xray_classifier")
     assert set(config) <= CONFIG_KEYS
     assert config["max_batch_size"] == 8
@@ -262,8 +275,58 @@ def test_chest_xray_classifier(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert set(metadata["trained_labels"]) <= set(metadata["labels"]) and metadata["trained_labels"]
     assert set(metadata["held_out_auc"]) == set(metadata["trained_labels"])
     assert "synthetic" in metadata["description"].lower()
+    build = metadata["build"]
+    assert build["profile"] == "test" and build["steps"] == 3 and build["threads"] == 1
+    assert metadata["training"] == {"steps_112px": 2, "steps_224px": 1, "seed": build["seed"]}
+    assert set(build["held_out"]) == {f"{label} AUC" for label in metadata["trained_labels"]} | {"mean AUC"}
     session = _session(tmp_path, "chest_xray_classifier")
     images = np.random.default_rng(0).random((5, 1, 224, 224), dtype=np.float32)
     (probabilities,) = session.run(None, {"image": images})
     assert probabilities.shape == (5, 14)
     assert np.all((probabilities >= 0) & (probabilities <= 1))
+
+
+@pytest.mark.slow
+def test_same_seed_and_steps_train_the_same_model() -> None:
+    torch = pytest.importorskip("torch")
+    from medserve.demo.models import chest_xray
+
+    threads = torch.get_num_threads()
+    first, _ = chest_xray.train(steps=chest_xray.Steps(2, 1))
+    assert torch.get_num_threads() == threads  # the training's own thread count is undone
+    second, _ = chest_xray.train(steps=chest_xray.Steps(2, 1))
+    other_seed, _ = chest_xray.train(seed=1, steps=chest_xray.Steps(2, 1))
+    a, b, c = first.state_dict(), second.state_dict(), other_seed.state_dict()
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[key], b[key]) for key in a)
+    assert not all(torch.equal(a[key], c[key]) for key in a)
+
+
+@pytest.mark.slow
+def test_cli_build_reports_progress_and_fails_below_a_floor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("torch")
+    from medserve.cli.main import main
+    from medserve.demo.models import chest_xray
+    from medserve.demo.models._quality import Floor
+
+    _tiny_chest_training(monkeypatch)
+    monkeypatch.setitem(chest_xray.FLOORS, "test", (Floor("mean AUC", 1.01),))  # no model reaches it
+    code = main(
+        ["examples", "build", str(tmp_path), "--profile", "test", "--models", "chest_xray_classifier"]
+    )
+    captured = capsys.readouterr()
+    assert code == 1, captured
+    lines = captured.err.splitlines()
+    assert lines[0] == f"examples: training 1 model(s) with the test profile in {tmp_path}"
+    assert "chest_xray_classifier: training 2 steps at 112 px, then 1 at 224 px" in lines
+    assert re.fullmatch(
+        r"medserve examples build: example model chest_xray_classifier \(profile test\) missed its quality "
+        r"floor: held-out mean AUC [01]\.\d{4} is not >= 1\.01; the model was not written",
+        lines[-1],
+    ), lines[-1]
+    assert [p.name for p in tmp_path.iterdir()] == [repository.LOCK_FILE]  # nothing half-written
+
+    code = main(["examples", "build", str(tmp_path), "--models", "simple", "no_such_model"])
+    assert code == 2 and "unknown example model(s) no_such_model" in capsys.readouterr().err

@@ -25,3 +25,5 @@ class ExampleModel:
     config: Mapping[str, Any]
     write: ModelWriter
     versions: tuple[int, ...] = (1,)
+    trained: bool = False
+    """Whether ``write`` trains a network (seconds to minutes, with torch) rather than assembling a graph."""

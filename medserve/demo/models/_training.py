@@ -1,12 +1,17 @@
 """The training loop the small example models share: AdamW with a one-cycle schedule over shuffled
-minibatches, seeded, optionally on one thread (tiny steps only lose time to threads on a busy machine)."""
+minibatches for a fixed number of epochs, seeded, on ``TRAINING_THREADS`` torch threads, reporting
+its progress; and ``torch_threads``, which every trained example uses to fix the thread count."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from medserve.demo.models._profile import TRAINING_THREADS
+from medserve.demo.models._progress import TrainingProgress
 
 if TYPE_CHECKING:
     import torch
@@ -20,7 +25,23 @@ class Schedule:
     batch_size: int
     learning_rate: float
     weight_decay: float = 1e-4
-    single_thread: bool = False
+
+    def steps(self, rows: int) -> int:
+        """Optimiser steps over ``rows`` training rows (the last batch of an epoch may be short)."""
+        return self.epochs * -(-rows // self.batch_size)
+
+
+@contextlib.contextmanager
+def torch_threads(count: int = TRAINING_THREADS) -> Iterator[None]:
+    """Run the block on ``count`` torch threads, then restore the caller's count."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def fit(
@@ -32,24 +53,23 @@ def fit(
     targets: torch.Tensor,
     schedule: Schedule,
     seed: int,
-) -> None:
+) -> int:
     """Train ``parameters`` (the whole model, left in train mode) by minimising
-    ``loss_function(forward(inputs[batch]), targets[batch])``; batch order from ``seed``."""
+    ``loss_function(forward(inputs[batch]), targets[batch])``; batch order from ``seed``. Returns the
+    number of optimiser steps, ``schedule.steps(len(targets))``."""
     import torch
 
     optimiser = torch.optim.AdamW(
         parameters.parameters(), lr=schedule.learning_rate, weight_decay=schedule.weight_decay
     )
-    steps = schedule.epochs * -(-len(targets) // schedule.batch_size)
+    steps = schedule.steps(len(targets))
     one_cycle = torch.optim.lr_scheduler.OneCycleLR(
         optimiser, max_lr=schedule.learning_rate, total_steps=steps
     )
     order = torch.Generator().manual_seed(seed)
-    threads = torch.get_num_threads()
-    if schedule.single_thread:
-        torch.set_num_threads(1)
+    progress = TrainingProgress(name, steps)
     parameters.train()
-    try:
+    with torch_threads():
         for epoch in range(schedule.epochs):
             permutation = torch.randperm(len(targets), generator=order)
             total = 0.0
@@ -60,7 +80,8 @@ def fit(
                 torch.autograd.backward(loss)
                 optimiser.step()
                 one_cycle.step()
-                total += loss.item() * len(batch)
+                value = loss.item()
+                total += value * len(batch)
+                progress.advance(loss=value)
             _log.debug("%s epoch %d: loss %.4f", name, epoch + 1, total / len(targets))
-    finally:
-        torch.set_num_threads(threads)
+    return steps

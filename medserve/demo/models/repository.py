@@ -6,11 +6,14 @@ reused unless ``force``. Builders in several processes are serialised by a lock 
 (``.medserve-examples.lock``) where the platform has ``fcntl``. Repository loaders should skip the
 hidden (dot-prefixed) entries this leaves behind.
 
-The trained examples need torch and import it only when they are built: ``chest_xray_classifier``
-and ``ct_lesion_segmentation`` (MONAI) train for ``$MEDSERVE_EXAMPLES_TRAINING_S`` seconds each
-(default about 3 and 2 minutes); ``ecg_rhythm_classifier``, ``variant_scorer``,
-``solubility_predictor`` (which also needs RDKit) and ``occupancy_forecaster`` in seconds. All learn
-from synthetic or computed data.
+The trained examples need torch and import it only when they are built: ``chest_xray_classifier``,
+``ct_lesion_segmentation`` (MONAI), ``ecg_rhythm_classifier``, ``variant_scorer``,
+``solubility_predictor`` (which also needs RDKit) and ``occupancy_forecaster``. Each trains a fixed,
+seeded number of steps on one torch thread (``_profile``: the ``default`` profile, or the smaller
+``test`` profile of the test suite), so every build of a profile makes the same model; each is
+scored on held-out synthetic data and the build fails with ``QualityFloorMissed`` when a documented
+floor is missed. All learn from synthetic or computed data. Progress (per model: steps, time left,
+held-out figures) goes to the ``medserve.demo.models.progress`` logger.
 """
 
 from __future__ import annotations
@@ -26,7 +29,10 @@ from typing import Any
 
 import yaml
 
+from medserve.demo.models._profile import Profile, using_profile
+from medserve.demo.models._progress import announce
 from medserve.demo.models._spec import ExampleModel
+from medserve.demo.models._workers import build_in_workers, worker_count
 from medserve.demo.models.chest_xray import CHEST_XRAY_CLASSIFIER
 from medserve.demo.models.ct_segmentation import CT_LESION_SEGMENTATION
 from medserve.demo.models.ecg_rhythm import ECG_RHYTHM_CLASSIFIER
@@ -61,27 +67,46 @@ EXAMPLE_MODELS: tuple[str, ...] = tuple(_CATALOGUE)
 
 
 def build_example_repository(
-    directory: Path, *, models: Iterable[str] | None = None, force: bool = False
+    directory: Path,
+    *,
+    models: Iterable[str] | None = None,
+    force: bool = False,
+    profile: Profile | None = None,
+    workers: int | None = None,
 ) -> list[str]:
-    """Write the named example models (all when ``models`` is None) under ``directory``.
+    """Write the named example models (all when ``models`` is None) under ``directory``, the trained
+    ones with ``profile``'s steps and floors (``$MEDSERVE_EXAMPLES_PROFILE``'s when None), several at
+    once in ``workers`` processes (default: one per core) when more than one is to be trained.
 
     A model already complete on disk is kept unless ``force``. Returns the names of the models
-    written by this call, in catalogue order. Raises ``ValueError`` for an unknown model name.
+    written by this call, in catalogue order. Raises ``ValueError`` for an unknown model name,
+    profile or a worker count below 1, ``QualityFloorMissed`` when a trained model misses a floor
+    (models finished before stay).
     """
     selected = _select(models)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    written: list[str] = []
-    with _locked(directory / LOCK_FILE) as exclusive:
+    with using_profile(profile) as chosen, _locked(directory / LOCK_FILE) as exclusive:
         if exclusive:
             _remove_leftovers(directory)
-        for example in selected:
-            if not force and is_complete(directory, example.name):
-                _log.debug("example model %s already built; keeping it", example.name)
-                continue
-            _build_one(directory, example)
-            written.append(example.name)
-    return written
+        wanted = [example for example in selected if force or not is_complete(directory, example.name)]
+        trained = [example.name for example in wanted if example.trained]
+        if trained:
+            processes = worker_count(len(trained), workers)
+            announce(
+                "examples",
+                f"training {len(trained)} model(s) with the {chosen} profile in {directory} "
+                f"({processes} at a time)",
+            )
+            if processes > 1:
+                build_in_workers(_build_named, directory, trained, chosen, processes)
+            else:
+                for name in trained:
+                    _build_named(directory, name)
+        for example in wanted:
+            if not example.trained:
+                _build_one(directory, example)
+    return [example.name for example in wanted]
 
 
 def is_complete(directory: Path, name: str) -> bool:
@@ -103,6 +128,13 @@ def _select(models: Iterable[str] | None) -> list[ExampleModel]:
             f"unknown example model(s) {', '.join(unknown)}; expected some of {', '.join(EXAMPLE_MODELS)}"
         )
     return [example for name, example in _CATALOGUE.items() if name in wanted]
+
+
+def _build_named(directory: Path, name: str) -> None:
+    example = _CATALOGUE[name]
+    if example.trained:
+        announce(name, "building")
+    _build_one(directory, example)
 
 
 def _build_one(directory: Path, example: ExampleModel) -> None:

@@ -11,7 +11,8 @@ Input ``fingerprint``: UINT8 [2048], the radius-2 Morgan bit vector (0/1) of
 ``medserve.clinical.chemistry.fingerprints.MorganFingerprinter()``. Output ``log_s``: FP32 [1],
 log10 of the ESOL-estimated solubility in mol/L (higher is more soluble).
 
-A demonstration for virtual-screening jobs, trained on synthetic data in seconds on one CPU thread:
+A demonstration for virtual-screening jobs, trained on synthetic data for a fixed number of epochs on
+one torch thread (seconds; the same in every profile):
 it predicts an equation, not an experiment, and is not a tool for real compound decisions.
 torch is imported only when the model is built.
 """
@@ -28,6 +29,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from medserve.demo.models._export_check import export_batched, verify_export
+from medserve.demo.models._profile import current_profile
+from medserve.demo.models._progress import BuildClock, announce, report_built
+from medserve.demo.models._quality import BuildRecord, Floor, check_floors, record_build
 from medserve.demo.models._spec import OPSET, ExampleModel
 from medserve.demo.models._training import Schedule, fit
 
@@ -57,8 +61,10 @@ LEARNING_RATE = 3e-3
 MIN_HELD_OUT_R2 = 0.85
 MAX_RMSE_FRACTION = 0.5
 """The build fails unless held-out RMSE is below this fraction of the mean predictor's."""
+FLOORS = (Floor("R2", MIN_HELD_OUT_R2), Floor("RMSE / mean predictor RMSE", maximum=MAX_RMSE_FRACTION))
+"""The held-out floors of every profile."""
 MEASURED = {"r2": 0.974, "rmse": 0.202, "mean_predictor_rmse": 1.263, "held_out_compounds": 1178}
-"""What the build measured on the held-out scaffolds (torch 2.13 CPU, onnxruntime); the build logs its own."""
+"""What a build measured on the held-out scaffolds (replaced in each build's config by its own figures)."""
 
 CONFIG: dict[str, Any] = {
     "runtime": "onnxruntime",
@@ -154,13 +160,12 @@ def _network(mean: float, std: float) -> torch.nn.Sequential:
     )
 
 
-def train(data: Dataset, seed: int = SEED) -> torch.nn.Module:
-    """Train on the held-in compounds on one CPU thread (the network is small; more threads only
-    contend); returns the network in eval mode, de-standardisation included."""
+def train(data: Dataset, seed: int = SEED) -> tuple[torch.nn.Module, int]:
+    """Train on the held-in compounds on one torch thread; returns ``(network in eval mode with its
+    de-standardisation, steps)``."""
     import torch
     from torch import nn
 
-    started = time.perf_counter()
     inputs = torch.from_numpy(data.fingerprints[~data.held_out])
     targets = torch.from_numpy(data.log_s[~data.held_out])
     mean, std = float(targets.mean()), float(targets.std())
@@ -168,14 +173,14 @@ def train(data: Dataset, seed: int = SEED) -> torch.nn.Module:
     torch.manual_seed(seed)
     model = _network(mean, std)
     body = model[:-1]  # trained on standardised targets
-    schedule = Schedule(EPOCHS, BATCH_SIZE, LEARNING_RATE, single_thread=True)
+    schedule = Schedule(EPOCHS, BATCH_SIZE, LEARNING_RATE)
 
     def loss(predicted: torch.Tensor, expected: torch.Tensor) -> torch.Tensor:
         return nn.functional.mse_loss(predicted.squeeze(1), expected)
 
-    fit(NAME, model, body, loss, inputs, standardised, schedule, seed)
-    _log.info("%s trained in %.1f s", NAME, time.perf_counter() - started)
-    return model.eval()
+    announce(NAME, f"training {schedule.steps(len(targets))} steps ({EPOCHS} epochs)")
+    steps = fit(NAME, model, body, loss, inputs, standardised, schedule, seed)
+    return model.eval(), steps
 
 
 def held_out_metrics(path: Path, data: Dataset) -> dict[str, float]:
@@ -198,38 +203,38 @@ def held_out_metrics(path: Path, data: Dataset) -> dict[str, float]:
 
 def export_solubility_predictor(path: Path, *, seed: int = SEED) -> dict[str, float]:
     """Build the data, train, export to ``path`` (dynamic batch), check onnxruntime against torch
-    (``atol=1e-4``) and return the held-out metrics; raises ``RuntimeError`` on a mismatch or when
-    R² < ``MIN_HELD_OUT_R2`` or RMSE >= ``MAX_RMSE_FRACTION`` x the mean predictor's."""
+    (``atol=1e-4``) and return the held-out metrics; raises ``RuntimeError`` on a mismatch and
+    ``QualityFloorMissed`` when R² < ``MIN_HELD_OUT_R2`` or RMSE > ``MAX_RMSE_FRACTION`` x the mean
+    predictor's."""
+    return _build(path, seed)[0]
+
+
+def _build(path: Path, seed: int) -> tuple[dict[str, float], BuildRecord]:
     import torch
 
     started = time.perf_counter()
+    announce(NAME, f"featurising {COMPOUNDS} synthetic compounds (RDKit)")
     data = dataset(seed=seed)
-    _log.info("%s: %d compounds featurised in %.1f s", NAME, len(data.log_s), time.perf_counter() - started)
-    model = train(data, seed)
+    model, steps = train(data, seed)
+    seconds = time.perf_counter() - started
     export_batched(model, torch.zeros(2, BITS, dtype=torch.uint8), path, INPUT_NAME, OUTPUT_NAME, OPSET)
     verify_export(model, path, data.fingerprints[:3], INPUT_NAME, OUTPUT_NAME, ATOL)
     metrics = held_out_metrics(path, data)
-    _log.info(
-        "%s held-out R2 %.4f, RMSE %.3f (mean predictor %.3f, %d compounds)",
-        NAME,
-        metrics["r2"],
-        metrics["rmse"],
-        metrics["mean_predictor_rmse"],
-        metrics["held_out_compounds"],
-    )
-    if (
-        metrics["r2"] < MIN_HELD_OUT_R2
-        or metrics["rmse"] >= MAX_RMSE_FRACTION * metrics["mean_predictor_rmse"]
-    ):
-        raise RuntimeError(
-            f"{path}: held-out R2 {metrics['r2']:.3f} / RMSE {metrics['rmse']:.3f} miss the floors "
-            f"(R2 >= {MIN_HELD_OUT_R2}, RMSE < {MAX_RMSE_FRACTION} x {metrics['mean_predictor_rmse']:.3f})"
-        )
-    return metrics
+    figures = {
+        "R2": metrics["r2"],
+        "RMSE / mean predictor RMSE": metrics["rmse"] / metrics["mean_predictor_rmse"],
+    }
+    profile = current_profile()
+    check_floors(NAME, profile, figures, FLOORS)
+    return metrics, BuildRecord(profile, seed, steps, seconds, figures, FLOORS)
 
 
 def _write(_version: int, path: Path) -> None:
-    export_solubility_predictor(path)
+    clock = BuildClock()
+    metrics, record = _build(path, SEED)
+    held_out = {**CONFIG["metadata"]["held_out"], **{key: round(value, 4) for key, value in metrics.items()}}
+    record_build(path, SOLUBILITY_PREDICTOR, record, {"held_out": held_out})
+    report_built(NAME, record.figures, clock, record.profile)
 
 
-SOLUBILITY_PREDICTOR = ExampleModel(name=NAME, config=CONFIG, write=_write)
+SOLUBILITY_PREDICTOR = ExampleModel(name=NAME, config=CONFIG, write=_write, trained=True)
