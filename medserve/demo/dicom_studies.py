@@ -799,6 +799,12 @@ def _write_volume(
     return paths
 
 
+def _code(value: str, scheme: str, meaning: str) -> Dataset:
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, scheme, meaning
+    return item
+
+
 def _write_radiograph(
     context: _Context, image: np.ndarray, out_dir: Path, photometric: str, findings: Sequence[str]
 ) -> list[Path]:
@@ -833,6 +839,13 @@ def _write_radiograph(
         ds.LossyImageCompression = "00"
         ds.DetectorType = "DIRECT"
         ds.DetectorConfiguration = "AREA"
+        # The DX modules' own requirements (dciodvfy-clean): anatomy imaged, laterality of an
+        # unpaired part, the view coded, no acquisition context and an unknown positioner.
+        ds.AnatomicRegionSequence = DicomSequence([_code("51185008", "SCT", "Chest")])
+        ds.ImageLaterality = "U"
+        ds.ViewCodeSequence = DicomSequence([_code("399348003", "SCT", "postero-anterior")])
+        ds.AcquisitionContextSequence = DicomSequence([])
+        ds.PositionerType = ""
     return [_save(ds, out_dir / f"{context.modality}_0001.dcm")]
 
 

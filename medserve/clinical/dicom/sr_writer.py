@@ -102,19 +102,6 @@ def _tracking(result: ImagingResult, kind: str, number: int, identifier: str) ->
     return hd.sr.TrackingIdentifier(uid=tracking_uid(result, kind, number), identifier=identifier)
 
 
-def _segment_frames(seg: Dataset, number: int) -> list[int]:
-    """The 1-based frames of segment ``number``; with one segment, highdicom puts its identification
-    in the shared functional groups instead of each frame's."""
-    shared = seg.get("SharedFunctionalGroupsSequence")
-    shared_id = shared[0].get("SegmentIdentificationSequence") if shared else None
-    frames = []
-    for index, frame in enumerate(seg.PerFrameFunctionalGroupsSequence, start=1):
-        identification = frame.get("SegmentIdentificationSequence") or shared_id
-        if identification is not None and identification[0].ReferencedSegmentNumber == number:
-            frames.append(index)
-    return frames
-
-
 class _Groups:
     """Builds the measurement groups of one segmentation result; shared arguments live here."""
 
@@ -142,12 +129,13 @@ class _Groups:
                 measurements=measurements,
                 source_images=self._centroid_image(lesion) if lesion is not None else None,
             )
-        frames = _segment_frames(self.seg, number)
+        # The segment number alone: a Referenced Segment item carrying both ReferencedSegmentNumber
+        # and ReferencedFrameNumber is invalid (PS3.3 Image SOP Instance Reference Macro as used by
+        # TID 1411), and the SEG's frames of a segment follow from its number.
         reference = hd.sr.ReferencedSegment(
             sop_class_uid=self.seg.SOPClassUID,
             sop_instance_uid=self.seg.SOPInstanceUID,
             segment_number=number,
-            frame_numbers=frames or None,
             source_series=hd.sr.SourceSeriesForSegmentation(self.result.series_instance_uid),
         )
         return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
