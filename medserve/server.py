@@ -11,7 +11,8 @@ import contextlib
 import json
 import logging
 import signal
-from collections.abc import Generator
+from collections.abc import Awaitable, Callable, Generator
+from functools import partial
 
 import uvicorn
 
@@ -20,8 +21,8 @@ from medserve.imaging.config import load_config
 from medserve.imaging.service import ImagingService
 from medserve.jobs.manager import JobManager, JobSettings
 from medserve.jobs.store import JobStore
+from medserve.logs import configure_logging
 from medserve.security.tls import (
-    TlsConfig,
     TlsHttpToolsProtocol,
     TlsWebSocketsProtocol,
     grpc_requests_client_certificates,
@@ -29,6 +30,15 @@ from medserve.security.tls import (
     uvicorn_options,
 )
 from medserve.settings import Settings
+from medserve.startup import (
+    Door,
+    Preflight,
+    StartupFailure,
+    bind_failure,
+    bind_problem,
+    doors,
+    preflight,
+)
 from medserve.streaming.alerts import AlertHub
 from medserve.streaming.monitor import MonitorSettings, PatientMonitor
 from medserve.streaming.pipeline import MonitorPipeline
@@ -38,10 +48,10 @@ from medserve.transport.dimse import StorageSCP, ingesting
 from medserve.transport.http import build_app
 from medserve.transport.jobs import jobs_routes
 from medserve.transport.stream import stream_routes
-from medserve.trust import Trust, build_trust
+from medserve.trust import Trust, build_trust, describe_store
 from medserve.values.access import Caller
 from medserve.values.audit_event import AuditEvent
-from medserve.values.errors import InvalidConfig
+from medserve.values.errors import MedserveError
 
 log = logging.getLogger("medserve")
 
@@ -64,16 +74,8 @@ def _settings_summary(settings: Settings) -> str:
     return json.dumps(shown, sort_keys=True)[:2000]
 
 
-def tls_config(settings: Settings) -> TlsConfig | None:
-    if settings.tls_certfile is None and settings.tls_keyfile is None:
-        if settings.tls_client_auth != "none":
-            raise InvalidConfig("tls_client_auth needs TLS: set tls_certfile and tls_keyfile")
-        return None
-    if settings.tls_certfile is None or settings.tls_keyfile is None:
-        raise InvalidConfig("TLS needs both tls_certfile and tls_keyfile")
-    return TlsConfig(
-        settings.tls_certfile, settings.tls_keyfile, settings.tls_client_ca, settings.tls_client_auth
-    )
+class ShutdownIncomplete(MedserveError):
+    """A step of the ordered shutdown failed (the log has its traceback); the later steps still ran."""
 
 
 class MedServer:
@@ -93,6 +95,7 @@ class MedServer:
         self._expiry: asyncio.Task[None] | None = None
         self.imaging: ImagingService | None = None
         self._scp: StorageSCP | None = None
+        self._preflight: Preflight | None = None
         self.jobs = JobManager(
             self.service,
             JobStore(trust.database),
@@ -152,11 +155,21 @@ class MedServer:
             port=settings.dicom_port,
             allowed_calling_aets=settings.dicom_allowed_calling_aets,
         )
-        await asyncio.to_thread(self._scp.start)
+        try:
+            await asyncio.to_thread(self._scp.start)
+        except OSError as exc:
+            self._scp = None
+            raise bind_failure(self._door("DICOM"), exc) from None
 
-    async def start(self) -> None:
+    def _door(self, name: str) -> Door:
+        return next(door for door in doors(self.settings) if door.name == name)
+
+    async def start(self, checked: Preflight | None = None) -> None:
+        """Start every door; ``checked`` is the :func:`preflight` already done (else it is done here)."""
         settings = self.settings
-        tls = tls_config(settings)
+        self._preflight = checked = checked or preflight(settings)
+        tls = checked.tls
+        log.info("using %s", describe_store(settings))
         if tls and tls.client_auth == "optional" and not grpc_requests_client_certificates(tls):
             log.warning("gRPC cannot ask for client certificates optionally: gRPC clients use tokens")
         self.service.repository_models()
@@ -178,7 +191,13 @@ class MedServer:
                 settings.max_request_bytes,
                 credentials=grpc_server_credentials(tls) if tls else None,
             )
-            await grpc_server.start()
+            try:
+                await grpc_server.start()
+            except RuntimeError as exc:  # grpc says only "failed to bind": find out why
+                door = self._door("gRPC")
+                raise bind_problem(door) or StartupFailure(
+                    f"gRPC cannot listen on {door.host}:{door.port}: {exc}"
+                ) from None
             self._grpc = grpc_server
         routes = (
             stream_routes(self.service, self.monitor, self.alerts) if self.monitor and self.alerts else []
@@ -203,7 +222,9 @@ class MedServer:
             timeout_graceful_shutdown=int(settings.shutdown_timeout_s) or None,
         )
         self._http = _HttpServer(config)
-        self._http_task = asyncio.create_task(self._http.serve())
+        # the socket bound by preflight: nothing could take the port since, and uvicorn never has to
+        # bind (its own bind failure exits the process from inside a task)
+        self._http_task = asyncio.create_task(self._http.serve(sockets=[checked.http_socket]))
         while not self._http.started:
             if self._http_task.done():
                 self._http_task.result()
@@ -219,57 +240,81 @@ class MedServer:
             f"{settings.host}:{self._scp.port} (AE {settings.dicom_ae_title})" if self._scp else "off",
         )
 
-    async def stop(self) -> None:
+    async def stop(self) -> list[str]:
+        """Stop in order. A step that fails is logged with its traceback and the next ones still run,
+        so the models are unloaded and ``server.stop`` is recorded whatever failed before; returns the
+        names of the steps that failed."""
         log.info("medserve shutting down")
         self.service.set_ready(False)
         grace = self.settings.shutdown_timeout_s
+        failed: list[str] = []
+
+        async def step(name: str, action: Callable[[], Awaitable[object]]) -> None:
+            try:
+                await action()
+            except Exception:  # logged with its traceback and reported by run(); the stop goes on
+                log.exception("shutdown: %s failed", name)
+                failed.append(name)
+
         if self._scp is not None:
-            await asyncio.to_thread(self._scp.stop)
+            await step("DICOM door", partial(asyncio.to_thread, self._scp.stop))
         if self._grpc is not None:
-            await self._grpc.stop(grace)  # type: ignore[attr-defined]
+            await step("gRPC door", partial(self._grpc.stop, grace))  # type: ignore[attr-defined]
         if self.alerts is not None:
             self.alerts.end_subscriptions()
+        await step("HTTP door", partial(self._stop_http, grace))
+        if self._expiry is not None:
+            self._expiry.cancel()
+            await asyncio.gather(self._expiry, return_exceptions=True)
+        await step("jobs", partial(self.jobs.stop, grace))
+        if self.imaging is not None:
+            await step("imaging", self.imaging.stop)
+        await step("models", self.dataplane.close)
+        if self.alerts is not None:
+            self.alerts.close()
+        stopped = AuditEvent(event="server.stop", principal="medserve", door="system")
+        await step("audit record server.stop", partial(self.service.record, stopped))
+        await step("store", partial(asyncio.to_thread, self.trust.close))
+        log.info("medserve stopped" + (f" ({', '.join(failed)} failed)" if failed else ""))
+        return failed
+
+    async def _stop_http(self, grace: float) -> None:
         if self._http is not None and self._http_task is not None:
             self._http.should_exit = True
             try:
                 await asyncio.wait_for(self._http_task, grace + 5)
             except TimeoutError:
                 self._http_task.cancel()
-        if self._expiry is not None:
-            self._expiry.cancel()
-        await self.jobs.stop(grace)
-        if self.imaging is not None:
-            await self.imaging.stop()
-        await self.dataplane.close()
-        if self.alerts is not None:
-            self.alerts.close()
-        await self.service.record(AuditEvent(event="server.stop", principal="medserve", door="system"))
-        await asyncio.to_thread(self.trust.close)
-        log.info("medserve stopped")
+        if self._preflight is not None:
+            self._preflight.close()  # its socket, if uvicorn never took it over
 
-    async def run(self) -> None:
-        """Serve until SIGINT or SIGTERM."""
+    async def run(self, checked: Preflight | None = None) -> None:
+        """Serve until SIGINT or SIGTERM; ``ShutdownIncomplete`` when a step of the stop failed."""
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         try:
-            await self.start()
+            await self.start(checked)
             await stop.wait()
         finally:
-            await self.stop()
+            failed = await self.stop()
+        if failed:
+            raise ShutdownIncomplete(f"the shutdown's {', '.join(failed)} step(s) failed: see the log")
 
 
 def serve(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    # pynetdicom logs every association and DIMSE message at INFO: keep it to warnings.
-    logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, logging.getLogger().level))
-    server = MedServer(settings)
+    """Check what could stop the start (one line, before anything is logged or opened), then serve."""
+    checked = preflight(settings)
+    try:
+        configure_logging(settings.log_level)
+        server = MedServer(settings)
+    except BaseException:
+        checked.close()
+        raise
     try:
         import uvloop
     except ImportError:
-        asyncio.run(server.run())
+        asyncio.run(server.run(checked))
     else:
-        uvloop.run(server.run())
+        uvloop.run(server.run(checked))

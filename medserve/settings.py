@@ -5,13 +5,15 @@ Every field is documented here; ``docs/CONFIGURATION.md`` lists them (a test kee
 
 from __future__ import annotations
 
+import difflib
+import os
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.fields import FieldInfo
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from medserve.scheduling.priority import (
     DEFAULT_CLASS_NAME,
@@ -265,7 +267,11 @@ class Settings(BaseSettings):
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
-    """Build settings from an optional YAML file, the environment and explicit overrides."""
+    """Build settings from an optional YAML file, the environment and explicit overrides (flags).
+
+    A bad value is named by where it came from: the flag (``--http-port``), the environment variable
+    (``MEDSERVE_HTTP_PORT``) or the file and its key; an unknown key gets the nearest known one.
+    """
     values: dict[str, Any] = {}
     if config_file is not None:
         try:
@@ -275,14 +281,46 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         if not isinstance(loaded, dict):
             raise InvalidConfig(f"{config_file}: expected a mapping of settings")
         values = {str(k).replace("-", "_"): v for k, v in loaded.items()}
+    given = {k: v for k, v in overrides.items() if v is not None}
     Settings._file_values = values
     try:
-        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+        return Settings(**given)
     except ValidationError as exc:
-        problems = "; ".join(
-            (f"{'.'.join(map(str, e['loc']))}: " if e["loc"] else "") + e["msg"] for e in exc.errors()
-        )
-        source = f"{config_file}" if config_file else "settings"
-        raise InvalidConfig(f"{source}: {problems}") from None
+        errors = sorted(exc.errors(), key=lambda error: error["type"] != "extra_forbidden")  # typos first
+        problems = "; ".join(_problem(error, given, config_file) for error in errors)
+        raise InvalidConfig(problems) from None
+    except SettingsError as exc:  # an environment variable's value is not the JSON its field needs
+        field = str(exc).split('"')[1] if '"' in str(exc) else ""
+        variable = f"MEDSERVE_{field.upper()}" if field else "a MEDSERVE_ variable"
+        raise InvalidConfig(f"{variable}: not valid JSON (this setting takes a JSON value)") from None
     finally:
         Settings._file_values = {}
+
+
+def _problem(error: Any, given: dict[str, Any], config_file: Path | None) -> str:
+    """One validation error, said with its source: flag, environment variable or settings file."""
+    location = [str(part) for part in error["loc"]]
+    field = location[0] if location else ""
+    rest = ".".join(location[1:])
+    if error["type"] == "extra_forbidden":
+        key = location[-1]
+        # The only nested settings are the priority classes: ``priority_classes.<index>.<key>``.
+        known = list((Settings if len(location) == 1 else PriorityClassSetting).model_fields)
+        where = f"{config_file}: " if config_file is not None else ""
+        inside = f" in {'.'.join(location[:-1])}" if len(location) > 1 else ""
+        return f"{where}unknown key '{key}'{inside}{did_you_mean(key, known)}"
+    message = str(error["msg"])
+    if field in given:
+        return f"--{field.replace('_', '-')} {given[field]!r}: {message}"
+    variable = f"MEDSERVE_{field.upper()}"
+    if field and os.environ.get(variable) is not None:
+        return f"{variable}={os.environ[variable]!r}" + (f" ({rest})" if rest else "") + f": {message}"
+    if field and config_file is not None:
+        return f"{config_file}: {'.'.join(location)}: {message}"
+    return (f"{'.'.join(location)}: " if location else "settings: ") + message
+
+
+def did_you_mean(word: str, candidates: list[str]) -> str:
+    """`` — did you mean 'x'?`` when one of ``candidates`` is close to ``word``, else the empty string."""
+    match = difflib.get_close_matches(word, candidates, n=1, cutoff=0.6)
+    return f" — did you mean '{match[0]}'?" if match else ""

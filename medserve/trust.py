@@ -9,7 +9,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from medserve.audit.trail import AuditTrail
 from medserve.repository.lineage import Lineage
@@ -38,6 +39,16 @@ class Trust:
     def close(self, timeout_s: float = 10.0) -> None:
         self.audit.close(timeout_s)
         self.database.dispose()
+
+
+def describe_store(settings: Settings) -> str:
+    """``data dir /abs/dir, database sqlite:////abs/dir/medserve.db`` (a URL's password hidden)."""
+    url = settings.database_url or default_url(settings.data_dir)
+    try:
+        shown = make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        shown = "(a database URL that does not parse)"
+    return f"data dir {settings.data_dir.resolve()}, database {shown}"
 
 
 def open_database(settings: Settings) -> Database:

@@ -8,15 +8,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from medserve.cli.store import add_store_options, command_settings, open_store, require_database
 from medserve.values.errors import InvalidInput, MedserveError
 
 
 def _repository(args: argparse.Namespace) -> Path:
     if args.repository is not None:
         return Path(args.repository)
-    from medserve.settings import load_settings
-
-    return load_settings(args.config).repository
+    repository: Path = command_settings(args).repository
+    return repository
 
 
 def _database(args: argparse.Namespace) -> Any:
@@ -24,6 +24,7 @@ def _database(args: argparse.Namespace) -> Any:
     if args.database_url:
         from medserve.store.database import Database
 
+        require_database(args.database_url, args)
         database = Database(args.database_url)
         try:
             database.migrate()
@@ -31,10 +32,7 @@ def _database(args: argparse.Namespace) -> Any:
             database.dispose()
             raise
         return database
-    from medserve.settings import load_settings
-    from medserve.trust import open_database
-
-    return open_database(load_settings(args.config))
+    return open_store(args)[1]
 
 
 def _progress(text: str) -> None:
@@ -148,7 +146,7 @@ def _placement(args: argparse.Namespace) -> int:
 
 def _store_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repository", type=Path, help="model repository folder (default: from settings)")
-    parser.add_argument("--config", type=Path, help="YAML settings file (data_dir, database_url, ...)")
+    add_store_options(parser)
     parser.add_argument("--database-url", help="store URL (default: the settings' database)")
 
 
@@ -162,7 +160,9 @@ def add_commands(commands: Any) -> None:
     _store_options(profile)
     profile.add_argument("--devices", nargs="+", help="only these devices (default: every one found)")
     profile.add_argument("--runtimes", nargs="+", help="only these runtimes (default: every one that fits)")
-    profile.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 2, 4, 8], help="(1 2 4 8)")
+    profile.add_argument(
+        "--batch-sizes", nargs="+", type=int, default=[1, 2, 4, 8], help="batch sizes to measure (1 2 4 8)"
+    )
     profile.add_argument("--seconds", type=float, default=1.0, help="measuring time per point (1.0)")
     profile.add_argument("--warmup", type=int, default=3, help="warm-up runs per point (3)")
     profile.add_argument(
@@ -184,7 +184,9 @@ def add_commands(commands: Any) -> None:
     placement.add_argument(
         "--profile-missing", action="store_true", help="profile models with no current profile first"
     )
-    placement.add_argument("--seconds", type=float, default=1.0, help="with --profile-missing (1.0)")
+    placement.add_argument(
+        "--seconds", type=float, default=1.0, help="measuring time per point with --profile-missing (1.0)"
+    )
     placement.add_argument(
         "--cost", nargs="+", metavar="DEVICE=PRICE", help="price per hour of devices (objective cost)"
     )

@@ -15,24 +15,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from medserve.cli.store import add_store_options, command_settings, open_store, require_store
 from medserve.values.errors import Conflict
 
 Handler = Callable[[argparse.Namespace], int]
 
 
-def _settings(args: argparse.Namespace) -> Any:
-    from medserve.settings import load_settings
-
-    return load_settings(args.config, repository=getattr(args, "repository", None))
-
-
 def _with_store(action: Callable[[Any, Any, argparse.Namespace], int]) -> Handler:
     def run(args: argparse.Namespace) -> int:
         from medserve.jobs.store import JobStore
-        from medserve.trust import open_database
 
-        settings = _settings(args)
-        database = open_database(settings)
+        settings, database = open_store(args, repository=getattr(args, "repository", None))
         try:
             return action(JobStore(database), settings, args)
         finally:
@@ -41,13 +34,23 @@ def _with_store(action: Callable[[Any, Any, argparse.Namespace], int]) -> Handle
     return run
 
 
-def _line(status: Any) -> str:
+_COLUMNS = ("ID", "STATE", "WORKLOAD", "MODEL", "DONE+FAILED/TOTAL", "RATE")
+
+
+def _table(rows: list[tuple[str, ...]]) -> list[str]:
+    """Rows under the header, each column as wide as its widest cell (the last one left ragged)."""
+    widths = [max(len(row[i]) for row in [_COLUMNS, *rows]) for i in range(len(_COLUMNS) - 1)]
+    return [
+        "  ".join([*(cell.ljust(width) for cell, width in zip(row, widths)), row[-1]])
+        for row in [_COLUMNS, *rows]
+    ]
+
+
+def _row(status: Any) -> tuple[str, ...]:
     total = "?" if status.items_total is None else str(status.items_total)
     rate = f"{status.items_per_s:,.0f}/s" if status.items_per_s else "-"
-    return (
-        f"{status.id}  {status.state:<11} {status.workload:<19} {status.model:<22} "
-        f"{status.items_done}+{status.items_failed} failed/{total}  {rate}"
-    )
+    done = f"{status.items_done}+{status.items_failed}/{total}"
+    return (status.id, status.state, status.workload, status.model, done, rate)
 
 
 def _submit(store: Any, settings: Any, args: argparse.Namespace) -> int:
@@ -72,7 +75,8 @@ def _run(args: argparse.Namespace) -> int:
     from medserve.jobs.standalone import run_standalone
     from medserve.jobs.store import SUCCEEDED
 
-    settings = _settings(args)
+    settings = command_settings(args, repository=args.repository)
+    require_store(settings, args)
     _, state = run_standalone(settings, load_spec(args.spec), count_first=not args.no_count)
     return 0 if state == SUCCEEDED else 1
 
@@ -92,8 +96,11 @@ def _status(store: Any, settings: Any, args: argparse.Namespace) -> int:
 
 
 def _list(store: Any, settings: Any, args: argparse.Namespace) -> int:
-    for status in store.recent(args.limit):
-        print(_line(status))
+    rows = [_row(status) for status in store.recent(args.limit)]
+    if not rows:
+        print("no jobs", file=sys.stderr)
+        return 0
+    print("\n".join(_table(rows)))
     return 0
 
 
@@ -137,14 +144,15 @@ def _results(store: Any, settings: Any, args: argparse.Namespace) -> int:
 def add_commands(commands: Any) -> None:
     """Add ``job`` and its sub-commands to the ``medserve`` sub-commands."""
     job = commands.add_parser("job", help="offline inference jobs: submit, run, watch, cancel, results")
-    sub = job.add_subparsers(dest="job_command", required=True)
+    sub = job.add_subparsers(dest="job_command", required=True, metavar="COMMAND")
 
     def command(name: str, help_text: str, handler: Handler) -> argparse.ArgumentParser:
         parser: argparse.ArgumentParser = sub.add_parser(name, help=help_text)
-        parser.add_argument("--config", type=Path, help="YAML settings file (data_dir, database_url, ...)")
+        add_store_options(parser)
         parser.set_defaults(func=handler)
         return parser
 
+    job_id = "the job's id (as 'medserve job submit' printed it, or 'medserve job list' shows it)"
     submit = command("submit", "check a job spec and queue it for the server", _with_store(_submit))
     submit.add_argument("spec", type=Path, help="job spec (YAML)")
     submit.add_argument("--repository", type=Path, help="model repository (to check the model exists)")
@@ -152,31 +160,31 @@ def add_commands(commands: Any) -> None:
 
     run = command("run", "run (or resume) a job here in the foreground, with a progress bar", _run)
     run.add_argument("spec", type=Path, help="job spec (YAML); running it again resumes it")
-    run.add_argument("--repository", type=Path, help="model repository")
+    run.add_argument("--repository", type=Path, help="model repository (default: from the settings)")
     run.add_argument("--no-count", action="store_true", help="skip counting the items first (no ETA)")
 
     status = command("status", "a job's state and progress", _with_store(_status))
-    status.add_argument("id")
-    status.add_argument("--json", action="store_true")
+    status.add_argument("id", help=job_id)
+    status.add_argument("--json", action="store_true", help="print the job's whole document as JSON")
 
-    listing = command("list", "recent jobs", _with_store(_list))
-    listing.add_argument("--limit", type=int, default=20)
+    listing = command("list", "recent jobs, newest first, under a header row", _with_store(_list))
+    listing.add_argument("--limit", type=int, default=20, help="at most this many jobs (20)")
 
     cancel = command("cancel", "stop a job after its current chunk", _with_store(_cancel))
-    cancel.add_argument("id")
+    cancel.add_argument("id", help=job_id)
 
     resume = command(
         "resume", "queue a failed or interrupted job again (the server resumes it)", _with_store(_resume)
     )
-    resume.add_argument("id")
+    resume.add_argument("id", help=job_id)
 
     failures = command("failures", "items that failed, with where and why", _with_store(_failures))
-    failures.add_argument("id")
-    failures.add_argument("--offset", type=int, default=0)
-    failures.add_argument("--limit", type=int, default=1000)
+    failures.add_argument("id", help=job_id)
+    failures.add_argument("--offset", type=int, default=0, help="skip this many failures first (0)")
+    failures.add_argument("--limit", type=int, default=1000, help="at most this many failures (1000)")
 
     results = command(
         "results", "where a finished job's results are (or copy them with --out)", _with_store(_results)
     )
-    results.add_argument("id")
+    results.add_argument("id", help=job_id)
     results.add_argument("--out", type=Path, help="copy the results file here")

@@ -11,24 +11,10 @@ from pathlib import Path
 from medserve import __version__
 from medserve.cli.hardware import add_commands as add_hardware_commands
 from medserve.cli.jobs import add_commands as add_job_commands
+from medserve.cli.parser import Parser
+from medserve.cli.serve import add_command as add_serve_command
 from medserve.cli.trust import add_commands as add_trust_commands
 from medserve.values.errors import InvalidInput, MedserveError
-
-
-def _serve(args: argparse.Namespace) -> int:
-    from medserve.server import serve
-    from medserve.settings import load_settings
-
-    settings = load_settings(
-        args.config,
-        repository=args.repository,
-        host=args.host,
-        http_port=args.http_port,
-        grpc_port=args.grpc_port,
-        log_level=args.log_level,
-    )
-    serve(settings)
-    return 0
 
 
 def _models(args: argparse.Namespace) -> int:
@@ -158,23 +144,15 @@ def _devices(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="medserve", description="Inference server for clinical AI.")
+    parser = Parser(prog="medserve", description="Inference server for clinical AI.")
     parser.add_argument("--version", action="version", version=f"medserve {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    serve = commands.add_parser("serve", help="serve a model repository over HTTP and gRPC")
-    serve.add_argument("--repository", type=Path, help="model repository folder")
-    serve.add_argument("--host", help="bind address (default 127.0.0.1)")
-    serve.add_argument("--http-port", type=int, help="HTTP port (default 8000)")
-    serve.add_argument("--grpc-port", type=int, help="gRPC port (default 8001; -1 turns gRPC off)")
-    serve.add_argument("--config", type=Path, help="YAML settings file (see docs/CONFIGURATION.md)")
-    serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
-    serve.set_defaults(func=_serve)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_serve_command(commands)
 
     models = commands.add_parser(
         "models", help="list models, versions, states and artifact digests; sign; roll back"
     )
-    models.add_argument("--repository", type=Path)
+    models.add_argument("--repository", type=Path, help="model repository folder (required for the listing)")
     models.add_argument(
         "--no-load", action="store_true", help="only validate configs, do not load the engines"
     )
@@ -190,9 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_job_commands(commands)
 
     examples = commands.add_parser("examples", help="example models and data")
-    example_commands = examples.add_subparsers(dest="examples_command", required=True)
+    example_commands = examples.add_subparsers(dest="examples_command", required=True, metavar="COMMAND")
     build = example_commands.add_parser("build", help="write the example model repository")
-    build.add_argument("directory", type=Path)
+    build.add_argument("directory", type=Path, help="folder to write the model repository into")
     build.add_argument("--models", nargs="*", help="only these models (default: all)")
     build.add_argument("--force", action="store_true", help="rebuild models already present")
     build.add_argument(
@@ -212,7 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     dicom = example_commands.add_parser(
         "dicom", help="write synthetic DICOM studies (phantoms, not real patients) for testing"
     )
-    dicom.add_argument("--modality", required=True, choices=["CT", "MR", "CR", "DX", "US"])
+    dicom.add_argument(
+        "--modality", required=True, choices=["CT", "MR", "CR", "DX", "US"], help="modality of the studies"
+    )
     dicom.add_argument("--out", type=Path, required=True, help="folder (one subfolder per study if several)")
     dicom.add_argument("--seed", type=int, default=0, help="seed of the first study; the next get +1 (0)")
     dicom.add_argument("--studies", type=int, default=1, help="number of studies (1)")
@@ -238,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     jobs.set_defaults(func=_examples_jobs)
 
     simulate = commands.add_parser("simulate", help="simulated clients for load and alert testing")
-    simulate_commands = simulate.add_subparsers(dest="simulate_command", required=True)
+    simulate_commands = simulate.add_subparsers(dest="simulate_command", required=True, metavar="COMMAND")
     ward = simulate_commands.add_parser(
         "ward", help="stream a simulated ward (vitals at 1 Hz, ECG) to patient_monitor over gRPC"
     )
@@ -262,6 +242,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.func(args)
     except MedserveError as exc:
         print(f"medserve: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.filename is None:  # not about a file: a fault, with its traceback
+            raise
+        print(f"medserve: error: {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     return code
 

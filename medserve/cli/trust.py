@@ -13,15 +13,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from medserve.cli.store import (
+    StoreNotFound,
+    add_store_options,
+    announce,
+    command_settings,
+    open_store,
+    require_store,
+)
 from medserve.values.errors import InvalidInput
 
 Handler = Callable[[argparse.Namespace], int]
-
-
-def _settings(args: argparse.Namespace) -> Any:
-    from medserve.settings import load_settings
-
-    return load_settings(args.config)
 
 
 def _with_trust(action: Callable[[Any, argparse.Namespace], int]) -> Handler:
@@ -30,7 +32,9 @@ def _with_trust(action: Callable[[Any, argparse.Namespace], int]) -> Handler:
     def run(args: argparse.Namespace) -> int:
         from medserve.trust import build_trust
 
-        trust = build_trust(_settings(args))
+        settings = command_settings(args)
+        require_store(settings, args)
+        trust = build_trust(settings)
         try:
             return action(trust, args)
         finally:
@@ -119,10 +123,8 @@ def _certs_revoke(trust: Any, args: argparse.Namespace) -> int:
 # -- audit ----------------------------------------------------------------------------------
 def _audit_verify(args: argparse.Namespace) -> int:
     from medserve.audit.commands import format_verification, verify_audit
-    from medserve.trust import open_database
 
-    settings = _settings(args)
-    database = open_database(settings)
+    settings, database = open_store(args)
     try:
         result = verify_audit(database, settings.data_dir / "audit")
     finally:
@@ -133,9 +135,8 @@ def _audit_verify(args: argparse.Namespace) -> int:
 
 def _audit_export(args: argparse.Namespace) -> int:
     from medserve.audit.commands import export_audit
-    from medserve.trust import open_database
 
-    database = open_database(_settings(args))
+    _, database = open_store(args)
     try:
         if args.out is None:
             count = export_audit(database, sys.stdout, args.since)
@@ -244,9 +245,18 @@ def _dicom_deidentify(args: argparse.Namespace) -> int:
     from medserve.security.deidentify import Deidentifier
     from medserve.security.pseudonym import Pseudonymizer, load_or_create_key
 
-    settings = _settings(args)
+    settings = command_settings(args)
+    announce(settings)
+    key = settings.data_dir / "pseudonym.key"
+    if not key.is_file() and not args.init:
+        # A new key would give other pseudonyms than the server's for the same patients.
+        raise StoreNotFound(
+            f"no pseudonym key {key.resolve()} (the server's is in its data dir); point the command at "
+            "the server's data dir with --data-dir DIR, MEDSERVE_DATA_DIR=DIR or the server's settings "
+            "file (--config FILE or MEDSERVE_CONFIG=FILE), or pass --init to make a new key there"
+        )
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    pseudonyms = Pseudonymizer(load_or_create_key(settings.data_dir / "pseudonym.key"))
+    pseudonyms = Pseudonymizer(load_or_create_key(key))
     deidentifier = Deidentifier(pseudonyms, retain_uids=args.retain_uids, retain_dates=args.retain_dates)
     args.out.mkdir(parents=True, exist_ok=True)
     failed = 0
@@ -267,69 +277,74 @@ def _dicom_deidentify(args: argparse.Namespace) -> int:
 def add_commands(commands: Any, models: argparse.ArgumentParser) -> None:
     """Register the trust commands on the ``medserve`` parser's subcommands (and under ``models``)."""
 
-    def with_config(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        parser.add_argument("--config", type=Path, help="YAML settings file (data_dir, database_url, ...)")
+    def on_store(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        add_store_options(parser)
         return parser
 
+    roles = ["admin", "service", "viewer"]
+    role_help = "admin (everything), service (inference on its models) or viewer (read-only)"
+
     tokens = commands.add_parser("tokens", help="API tokens (only their hashes are stored)")
-    token_commands = tokens.add_subparsers(dest="tokens_command", required=True)
-    create = with_config(token_commands.add_parser("create", help="create a token; printed once"))
-    create.add_argument("--role", choices=["admin", "service", "viewer"], required=True)
-    create.add_argument("--models", nargs="*", help="grant only these models (default: all)")
+    token_commands = tokens.add_subparsers(dest="tokens_command", required=True, metavar="COMMAND")
+    create = on_store(
+        token_commands.add_parser(
+            "create", help="create a token; the token alone is printed on standard output, once"
+        )
+    )
+    create.add_argument("--role", choices=roles, required=True, help=role_help)
+    create.add_argument("--models", nargs="*", metavar="MODEL", help="grant only these models (default: all)")
     create.add_argument("--name", default="", help="who or what the token is for")
     create.add_argument("--expires-in", help="lifetime such as 90d, 12h or 30m (default: no expiry)")
     create.set_defaults(func=_with_trust(_tokens_create))
-    with_config(token_commands.add_parser("list", help="list tokens")).set_defaults(
+    on_store(token_commands.add_parser("list", help="list tokens")).set_defaults(
         func=_with_trust(_tokens_list)
     )
-    revoke = with_config(token_commands.add_parser("revoke", help="revoke a token by its id"))
-    revoke.add_argument("id")
+    revoke = on_store(token_commands.add_parser("revoke", help="revoke a token by its id"))
+    revoke.add_argument("id", help="the token's id (as 'medserve tokens list' shows it)")
     revoke.set_defaults(func=_with_trust(_tokens_revoke))
 
     certs = commands.add_parser("certs", help="TLS certificates and client-certificate identities")
-    cert_commands = certs.add_subparsers(dest="certs_command", required=True)
+    cert_commands = certs.add_subparsers(dest="certs_command", required=True, metavar="COMMAND")
     dev = cert_commands.add_parser("dev", help="make a development CA with server and client certificates")
-    dev.add_argument("--out", type=Path, required=True)
+    dev.add_argument("--out", type=Path, required=True, help="folder for the CA, certificates and keys")
     dev.add_argument("--host", action="append", help="server host name (repeatable; default localhost)")
     dev.add_argument("--client", action="append", help="client certificate CN (repeatable)")
     dev.add_argument("--force", action="store_true", help="overwrite existing files")
     dev.set_defaults(func=_certs_dev)
-    grant = with_config(cert_commands.add_parser("grant", help="let a client certificate CN authenticate"))
-    grant.add_argument("cn")
-    grant.add_argument("--role", choices=["admin", "service", "viewer"], required=True)
-    grant.add_argument("--models", nargs="*")
+    grant = on_store(cert_commands.add_parser("grant", help="let a client certificate CN authenticate"))
+    grant.add_argument("cn", help="the client certificate's subject common name")
+    grant.add_argument("--role", choices=roles, required=True, help=role_help)
+    grant.add_argument("--models", nargs="*", metavar="MODEL", help="grant only these models (default: all)")
     grant.set_defaults(func=_with_trust(_certs_grant))
-    cert_revoke = with_config(cert_commands.add_parser("revoke", help="revoke a client certificate CN"))
-    cert_revoke.add_argument("cn")
+    cert_revoke = on_store(cert_commands.add_parser("revoke", help="revoke a client certificate CN"))
+    cert_revoke.add_argument("cn", help="the client certificate's subject common name")
     cert_revoke.set_defaults(func=_with_trust(_certs_revoke))
 
     audit = commands.add_parser("audit", help="the hash-chained audit trail")
-    audit_commands = audit.add_subparsers(dest="audit_command", required=True)
-    verify = with_config(
-        audit_commands.add_parser("verify", help="check the chain; names the first bad record")
-    )
+    audit_commands = audit.add_subparsers(dest="audit_command", required=True, metavar="COMMAND")
+    verify = on_store(audit_commands.add_parser("verify", help="check the chain; names the first bad record"))
     verify.set_defaults(func=_audit_verify)
-    export = with_config(audit_commands.add_parser("export", help="write the records as JSON lines"))
+    export = on_store(audit_commands.add_parser("export", help="write the records as JSON lines"))
     export.add_argument("--out", type=Path, help="file to write (default: standard output)")
-    export.add_argument("--since", type=int, default=0, help="only records with seq above this")
+    export.add_argument("--since", type=int, default=0, help="only records with seq above this (0)")
     export.set_defaults(func=_audit_export)
 
     keys = commands.add_parser("keys", help="ed25519 keys for signing model artifacts")
-    key_commands = keys.add_subparsers(dest="keys_command", required=True)
+    key_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="COMMAND")
     key_create = key_commands.add_parser("create", help="make a signing key pair")
-    key_create.add_argument("--private", type=Path, required=True)
-    key_create.add_argument("--public", type=Path, required=True)
+    key_create.add_argument("--private", type=Path, required=True, help="file for the private key (PEM)")
+    key_create.add_argument("--public", type=Path, required=True, help="file for the public key (PEM)")
     key_create.set_defaults(func=_keys_create)
 
-    model_commands = models.add_subparsers(dest="models_command")
+    model_commands = models.add_subparsers(dest="models_command", metavar="COMMAND")
     sign = model_commands.add_parser("sign", help="sign a version's artifact digest (<artifact>.sig)")
-    sign.add_argument("model")
-    sign.add_argument("version", type=int)
-    sign.add_argument("--repository", type=Path, required=True)
+    sign.add_argument("model", help="model name in the repository")
+    sign.add_argument("version", type=int, help="version folder to sign")
+    sign.add_argument("--repository", type=Path, required=True, help="model repository folder")
     sign.add_argument("--key", type=Path, required=True, help="private key (PEM)")
     sign.set_defaults(func=_models_sign)
     rollback = model_commands.add_parser("rollback", help="serve an earlier version on a running server")
-    rollback.add_argument("model")
+    rollback.add_argument("model", help="model name")
     rollback.add_argument("--to", type=int, help="version to serve (default: the one before the newest)")
     rollback.add_argument("--clear", action="store_true", help="drop the pin; follow the version policy")
     rollback.add_argument("--url", default="http://127.0.0.1:8000", help="server's HTTP address")
@@ -337,19 +352,22 @@ def add_commands(commands: Any, models: argparse.ArgumentParser) -> None:
     rollback.set_defaults(func=_models_rollback)
 
     dicom = commands.add_parser("dicom", help="DICOM tools")
-    dicom_commands = dicom.add_subparsers(dest="dicom_command", required=True)
-    deid = with_config(
-        dicom_commands.add_parser("deidentify", help="PS3.15 Annex E basic profile, consistent pseudonyms")
+    dicom_commands = dicom.add_subparsers(dest="dicom_command", required=True, metavar="COMMAND")
+    deid = on_store(
+        dicom_commands.add_parser(
+            "deidentify",
+            help="PS3.15 Annex E basic profile, pseudonyms consistent with the server's (its data dir's key)",
+        )
     )
-    deid.add_argument("files", nargs="+", type=Path)
-    deid.add_argument("--out", type=Path, required=True)
+    deid.add_argument("files", nargs="+", type=Path, help="DICOM files to de-identify")
+    deid.add_argument("--out", type=Path, required=True, help="folder for the de-identified files")
     deid.add_argument("--retain-uids", action="store_true", help="Retain UIDs Option")
     deid.add_argument("--retain-dates", action="store_true", help="Retain Longitudinal Temporal Information")
     deid.set_defaults(func=_dicom_deidentify)
     send = dicom_commands.add_parser("send", help="send DICOM files to a Storage SCP (C-STORE)")
-    send.add_argument("files", nargs="+", type=Path, help="files, or folders searched for *.dcm")
+    send.add_argument("files", nargs="+", type=Path, help="files, or folders searched for DICOM files")
     send.add_argument("--to", required=True, metavar="HOST:PORT", help="the SCP, e.g. 127.0.0.1:11112")
     send.add_argument("--called-aet", default="MEDSERVE", help="the SCP's AE title (default MEDSERVE)")
     send.add_argument("--calling-aet", default="MEDSERVE_SCU", help="this sender's AE title")
-    send.add_argument("--timeout", type=float, default=30.0, help="seconds per network step")
+    send.add_argument("--timeout", type=float, default=30.0, help="seconds per network step (30)")
     send.set_defaults(func=_dicom_send)

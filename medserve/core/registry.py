@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from medserve.core.metrics import ServingMetrics
 from medserve.core.model import LoadedVersion, Placer, ServedModel, load_version
 from medserve.repository.repository import ModelRepository, VersionArtifact
+from medserve.repository.triton_config import apply_triton_config
 from medserve.scheduling.arbiter import DEFAULT_MAX_WAIT_S, DeviceArbiter
 from medserve.scheduling.priority import DEFAULT_CLASSES, PriorityClasses
 from medserve.values.errors import MedserveError, ModelLoadError, ModelNotFound
@@ -97,9 +98,12 @@ class ModelRegistry:
     def _entry(self, name: str) -> _Entry:
         return self._entries.setdefault(name, _Entry())
 
-    def _read(self, name: str) -> _Attempt:
-        """Blocking: validate the config and load every version its policy selects."""
+    def _read(self, name: str, override: dict[str, Any] | None = None) -> _Attempt:
+        """Blocking: validate the config (with ``override``, Triton's configuration as JSON, applied
+        over it) and load every version its policy selects."""
         config = self.repository.config(name)
+        if override is not None:
+            config = apply_triton_config(config, override)
         artifacts = self._selected(name)
         if not artifacts:
             raise ModelLoadError(
@@ -116,14 +120,15 @@ class ModelRegistry:
                 attempt.failures[artifact.version] = str(exc)
         return attempt
 
-    async def load(self, name: str) -> None:
-        """Load (or reload) a model; raises when any selected version failed to load."""
+    async def load(self, name: str, override: dict[str, Any] | None = None) -> None:
+        """Load (or reload) a model, with ``override`` (Triton's configuration as JSON) applied over its
+        config.yaml for this load; raises when any selected version failed to load."""
         self.repository.model_dir(name)
         entry = self._entry(name)
         async with entry.lock:
             entry.state = LOADING
             try:
-                attempt = await asyncio.to_thread(self._read, name)
+                attempt = await asyncio.to_thread(self._read, name, override)
             except MedserveError as exc:
                 entry.error = str(exc)
                 entry.state = READY if entry.versions else UNAVAILABLE
@@ -169,9 +174,19 @@ class ModelRegistry:
             except MedserveError as exc:
                 log.error("model %s is not serving: %s", name, exc)
 
+    def known(self) -> set[str]:
+        """Every model name the server knows: in the repository, or loaded (its folder may be gone)."""
+        try:
+            names = set(self.repository.model_names())
+        except MedserveError:
+            names = set()
+        return names | {name for name, entry in self._entries.items() if entry.versions}
+
     def get(self, name: str, version: str = "") -> ServedModel:
         entry = self._entries.get(name)
         if entry is None or not entry.versions:
+            if name not in self.known():
+                raise ModelNotFound(f"model '{name}' does not exist")
             raise ModelNotFound(f"model '{name}' is not loaded")
         if not version:
             return entry.versions[max(entry.versions)]
@@ -219,7 +234,12 @@ class ModelRegistry:
         return rows
 
     async def close(self) -> None:
-        """Unload every model, then write what live traffic measured back to the profiles."""
-        await asyncio.gather(*(self.unload(name) for name in list(self._entries)))
+        """Unload every model, then write what live traffic measured back to the profiles.
+
+        Only models with a version loaded are unloaded: a model whose load failed and whose folder has
+        since been removed has nothing to unload (``unload`` would ask the repository for it).
+        """
+        loaded = [name for name, entry in self._entries.items() if entry.versions]
+        await asyncio.gather(*(self.unload(name) for name in loaded))
         if self.placer is not None:
             await asyncio.to_thread(self.placer.flush)

@@ -12,6 +12,7 @@ durably queued before the call returns.
 from __future__ import annotations
 
 import asyncio
+import difflib
 import logging
 import time
 import uuid
@@ -22,8 +23,11 @@ import numpy as np
 
 from medserve import __version__
 from medserve.core.collaborators import AuditSink, Authenticator, OutputObserver, Pipeline, Pseudonyms
+from medserve.core.model import ServedModel
 from medserve.core.model_info import ServedModelInfo
 from medserve.core.registry import ModelRegistry
+from medserve.core.shared_memory import SystemSharedMemory
+from medserve.monitoring.tracing import child_span
 from medserve.values.access import Action, Caller
 from medserve.values.audit_event import AuditEvent
 from medserve.values.digest import tensors_digest
@@ -71,6 +75,7 @@ class InferenceService:
         pseudonyms: Pseudonyms | None = None,
         observer: OutputObserver | None = None,
         observe_per_s: int = 50,
+        shared_memory: SystemSharedMemory | None = None,
     ) -> None:
         self.registry = registry
         self.audit = audit
@@ -82,6 +87,8 @@ class InferenceService:
         self.observe_per_s = observe_per_s
         self._observed: dict[str, tuple[int, int]] = {}
         self._loading: dict[str, asyncio.Lock] = {}
+        #: Triton's system shared memory regions, registered through the doors.
+        self.shared_memory = shared_memory if shared_memory is not None else SystemSharedMemory()
 
     def add_pipeline(self, pipeline: Pipeline) -> None:
         self._pipelines[pipeline.name] = pipeline
@@ -154,7 +161,8 @@ class InferenceService:
         status, outcome = "ok", ""
         result: T | None = None
         try:
-            result = await work()
+            with child_span(f"medserve.{event}", **{"medserve.model": model}):
+                result = await work()
             return result
         except BaseException as exc:
             status = _status(exc)
@@ -171,25 +179,26 @@ class InferenceService:
                 except Exception:  # the record is written whatever happened to the hash
                     log.exception("hashing the inputs of a %s call to %s failed", event, model)
                     input_digest = ""
-            await self.record(
-                AuditEvent(
-                    event=event,
-                    principal=caller.principal.name,
-                    door=caller.door,
-                    model=model,
-                    model_version=facts.get("model_version", ""),
-                    model_digest=facts.get("model_digest", ""),
-                    device=facts.get("device", ""),
-                    request_id=facts.get("request_id") or caller.request_id,
-                    input_digest=input_digest,
-                    output_digest=output_digest(result) if (output_digest and result is not None) else "",
-                    status=status,
-                    latency_us=(time.perf_counter_ns() - started) // 1000,
-                    patient_ref=patient_ref,
-                    study_ref=study_ref,
-                    detail=outcome,
+            with child_span("audit"):
+                await self.record(
+                    AuditEvent(
+                        event=event,
+                        principal=caller.principal.name,
+                        door=caller.door,
+                        model=model,
+                        model_version=facts.get("model_version", ""),
+                        model_digest=facts.get("model_digest", ""),
+                        device=facts.get("device", ""),
+                        request_id=facts.get("request_id") or caller.request_id,
+                        input_digest=input_digest,
+                        output_digest=output_digest(result) if (output_digest and result is not None) else "",
+                        status=status,
+                        latency_us=(time.perf_counter_ns() - started) // 1000,
+                        patient_ref=patient_ref,
+                        study_ref=study_ref,
+                        detail=outcome,
+                    )
                 )
-            )
 
     async def refuse(self, caller: Caller, model: str, exc: MedserveError) -> None:
         """Audit an inference request a door could not even decode (the door then raises ``exc``)."""
@@ -235,17 +244,17 @@ class InferenceService:
         pipeline = self._pipelines.get(name)
         if pipeline is not None and version in ("", "1"):
             return pipeline.metadata()
-        return self.registry.get(name, version).metadata(self.registry.versions(name))
+        return self._served(name, version, caller).metadata(self.registry.versions(name))
 
     def model_config(self, name: str, version: str, caller: Caller) -> dict[str, Any]:
         caller.principal.require(Action.READ, name)
-        return self.registry.get(name, version).triton_config()
+        return self._served(name, version, caller).triton_config()
 
     def model_info(self, name: str, caller: Caller, version: str = "") -> ServedModelInfo:
         """The version serving ``name`` (the newest unless ``version`` is given), for a workflow:
         its declared tensors, batch limit, artifact digest, device and configuration metadata."""
         caller.principal.require(Action.READ, name)
-        return ServedModelInfo.of(self.registry.get(name, version))
+        return ServedModelInfo.of(self._served(name, version, caller))
 
     def model_statistics(self, name: str, version: str, caller: Caller) -> dict[str, Any]:
         caller.principal.require(Action.READ, name or None)
@@ -272,6 +281,13 @@ class InferenceService:
         facts = {"model_version": request.model_version, "request_id": request.id}
         audited = self.audit is not None
         output_digest = [""]
+        caller.principal.require(Action.INFER, name)  # before any region is read
+        try:
+            self.shared_memory.resolve_inputs(request, caller)
+            output_regions = self.shared_memory.output_refs(request, caller)
+        except MedserveError as exc:
+            await self.refuse(caller, name, exc)
+            raise
 
         async def run() -> InferenceResponse:
             if pipeline is not None:
@@ -280,7 +296,7 @@ class InferenceService:
                 facts["model_version"] = "1"
                 response = await pipeline.infer(request, caller)
             else:
-                model = self.registry.get(name, request.model_version)
+                model = self._served(name, request.model_version, caller)
                 facts.update(
                     model_version=model.version, model_digest=model.loaded.sha256, device=model.device
                 )
@@ -289,6 +305,8 @@ class InferenceService:
                     self._observe(model.name, model.version, request, response)
             if audited:
                 output_digest[0] = await digest_of(response.outputs)
+            if output_regions:
+                self.shared_memory.place_outputs(response, output_regions, caller)
             return response
 
         if not audited:
@@ -315,7 +333,21 @@ class InferenceService:
         by the ``call`` around it: authorised, batched and counted like any request, but without an
         audit record or a monitoring sample of its own."""
         caller.principal.require(Action.INFER, request.model_name)
-        return await self.registry.get(request.model_name, request.model_version).infer(request)
+        return await self._served(request.model_name, request.model_version, caller).infer(request)
+
+    def _served(self, name: str, version: str, caller: Caller) -> ServedModel:
+        """The model serving ``name``; a name that does not exist gets the nearest one the caller may
+        see (a caller granted other models learns nothing of them)."""
+        try:
+            return self.registry.get(name, version)
+        except ModelNotFound as exc:
+            known = self.registry.known() | set(self._pipelines)
+            if name in known:
+                raise
+            nearest = difflib.get_close_matches(name, caller.principal.visible(sorted(known)), n=1)
+            if not nearest:
+                raise
+            raise ModelNotFound(f"{exc} — did you mean '{nearest[0]}'?") from None
 
     def _observe(
         self, model: str, version: str, request: InferenceRequest, response: InferenceResponse
@@ -405,8 +437,10 @@ class InferenceService:
         self.registry.repository.model_dir(name)
 
     async def close(self) -> None:
-        """Unload every model (their in-flight batches finish first) and write back live profiles."""
+        """Unload every model (their in-flight batches finish first), write back live profiles and
+        unmap every shared memory region."""
         await self.registry.close()
+        self.shared_memory.close()
 
     async def rollback_model(
         self, name: str, caller: Caller, version: int | None = None, clear: bool = False

@@ -12,6 +12,13 @@ from typing import Any
 import numpy as np
 import orjson
 
+from medserve.protocol.validation import (
+    DEFAULT_MAX_ELEMENTS,
+    check_name,
+    check_request_id,
+    check_shape,
+    clipped,
+)
 from medserve.values.datatypes import (
     bf16_bits_to_float,
     element_count,
@@ -21,6 +28,7 @@ from medserve.values.datatypes import (
     raw_bytes,
 )
 from medserve.values.errors import InvalidInput
+from medserve.values.shared_memory_ref import in_shared_memory
 from medserve.values.types import InferenceRequest, InferenceResponse, RequestedOutput, Tensor
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -37,12 +45,10 @@ def dumps(value: Any) -> bytes:
     return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
-def _shape(name: str, raw: Any) -> tuple[int, ...]:
-    if not isinstance(raw, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in raw):
-        raise InvalidInput(f"input '{name}': 'shape' must be a list of integers, got {raw!r}")
-    if any(d < 0 for d in raw):
-        raise InvalidInput(f"input '{name}': 'shape' {raw} has a negative dimension")
-    return tuple(raw)
+def _shape(name: str, raw: Any, max_elements: int) -> tuple[int, ...]:
+    if not isinstance(raw, list):
+        raise InvalidInput(f"input '{clipped(name)}': 'shape' must be a list of integers, got {clipped(raw)}")
+    return check_shape(name, raw, max_elements)
 
 
 def _json_tensor(name: str, datatype: str, shape: tuple[int, ...], data: Any) -> np.ndarray:
@@ -55,7 +61,7 @@ def _json_tensor(name: str, datatype: str, shape: tuple[int, ...], data: Any) ->
             for i, item in enumerate(flat):
                 if not isinstance(item, str):
                     raise InvalidInput(
-                        f"input '{name}': BYTES elements in JSON must be strings, got {item!r}"
+                        f"input '{name}': BYTES elements in JSON must be strings, got {clipped(item)}"
                     )
                 out[i] = item.encode("utf-8")
             array = out
@@ -69,7 +75,9 @@ def _json_tensor(name: str, datatype: str, shape: tuple[int, ...], data: Any) ->
                     raise InvalidInput(f"input '{name}': BOOL data must be true/false values")
             array = np.array(data, dtype=dtype).reshape(-1)
     except (ValueError, TypeError, OverflowError) as exc:
-        raise InvalidInput(f"input '{name}': data cannot be read as {datatype}: {exc}") from None
+        raise InvalidInput(
+            f"input '{name}': data cannot be read as {datatype}: {clipped(str(exc))}"
+        ) from None
     if array.size != count:
         raise InvalidInput(
             f"input '{name}': shape {list(shape)} needs {count} element(s) but 'data' holds {array.size}"
@@ -86,9 +94,14 @@ def _parameters(raw: Any, where: str) -> dict[str, Any]:
 
 
 def decode_infer_request(
-    body: bytes, header_length: int | None, model_name: str, model_version: str = ""
+    body: bytes,
+    header_length: int | None,
+    model_name: str,
+    model_version: str = "",
+    max_elements: int = DEFAULT_MAX_ELEMENTS,
 ) -> InferenceRequest:
-    """Decode an infer request body (JSON, or JSON header + binary tensor data)."""
+    """Decode an infer request body (JSON, or JSON header + binary tensor data); every tensor's shape
+    passes :func:`~medserve.protocol.validation.check_shape` with ``max_elements``."""
     header: bytes | memoryview
     if header_length is None:
         header, binary = body, memoryview(b"")
@@ -97,7 +110,9 @@ def decode_infer_request(
             raise InvalidInput(f"{HEADER_LENGTH} is {header_length} but the body has only {len(body)} bytes")
         view = memoryview(body)
         header, binary = view[:header_length], view[header_length:]
-    doc = loads(header, "inference request header")
+    # a plain JSON body is the request body; only with the binary extension is there a "header"
+    where = "request body" if header_length is None else f"JSON header (the first {header_length} bytes)"
+    doc = loads(header, where)
     if not isinstance(doc, dict):
         raise InvalidInput("inference request must be a JSON object")
     raw_inputs = doc.get("inputs")
@@ -112,10 +127,11 @@ def decode_infer_request(
         datatype = raw.get("datatype")
         if not isinstance(name, str) or not name:
             raise InvalidInput(f"inputs[{index}] needs a 'name' string")
+        check_name(f"inputs[{index}]", name)
         if not isinstance(datatype, str):
             raise InvalidInput(f"input '{name}' needs a 'datatype' string")
-        numpy_dtype(datatype)
-        shape = _shape(name, raw.get("shape"))
+        numpy_dtype(clipped(datatype))
+        shape = _shape(name, raw.get("shape"), max_elements)
         parameters = _parameters(raw.get("parameters"), f"input '{name}'")
         size = parameters.pop("binary_data_size", None)
         if size is not None:
@@ -128,6 +144,8 @@ def decode_infer_request(
                 )
             data = from_raw_bytes(binary[offset : offset + size], datatype, shape, name)
             offset += size
+        elif in_shared_memory(parameters):
+            data = np.empty(0, np.uint8)  # read from the region by the dataplane
         else:
             if "data" not in raw:
                 raise InvalidInput(f"input '{name}' has neither 'data' nor binary_data_size")
@@ -138,18 +156,25 @@ def decode_infer_request(
             f"{len(binary) - offset} byte(s) of binary data follow the inputs' binary_data_size total"
         )
     request_parameters = _parameters(doc.get("parameters"), "request")
+    raw_outputs = doc.get("outputs")
+    if raw_outputs is not None and not isinstance(raw_outputs, list):
+        raise InvalidInput(f"'outputs' must be a list of objects, got {clipped(raw_outputs)}")
     outputs: list[RequestedOutput] = []
-    for index, raw in enumerate(doc.get("outputs") or []):
+    for index, raw in enumerate(raw_outputs or []):
         if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
             raise InvalidInput(f"outputs[{index}] must be an object with a 'name'")
         outputs.append(
             RequestedOutput(raw["name"], _parameters(raw.get("parameters"), f"output '{raw['name']}'"))
         )
-    request_id = doc.get("id", "")
+    request_id = doc.get("id")
+    if request_id is not None:
+        if not isinstance(request_id, str):
+            raise InvalidInput(f"'id' must be a string, got {clipped(request_id)}")
+        check_request_id(request_id)
     return InferenceRequest(
         model_name,
         model_version,
-        str(request_id) if request_id is not None else "",
+        request_id or "",
         inputs,
         outputs,
         request_parameters,
@@ -187,7 +212,9 @@ def encode_infer_response(response: InferenceResponse, request: InferenceRequest
             "datatype": tensor.datatype,
             "shape": list(tensor.shape),
         }
-        if wants_binary.get(tensor.name, binary_default):
+        if in_shared_memory(tensor.parameters):
+            entry["parameters"] = tensor.parameters  # the data is in the client's region
+        elif wants_binary.get(tensor.name, binary_default):
             raw = raw_bytes(tensor.data, tensor.datatype)
             entry["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)

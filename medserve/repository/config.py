@@ -8,8 +8,9 @@ and ``config.yaml``, when present, overrides it (see ``medserve.repository.monai
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import (
@@ -198,11 +199,40 @@ def _field_path(loc: tuple[int | str, ...]) -> str:
     return path or "(top level)"
 
 
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model a field's annotation holds (``X``, ``X | None``, ``list[X]``), if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for argument in get_args(annotation):
+        if (found := _model_in(argument)) is not None:
+            return found
+    return None
+
+
+def _unknown_key(loc: tuple[int | str, ...]) -> str:
+    """``unknown key 'max_batch_sise' — did you mean 'max_batch_size'?`` (known keys of its level)."""
+    model: type[BaseModel] | None = ModelConfig
+    for part in loc[:-1]:
+        if isinstance(part, str) and model is not None:
+            field = model.model_fields.get(part)
+            model = _model_in(field.annotation) if field is not None else None
+    known = list(model.model_fields) if model is not None else []
+    match = difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.6)
+    return f"unknown key '{_field_path(loc)}'" + (f" — did you mean '{match[0]}'?" if match else "")
+
+
+def _problem(error: Any) -> str:
+    if error["type"] == "extra_forbidden":
+        return _unknown_key(error["loc"])
+    return f"field '{_field_path(error['loc'])}': {error['msg']}"
+
+
 def _validated(raw: dict[str, Any], source: str) -> ModelConfig:
     try:
         return ModelConfig.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(f"field '{_field_path(err['loc'])}': {err['msg']}" for err in exc.errors())
+        errors = sorted(exc.errors(), key=lambda error: error["type"] != "extra_forbidden")  # typos first
+        problems = "; ".join(_problem(error) for error in errors)
         raise InvalidConfig(f"{source}: {problems}") from None
 
 

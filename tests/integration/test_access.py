@@ -40,7 +40,7 @@ def medserve(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def make_token(data_dir: Path, name: str, role: str, *models: str, expires: str = "") -> str:
-    args = ["tokens", "create", "--role", role, "--name", f"test-{name}"]
+    args = ["tokens", "create", "--init", "--role", role, "--name", f"test-{name}"]
     if models:
         args += ["--models", *models]
     if expires:

@@ -153,8 +153,32 @@ def test_unknown_output_is_400(server: RunningServer) -> None:
 
 def test_malformed_json_is_400(server: RunningServer) -> None:
     message = error_of(post(server, "/v2/models/simple/infer", content=b'{"inputs": [}'), 400)
-    assert "JSON" in message
+    assert message.startswith("request body is not valid JSON"), message  # no "header": there is none
     still_serving(server)
+
+
+def test_a_header_length_that_cuts_the_json_names_the_header(server: RunningServer) -> None:
+    body = json.dumps(simple_body()).encode()
+    reply = post(
+        server, "/v2/models/simple/infer", content=body, headers={"Inference-Header-Content-Length": "20"}
+    )
+    message = error_of(reply, 400)
+    assert message.startswith("JSON header (the first 20 bytes) is not valid JSON"), message
+
+
+def test_a_misspelt_model_is_said_not_to_exist_with_the_nearest_name(server: RunningServer) -> None:
+    message = error_of(post(server, "/v2/models/simpel/infer", json=simple_body()), 404)
+    assert message == "model 'simpel' does not exist — did you mean 'simple'?", message
+    reply = httpx.get(f"http://{server.http_url}/v2/models/simpel", timeout=30)
+    assert error_of(reply, 404) == "model 'simpel' does not exist — did you mean 'simple'?"
+    far = error_of(post(server, "/v2/models/zzzzzz/infer", json=simple_body()), 404)
+    assert far == "model 'zzzzzz' does not exist", far
+
+
+def test_a_model_in_the_repository_but_unloaded_is_not_loaded(private_server: RunningServer) -> None:
+    assert post(private_server, "/v2/repository/models/simple/unload").status_code == 200
+    message = error_of(post(private_server, "/v2/models/simple/infer", json=simple_body()), 404)
+    assert message == "model 'simple' is not loaded", message
 
 
 def _binary_request(

@@ -233,7 +233,7 @@ def test_a_full_disk_pauses_the_job_until_there_is_room(
 def _job_subprocess(spec: Path, data: Path, repository: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, "MEDSERVE_DATA_DIR": str(data), "MEDSERVE_REPOSITORY": str(repository)}
     return subprocess.Popen(
-        [sys.executable, "-m", "medserve", "job", "run", str(spec)],
+        [sys.executable, "-m", "medserve", "job", "run", "--init", str(spec)],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -236,7 +236,7 @@ def _medserve(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 def test_profile_and_placement_commands(repository: Path, tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'cli.db'}"
     common = ["--repository", str(repository), "--database-url", url]
-    never = _medserve("placement", *common, cwd=tmp_path)
+    never = _medserve("placement", *common, "--init", cwd=tmp_path)
     assert never.returncode == 1
     assert "simple: no current profile (never profiled)" in never.stdout
     plot = tmp_path / "out.svg"

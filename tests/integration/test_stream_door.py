@@ -255,3 +255,66 @@ async def test_sse_delivers_published_and_acknowledged_alerts() -> None:
     finally:
         server.should_exit = True
         await asyncio.wait_for(serving, 10)
+
+
+# --- gRPC ModelStreamInfer -------------------------------------------------------------------------
+
+
+class _StreamContext:
+    """What the gRPC stream handler reads of grpc's ``ServicerContext``."""
+
+    def invocation_metadata(self) -> tuple[()]:
+        return ()
+
+    def peer(self) -> str:
+        return "ipv4:127.0.0.1:50000"
+
+    def auth_context(self) -> dict[str, list[bytes]]:
+        return {}
+
+
+def test_a_grpc_stream_the_client_leaves_leaves_no_task_pending() -> None:
+    """A client that goes away mid-stream cancels the handler, which must cancel and await its own
+    tasks: a task left waiting on the answer queue is later destroyed by the garbage collector, and
+    asyncio logs "Task was destroyed but it is pending!" (several times per ward simulation)."""
+    import gc
+
+    from medserve.protocol.grpc_messages import pb
+    from medserve.transport.grpc import GrpcInferenceServicer
+
+    async def session() -> tuple[list[str], list[str], int]:
+        reported: list[str] = []
+        asyncio.get_running_loop().set_exception_handler(
+            lambda _, context: reported.append(context["message"])
+        )
+        registry = ModelRegistry(ModelRepository(Path(".")), ServingMetrics())
+        servicer = GrpcInferenceServicer(InferenceService(registry, Authenticator(None, None, disabled=True)))
+        client_gone = asyncio.Event()
+
+        async def requests() -> AsyncIterator[pb.ModelInferRequest]:
+            for index in range(3):
+                yield pb.ModelInferRequest(model_name="absent", id=str(index))
+            await client_gone.wait()  # the stream stays open: more samples may come
+
+        answers: list[pb.ModelStreamInferResponse] = []
+
+        async def stream() -> None:
+            async for answer in servicer.model_stream_infer(requests(), _StreamContext()):  # type: ignore[arg-type]
+                answers.append(answer)
+
+        handler = asyncio.create_task(stream())
+        while len(answers) < 3:
+            await asyncio.sleep(0.01)
+        handler.cancel()  # what grpc does when the client cancels the call or closes its channel
+        await asyncio.gather(handler, return_exceptions=True)
+        for _ in range(5):
+            await asyncio.sleep(0)
+        left = [repr(task) for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        gc.collect()
+        await asyncio.sleep(0)
+        return left, reported, len(answers)
+
+    left, reported, answered = asyncio.run(session())
+    assert answered == 3
+    assert left == [], left
+    assert not [message for message in reported if "destroyed" in message], reported

@@ -36,7 +36,7 @@ def medserve(data_dir: Path, *args: str, database_url: str = "") -> subprocess.C
 
 
 def token(data_dir: Path, role: str, name: str) -> str:
-    done = medserve(data_dir, "tokens", "create", "--role", role, "--name", name)
+    done = medserve(data_dir, "tokens", "create", "--init", "--role", role, "--name", name)
     assert done.returncode == 0, done.stderr
     return done.stdout.strip().splitlines()[-1]
 
@@ -170,7 +170,9 @@ def test_tls_with_client_certificates_and_tokens(example_repository: Path, tmp_p
     made = medserve(tmp_path, "certs", "dev", "--out", str(certs), "--client", "ward-gateway")
     assert made.returncode == 0, made.stderr
     data = tmp_path / "data"
-    granted = medserve(data, "certs", "grant", "ward-gateway", "--role", "service", "--models", "simple")
+    granted = medserve(
+        data, "certs", "grant", "ward-gateway", "--init", "--role", "service", "--models", "simple"
+    )
     assert granted.returncode == 0, granted.stderr
     viewer = token(data, "viewer", "dashboard")
     env = {
