@@ -266,3 +266,35 @@ class JobFailureRow(Base):
     item: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     locator: Mapped[str] = mapped_column(String(256))
     reason: Mapped[str] = mapped_column(Text)
+
+
+class LeaseRow(Base):
+    """A lease on a unit of work (see :mod:`medserve.store.leases`): who holds it, until when.
+
+    ``kind`` names the work (``job``, ``export``, ``series``, ``alert``), ``key`` its id; ``token`` grows
+    at every change of holder (fencing).
+    """
+
+    __tablename__ = "leases"
+
+    kind: Mapped[str] = mapped_column(String(32), primary_key=True)
+    key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(128))
+    token: Mapped[int] = mapped_column(BigInteger)
+    acquired_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
+class ReplicaRow(Base):
+    """A medserve replica sharing this database: where it answers, what it runs, when it was last seen."""
+
+    __tablename__ = "replicas"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    address: Mapped[str] = mapped_column(String(256), default="")  # host:port of its HTTP door
+    version: Mapped[str] = mapped_column(String(64), default="")  # medserve's version
+    models: Mapped[list[str]] = mapped_column(JSON, default=list)  # names of the models it has loaded
+    ready: Mapped[bool] = mapped_column(default=False)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    stopped_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
