@@ -6,6 +6,12 @@ worker thread and records the outcome: ``sent`` (never sent again), a retry afte
 backoff (destination down, 5xx), or ``failed`` for a refusal that resending cannot fix (e.g. 4xx).
 A crash between a successful send and its ``sent`` row can make one resend after restart; the
 destinations send stable identifiers (SOP Instance UID, bundle id) so receivers recognise it.
+
+Replicas sharing the database share the outbox: a pass claims its due rows with an ``export`` lease
+(:mod:`medserve.store.leases`; ``FOR UPDATE SKIP LOCKED`` on PostgreSQL), so two replicas never send
+the same row at once; the outcome is written fenced by the lease and the lease released. The leases
+of a replica killed mid-send expire after ``lease_ttl_s`` and another replica sends those rows again
+(the one resend above).
 """
 
 from __future__ import annotations
@@ -22,11 +28,14 @@ from sqlalchemy import select, update
 
 from medserve.imaging.destinations import Destination, ExportFailed, ExportItem
 from medserve.store.database import Database
+from medserve.store.lease_keeper import LeaseKeeper
+from medserve.store.leases import Lease, LeaseBook, LeaseLost
 from medserve.store.tables import ExportRow, ImagingResultRow
 
 log = logging.getLogger(__name__)
 
 PENDING, SENT, FAILED = "pending", "sent", "failed"
+LEASE_KIND = "export"
 
 
 def _now() -> datetime:
@@ -48,8 +57,14 @@ class Outbox:
         max_backoff_s: float = 300.0,
         poll_s: float = 0.5,
         audit: Callable[[ExportRow, ImagingResultRow, str], Awaitable[None]] | None = None,
+        leases: LeaseBook | None = None,
+        batch: int = 16,
     ) -> None:
         self.database = database
+        # this process's own holder name unless the replica's book is given
+        self.leases = leases or LeaseBook(database, f"process-{uuid.uuid4().hex[:12]}", ttl_s=60.0)
+        self._keeper = LeaseKeeper(self.leases)
+        self.batch = max(1, batch)
         self.results_root = results_root
         self.destinations = {d.name: d for d in destinations}
         self.backoff_s = backoff_s
@@ -79,6 +94,7 @@ class Outbox:
         ]
 
     def start(self) -> None:
+        self._keeper.start()
         self._task = asyncio.create_task(self._run(), name="export-outbox")
 
     def wake(self) -> None:
@@ -89,6 +105,7 @@ class Outbox:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        await asyncio.to_thread(self._keeper.stop)
         for destination in self.destinations.values():
             destination.close()
 
@@ -101,11 +118,15 @@ class Outbox:
                         await self._send(export, result)
                     except asyncio.CancelledError:
                         raise
+                    except LeaseLost as exc:  # another replica has the row now: leave it to that one
+                        log.warning("export %s: %s", export.id[:8], exc)
                     except Exception as exc:  # one bad row must not block the others: park it as failed
                         log.exception("export %s could not be attempted", export.id[:8])
                         await asyncio.to_thread(
                             self._finish, export.id, FAILED, f"internal error: {type(exc).__name__}: {exc}"
                         )
+                    finally:
+                        await asyncio.to_thread(self._keeper.release, LEASE_KIND, export.id)
             except asyncio.CancelledError:
                 raise
             except Exception:  # the outbox must outlive a database hiccup; the rows stay pending
@@ -115,15 +136,36 @@ class Outbox:
                 await asyncio.wait_for(self._wake.wait(), self.poll_s)
 
     def _due(self) -> list[tuple[ExportRow, ImagingResultRow]]:
+        """Claim a batch of due rows (no other replica sends them while this one holds their leases)."""
+        candidates = (
+            select(ExportRow.id)
+            .where(ExportRow.state == PENDING, ExportRow.next_attempt_at <= _now())
+            .order_by(ExportRow.next_attempt_at)
+        )
+        leases = self.leases.claim(LEASE_KIND, candidates, self.batch)
+        if not leases:
+            return []
+        for lease in leases:
+            self._keeper.keep(lease)
         with self.database.session() as session:
             rows = session.execute(
                 select(ExportRow, ImagingResultRow)
                 .join(ImagingResultRow, ImagingResultRow.id == ExportRow.result_id)
-                .where(ExportRow.state == PENDING, ExportRow.next_attempt_at <= _now())
+                .where(ExportRow.id.in_([lease.key for lease in leases]), ExportRow.state == PENDING)
                 .order_by(ExportRow.next_attempt_at)
-                .limit(64)
             ).all()
+        claimed = {export.id for export, _ in rows}
+        for lease in leases:  # sent or changed between the claim and the read: nothing to do
+            if lease.key not in claimed:
+                self._keeper.release(LEASE_KIND, lease.key)
         return [(export, result) for export, result in rows]
+
+    def _lease(self, export_id: str) -> Lease | None:
+        """The lease this process sends ``export_id`` under (None for operator actions)."""
+        lease = self._keeper.current(LEASE_KIND, export_id)
+        if lease is None and self._keeper.lost(LEASE_KIND, export_id):
+            raise LeaseLost(f"the lease on export {export_id[:8]} was lost to another replica")
+        return lease
 
     async def _send(self, export: ExportRow, result: ImagingResultRow) -> None:
         destination = self.destinations.get(export.destination)
@@ -159,7 +201,10 @@ class Outbox:
             await self._audit(export, result, "ok")
 
     def _retry_later(self, export_id: str, attempts: int, error: str, delay: float) -> None:
+        lease = self._lease(export_id)
         with self.database.session() as session, session.begin():
+            if lease is not None:
+                self.leases.fence(session.connection(), lease)
             session.execute(
                 update(ExportRow)
                 .where(ExportRow.id == export_id)
@@ -171,7 +216,10 @@ class Outbox:
             )
 
     def _finish(self, export_id: str, state: str, error: str, attempts: int = 0, receipt: str = "") -> None:
+        lease = self._lease(export_id)
         with self.database.session() as session, session.begin():
+            if lease is not None:
+                self.leases.fence(session.connection(), lease)
             values: dict[str, object] = {
                 "state": state,
                 "last_error": error[:2000],
