@@ -12,6 +12,7 @@ from medserve import __version__
 from medserve.cli.hardware import add_commands as add_hardware_commands
 from medserve.cli.jobs import add_commands as add_job_commands
 from medserve.cli.parser import Parser
+from medserve.cli.plan import add_command as add_plan_command
 from medserve.cli.serve import add_command as add_serve_command
 from medserve.cli.trust import add_commands as add_trust_commands
 from medserve.values.errors import InvalidInput, MedserveError
@@ -165,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     devices.add_argument("--json", action="store_true", help="print the discovery as JSON")
     devices.set_defaults(func=_devices)
     add_hardware_commands(commands)
+    add_plan_command(commands)
     add_job_commands(commands)
 
     examples = commands.add_parser("examples", help="example models and data")

@@ -105,6 +105,15 @@ class JobManager:
     async def failures(self, job_id: str, caller: Caller, offset: int, limit: int) -> list[ItemFailure]:
         caller.principal.require(Action.READ)
         await asyncio.to_thread(self.store.get, job_id)
+    async def resume(self, job_id: str, caller: Caller) -> JobStatus:
+        """Queue a failed or interrupted job again (as ``medserve job resume``); the server resumes it
+        from its last committed chunk (``manage`` role)."""
+        caller.principal.require(Action.MANAGE)
+        status = await asyncio.to_thread(self.store.requeue, job_id)
+        await self._audit(caller, status, "job.resume")
+        self._wake.set()
+        return status
+
         return await asyncio.to_thread(self.store.failures, job_id, offset=offset, limit=limit)
 
     async def results(self, job_id: str, caller: Caller) -> tuple[JobStatus, Path, Path | None]:

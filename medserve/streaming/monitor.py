@@ -35,6 +35,7 @@ from medserve.streaming.messages import (
 )
 from medserve.streaming.rhythm import RhythmTracker, rhythm_observation
 from medserve.streaming.sessions import SampleVerdict, SequenceState, SessionManager
+from medserve.streaming.ward_board import WardBoard
 from medserve.values.access import Caller
 from medserve.values.errors import InvalidInput, MedserveError, ModelNotFound
 from medserve.values.types import InferenceRequest, Tensor
@@ -110,6 +111,8 @@ class PatientMonitor:
         self._policies: dict[int | str, AlertPolicy] = {}
         self._rhythms: dict[int | str, RhythmTracker] = {}
         self._metrics = metrics
+        #: each bed's latest NEWS2, its trend and rhythm, for the console's Ward page
+        self.board = WardBoard(clock=wall_clock)
         if metrics is not None:
             metrics.monitor_streams.set_function(lambda: float(len(self.sessions)))
 
@@ -124,6 +127,7 @@ class PatientMonitor:
         return policy
 
     def _forget(self, sequence_id: int | str) -> None:
+        self.board.close(sequence_id)
         self._policies.pop(sequence_id, None)
         self._rhythms.pop(sequence_id, None)
 
@@ -181,6 +185,7 @@ class PatientMonitor:
             return
         score = score_news2(vital_signs({k: v for k, (v, _t) in state.vitals.items()}), sample.spo2_scale)  # type: ignore[arg-type]
         result.news2 = score
+        self.board.score(sample.sequence_id, score.total, score.risk.value, sample.timestamp)
         event = self._policy(sample.sequence_id).update(score, sample.timestamp)
         if event is not None:
             result.alerts.append(self._news2_alert(sample, score, event))
@@ -221,6 +226,7 @@ class PatientMonitor:
         index = int(np.argmax(probabilities))
         result.rhythm = labels[index] if index < len(labels) else str(index)
         result.rhythm_probabilities = probabilities.astype(np.float32)
+        self.board.rhythm(sample.sequence_id, result.rhythm, float(probabilities[index]))
         tracker = self._rhythms.setdefault(sample.sequence_id, RhythmTracker())
         confident = float(probabilities[index]) >= self.settings.rhythm_min_probability
         finding = tracker.update(result.rhythm if confident else "uncertain")

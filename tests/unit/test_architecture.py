@@ -61,6 +61,8 @@ ALLOWED: dict[str, set[str]] = {
     },
     "imaging": {"values", "store", "clinical", "core", "security", "audit", "transport_out", "settings"},
     "streaming": {"values", "store", "clinical", "core", "security", "audit", "monitoring"},
+    "planning": {"values", "store", "repository", "hardware"},
+    "console": {"values", "store", "core", "hardware", "audit", "imaging", "jobs", "streaming", "planning"},
     "jobs": {
         "values",
         "store",

@@ -1,0 +1,77 @@
+"""The Jobs and Imaging pages and the result viewer."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+from typing import Any
+
+from medserve.console.parts import ConsoleParts
+from medserve.console.viewer import SliceImage, render_seg_slice, sr_findings
+from medserve.values.access import Action, Caller
+from medserve.values.errors import ModelNotFound, Unsupported
+
+
+async def jobs(parts: ConsoleParts, caller: Caller) -> dict[str, Any]:
+    if parts.jobs is None:
+        raise Unsupported("this server runs no jobs")
+    recent = await parts.jobs.recent(caller, 100)
+    return {"jobs": recent, "manage": caller.principal.may(Action.MANAGE)}
+
+
+async def failures_csv(parts: ConsoleParts, caller: Caller, job_id: str) -> str:
+    """A job's item failures as CSV (index, locator, reason), at most 100 000 rows."""
+    if parts.jobs is None:
+        raise Unsupported("this server runs no jobs")
+    rows = await parts.jobs.failures(job_id, caller, 0, 100_000)
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["index", "locator", "reason"])
+    for failure in rows:
+        writer.writerow([failure.index, failure.locator, failure.reason])
+    return out.getvalue()
+
+
+def _imaging(parts: ConsoleParts) -> Any:
+    if parts.imaging is None:
+        raise Unsupported("imaging is not running on this server")
+    return parts.imaging
+
+
+async def imaging(parts: ConsoleParts, caller: Caller) -> dict[str, Any]:
+    caller.principal.require(Action.READ)
+    studies = await asyncio.to_thread(_imaging(parts).studies)
+    return {"studies": studies[-50:][::-1], "manage": caller.principal.may(Action.MANAGE)}
+
+
+async def result(parts: ConsoleParts, caller: Caller, result_id: str) -> dict[str, Any]:
+    """A result and its series' other results: the SEG to view, the SR's findings."""
+    caller.principal.require(Action.READ)
+    service = _imaging(parts)
+    found = await asyncio.to_thread(service.result_file, result_id)
+    if found is None:
+        raise ModelNotFound(f"no imaging result {result_id}")
+    _, _, series_uid = found
+    studies = await asyncio.to_thread(service.studies, None, series_uid)
+    series = studies[0]["series"][0] if studies else {}
+    results = series.get("results", [])
+    seg = next((r for r in results if r["kind"] == "seg"), None)
+    sr = next((r for r in results if r["kind"] == "sr"), None)
+    findings = []
+    if sr is not None:
+        sr_file = await asyncio.to_thread(service.result_file, sr["id"])
+        if sr_file is not None and sr_file[1].is_file():
+            findings = await asyncio.to_thread(sr_findings, sr_file[1])
+    return {"id": result_id, "series": series, "seg": seg, "sr": sr, "findings": findings}
+
+
+async def slice_image(parts: ConsoleParts, caller: Caller, result_id: str, index: int | None) -> SliceImage:
+    caller.principal.require(Action.READ)
+    service = _imaging(parts)
+    found = await asyncio.to_thread(service.result_file, result_id)
+    if found is None or found[0] != "seg":
+        raise ModelNotFound(f"no segmentation result {result_id}")
+    _, path, series_uid = found
+    sources = await asyncio.to_thread(service.store.instance_paths, series_uid)
+    return await asyncio.to_thread(render_seg_slice, path, sources, index)
