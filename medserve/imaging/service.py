@@ -26,6 +26,7 @@ from typing import Any
 import pydicom
 from sqlalchemy import select, update
 
+from medserve.clinical.dicom import uid_redaction
 from medserve.clinical.dicom.results import ImagingResult
 from medserve.clinical.dicom.routing import RoutingRule, load_rules, route
 from medserve.clinical.dicom.series_to_volume import SeriesRejected
@@ -75,6 +76,7 @@ class ImagingService:
         quiet_time_s: float = 5.0,
         workers: int = 1,
     ) -> None:
+        uid_redaction.install()  # highdicom's and pydicom's log lines carry no UID either
         self.service = service
         self.database = database
         self.store = InstanceStore(database, data_dir / "dicom")
@@ -225,7 +227,7 @@ class ImagingService:
             )
         except SeriesRejected as exc:
             await asyncio.to_thread(self._set_state, series_uid, states.REJECTED, str(exc))
-            log.info("series %s rejected: %s", _ref(series_uid), exc)
+            log.info("series %s rejected: %s", _ref(series_uid), uid_redaction.redact(str(exc)))
             return
         except MedserveError as exc:
             await asyncio.to_thread(self._set_state, series_uid, states.FAILED, str(exc))

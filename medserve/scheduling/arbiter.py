@@ -17,10 +17,10 @@ most urgent member.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections import Counter
 from typing import Protocol
+
+from medserve.scheduling.clock import SYSTEM_CLOCK, Clock, Wakeup
 
 __all__ = ["DEFAULT_MAX_WAIT_S", "DeviceArbiter", "Member"]
 
@@ -44,11 +44,12 @@ class DeviceArbiter:
     """Keeps less urgent batches of one model from starting while another model on the same device
     has more urgent work queued or executing."""
 
-    def __init__(self, max_wait_s: float = DEFAULT_MAX_WAIT_S) -> None:
+    def __init__(self, max_wait_s: float = DEFAULT_MAX_WAIT_S, clock: Clock = SYSTEM_CLOCK) -> None:
         self.max_wait_s = max_wait_s
+        self.max_wait_ns = round(max_wait_s * 1e9)
         self._members: list[Member] = []
         self._running: Counter[tuple[int, str, int]] = Counter()  # (member id, device, priority)
-        self._changed: asyncio.Event | None = None
+        self._changed = Wakeup(clock)
         self.waits_total = 0
         """Batches that waited for another model's more urgent work (the tests read it)."""
 
@@ -67,9 +68,7 @@ class DeviceArbiter:
 
     def notify(self) -> None:
         """Something changed (a request arrived, an execution ended): waiting batches look again."""
-        if self._changed is not None:
-            self._changed.set()
-            self._changed = None
+        self._changed.notify()
 
     def started(self, member: Member, device: str, priority: int) -> None:
         self._running[(id(member), device, priority)] += 1
@@ -95,14 +94,11 @@ class DeviceArbiter:
                 return True
         return False
 
-    async def wait_turn(self, member: Member, device: str, priority: int, timeout_s: float) -> bool:
-        """Wait until a change anywhere, at most ``timeout_s``, if ``member``'s batch of ``priority`` is
-        outranked on ``device``; returns whether it was (the caller then looks at its queue again)."""
-        if timeout_s <= 0 or not self.outranked(member, device, priority):
+    async def wait_turn(self, member: Member, device: str, priority: int, now_ns: int, until_ns: int) -> bool:
+        """Wait until a change anywhere, at most until ``until_ns`` (on the arbiter's clock; ``now_ns``
+        is the time now), if ``member``'s batch of ``priority`` is outranked on ``device``; returns
+        whether it was (the caller then looks at its queue again)."""
+        if until_ns <= now_ns or not self.outranked(member, device, priority):
             return False
-        if self._changed is None:
-            self._changed = asyncio.Event()
-        changed = self._changed
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(changed.wait(), timeout_s)
+        await self._changed.wait(until_ns)
         return True

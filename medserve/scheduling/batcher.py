@@ -31,6 +31,10 @@ CUDA error, out of memory), a batch is not retried request by request on that in
 takes the device out of service and starts its replacement, and the batch's requests go back to the
 queue, in their place by urgency, to be retried once on another instance. ``meter`` (optional) wraps
 each engine run to attribute energy to it (``ExecutionTimes.joules``).
+
+Time: every reading of the time and every timer (queue delay, deadline expiry, the arbiter's wait)
+goes through ``clock`` (:mod:`medserve.scheduling.clock`; ``time.perf_counter_ns`` unless a test
+gives a clock it advances by hand), and deadlines are given on that clock.
 """
 
 from __future__ import annotations
@@ -38,7 +42,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -46,6 +49,7 @@ import numpy as np
 
 from medserve.scheduling.arbiter import DeviceArbiter
 from medserve.scheduling.batching import batch_is_full, batch_key
+from medserve.scheduling.clock import SYSTEM_CLOCK, Clock, Wakeup
 from medserve.scheduling.execution import (
     DeviceFaults,
     ExecutionListener,
@@ -106,8 +110,11 @@ class DynamicBatcher:
         faults: DeviceFaults | None = None,
         meter: Meter | None = None,
         arbiter: DeviceArbiter | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.pool = pool
+        self.clock = clock
+        self._now = clock.now_ns
         self.output_names = output_names
         self.batching = batching
         self.max_batch_size = max(max_batch_size, 1)
@@ -118,13 +125,15 @@ class DynamicBatcher:
         self.service_times = service_times if service_times is not None else ServiceTimes()
         self._on_execution = on_execution
         self._faults = faults
-        self._run = RunOptions(output_names, batching, meter, faults.is_fault if faults is not None else None)
-        self._queue = UrgencyQueue(label)
+        is_fault = faults.is_fault if faults is not None else None
+        self._run = RunOptions(output_names, batching, meter, is_fault, clock.now_ns)
+        self._arrival = Wakeup(clock)  # a request was queued
+        self._settled = Wakeup(clock)  # an execution ended or the queue emptied (for close)
+        self._queue = UrgencyQueue(label, clock, on_empty=self._settled.notify)
         self._seq = itertools.count()
         self._arrivals = ArrivalRates()
         self._inflight: dict[int, tuple[int, int]] = {}  # execution token -> (start ns, batch size)
         self._tokens = itertools.count()
-        self._arrival = asyncio.Event()
         self._running: set[asyncio.Task[None]] = set()
         self._closing = False
         self._arbiter = arbiter
@@ -158,7 +167,7 @@ class DynamicBatcher:
         """Queue a request of batch size ``size`` and wait for its outputs.
 
         ``request_class`` (default: the default class, without its deadline) orders it against other
-        requests; ``deadline_ns`` (``time.perf_counter_ns`` time) is when it must be done. Raises
+        requests; ``deadline_ns`` (on the batcher's clock) is when it must be done. Raises
         ``Overloaded`` when it is refused or shed, ``DeadlineExceeded`` when its deadline passes first.
         """
         if self._closing:
@@ -166,7 +175,7 @@ class DynamicBatcher:
         if self._faults is not None and (why := self._faults.unavailable()) is not None:
             raise ModelNotReady(f"{self.label}: {why}")
         cls = request_class if request_class is not None else DEFAULT_CLASSES.default
-        now = time.perf_counter_ns()
+        now = self._now()
         if deadline_ns is not None and deadline_ns <= now:
             raise DeadlineExceeded(
                 f"{self.label}: the deadline of this '{cls.name}' request passed before it was queued"
@@ -179,7 +188,7 @@ class DynamicBatcher:
         self._admit(pending, now)
         self._make_room(pending)
         self._queue.insert(pending)
-        self._arrival.set()
+        self._arrival.notify()
         if self._arbiter is not None:
             self._arbiter.notify()
         return await future
@@ -236,7 +245,7 @@ class DynamicBatcher:
         if self.max_queue_size is None or len(self._queue) < self.max_queue_size:
             return
         last = self._queue[-1]
-        completion = self._completion_ns(pending, len(self._queue), time.perf_counter_ns())
+        completion = self._completion_ns(pending, len(self._queue), self._now())
         retry = max(1.0, completion / 2e9) if completion is not None else 1.0
         if last.priority > pending.priority:
             self._queue.remove(len(self._queue) - 1)
@@ -258,16 +267,6 @@ class DynamicBatcher:
         )
 
     # -- the queue ------------------------------------------------------------------------------
-    async def _wait_for_arrival(self, timeout_ns: int | None) -> None:
-        self._arrival.clear()
-        if timeout_ns is None:
-            await self._arrival.wait()
-            return
-        if timeout_ns <= 0:
-            return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._arrival.wait(), timeout_ns / 1e9)
-
     def _limit(self, slot: Slot) -> int:
         """The largest batch ``slot``'s instance takes."""
         return min(self.max_batch_size, slot.max_batch_size or self.max_batch_size)
@@ -292,10 +291,10 @@ class DynamicBatcher:
         """The instance that takes the next batch, and the batch (formed for that instance)."""
         yielding_since: int | None = None  # when this batch began to wait for other models' urgent work
         while True:
-            now = time.perf_counter_ns()
+            now = self._now()
             self._queue.purge(now)
             if not self._queue:
-                await self._wait_for_arrival(None)
+                await self._arrival.wait()
                 continue
             slot = self.pool.best()
             if slot is None:  # its instances were retired (device fault) meanwhile
@@ -314,14 +313,14 @@ class DynamicBatcher:
                     if latest is not None:
                         until = min(until, latest)
                     if until > now:
-                        await self._wait_for_arrival(until - now)
+                        await self._arrival.wait(until)
                         continue
             if self._arbiter is not None:
                 if yielding_since is None:
                     yielding_since = now
-                left_s = self._arbiter.max_wait_s - (now - yielding_since) / 1e9
+                until = yielding_since + self._arbiter.max_wait_ns
                 head = min(self._queue[i].priority for i in chosen)
-                if await self._arbiter.wait_turn(self, slot.device, head, left_s):
+                if await self._arbiter.wait_turn(self, slot.device, head, now, until):
                     if yielding_since == now:
                         self._arbiter.waits_total += 1
                     continue
@@ -336,10 +335,14 @@ class DynamicBatcher:
                 self._arbiter.started(self, slot.device, min(p.priority for p in batch))
             task = asyncio.get_running_loop().create_task(self._execute(slot, batch))
             self._running.add(task)
-            task.add_done_callback(self._running.discard)
+            task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._running.discard(task)
+        self._settled.notify()
 
     async def _execute(self, slot: Slot, batch: list[Pending]) -> None:
-        started = time.perf_counter_ns()
+        started = self._now()
         token = next(self._tokens)
         self._inflight[token] = (started, sum(p.size for p in batch))
         executions: list[ExecutionTimes] = []
@@ -361,7 +364,7 @@ class DynamicBatcher:
                 self._arbiter.finished(self, slot.device, min(p.priority for p in batch))
         # one execution: its time as the event loop sees it (the hop to the worker thread and back
         # included), so queue estimates count what a batch really occupies the instance for
-        whole = time.perf_counter_ns() - started if len(executions) == 1 else 0
+        whole = self._now() - started if len(executions) == 1 else 0
         for execution in executions:
             self.service_times.observe(execution.batch_size, max(execution.total_ns, whole))
             if self._on_execution is not None:
@@ -395,7 +398,7 @@ class DynamicBatcher:
         if not moving:
             return set()
         retried: set[int] = set()
-        now = time.perf_counter_ns()
+        now = self._now()
         for pending, result in zip(batch, results):
             if pending.future.done() or not isinstance(result, MedserveError) or pending.attempts > 0:
                 continue
@@ -405,15 +408,18 @@ class DynamicBatcher:
             self._queue.insert(pending)
             retried.add(id(pending))
         if retried:
-            self._arrival.set()
+            self._arrival.notify()
         return retried
 
     async def close(self, timeout: float = 30.0) -> None:
-        """Stop taking requests, finish the queued and running ones, then stop."""
+        """Stop taking requests, finish the queued and running ones (for at most ``timeout`` seconds on
+        the batcher's clock), then stop."""
         self._closing = True
-        deadline = time.monotonic() + timeout
-        while (self._queue or self._running) and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
+        now = self._now()
+        deadline = now + round(timeout * 1e9)
+        while (self._queue or self._running) and now < deadline:
+            await self._settled.wait(deadline)
+            now = self._now()
         self._loop_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._loop_task

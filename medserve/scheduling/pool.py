@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -50,9 +50,16 @@ class Slot:
 
 
 class InstancePool:
-    """Hands out free instances; engine work runs in a thread pool."""
+    """Hands out free instances; engine work runs in a thread pool (or on ``executor``, e.g. a test's
+    that runs it in simulated time)."""
 
-    def __init__(self, instances: Sequence[Runtime], name: str, slots: Sequence[Slot] | None = None) -> None:
+    def __init__(
+        self,
+        instances: Sequence[Runtime],
+        name: str,
+        slots: Sequence[Slot] | None = None,
+        executor: Executor | None = None,
+    ) -> None:
         if slots is None:
             slots = [Slot(i, i.device(), i.name or type(i).__name__) for i in instances]
         elif [s.instance for s in slots] != list(instances):
@@ -66,7 +73,7 @@ class InstancePool:
         self._slots: list[Slot] = list(slots)
         self._free: list[Slot] = list(slots)
         self._freed = asyncio.Event()
-        self._executor = ThreadPoolExecutor(
+        self._executor = executor or ThreadPoolExecutor(
             max_workers=max(_MAX_WORKERS, len(slots)), thread_name_prefix=f"medserve-{name}"
         )
 

@@ -9,11 +9,11 @@ Triton; 0 means none). Its effective deadline is the earlier of the class deadli
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from medserve.scheduling.clock import SYSTEM_CLOCK
 from medserve.values.errors import InvalidInput
 
 #: Request parameters read here.
@@ -167,16 +167,17 @@ def _class_of(parameters: Mapping[str, Any], classes: PriorityClasses) -> Priori
 def resolve_request_class(
     parameters: Mapping[str, Any], classes: PriorityClasses, arrival_ns: int | None = None
 ) -> tuple[PriorityClass, int | None]:
-    """The request's class and absolute deadline in ``time.perf_counter_ns`` time (None: no deadline).
+    """The request's class and absolute deadline on the scheduler's clock (None: no deadline).
 
-    ``arrival_ns`` (default: now) is when the request arrived; deadlines count from it.
+    ``arrival_ns`` (default: now on :data:`~medserve.scheduling.clock.SYSTEM_CLOCK`, i.e.
+    ``time.perf_counter_ns``) is when the request arrived; deadlines count from it.
 
     Raises ``InvalidInput`` for parameters of the wrong type, negative numbers, a priority level or
     class name that is not configured, or a level and a name that disagree.
     """
     cls = _class_of(parameters, classes)
     if arrival_ns is None:
-        arrival_ns = time.perf_counter_ns()
+        arrival_ns = SYSTEM_CLOCK.now_ns()
     timeout_us = _unsigned(parameters, TIMEOUT, "microseconds; 0 means no timeout")
     budgets = [b for b in (cls.deadline_ns, timeout_us * 1000 if timeout_us else None) if b is not None]
     return cls, (arrival_ns + min(budgets)) if budgets else None

@@ -1,18 +1,18 @@
 """The queue of one model version's batcher: requests sorted by urgency, counted per class, each with
-a timer that drops it when its deadline passes while it waits."""
+a timer (on the batcher's clock) that drops it when its deadline passes while it waits."""
 
 from __future__ import annotations
 
 import asyncio
 import bisect
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, overload
 
 import numpy as np
 
 from medserve.scheduling.batching import BatchKey
+from medserve.scheduling.clock import Clock, Timer
 from medserve.scheduling.priority import PriorityClass
 from medserve.scheduling.slo import Urgency
 from medserve.values.errors import DeadlineExceeded, MedserveError
@@ -30,7 +30,7 @@ class Pending:
     request_class: PriorityClass
     deadline_ns: int | None
     order: Urgency
-    timer: asyncio.TimerHandle | None = field(default=None, repr=False)
+    timer: Timer | None = field(default=None, repr=False)
     attempts: int = 0
 
     @property
@@ -43,10 +43,13 @@ def _order(pending: Pending) -> Urgency:
 
 
 class UrgencyQueue(Sequence[Pending]):
-    """Most urgent first; ``label`` names the model version in error messages."""
+    """Most urgent first; ``label`` names the model version in error messages. Deadlines are on
+    ``clock``; ``on_empty`` is called whenever a removal leaves the queue empty."""
 
-    def __init__(self, label: str) -> None:
+    def __init__(self, label: str, clock: Clock, on_empty: Callable[[], None] | None = None) -> None:
         self.label = label
+        self._clock = clock
+        self._on_empty = on_empty
         self._items: list[Pending] = []
         self._by_class: dict[str, int] = {}
 
@@ -78,8 +81,7 @@ class UrgencyQueue(Sequence[Pending]):
         name = pending.request_class.name
         self._by_class[name] = self._by_class.get(name, 0) + 1
         if pending.deadline_ns is not None:
-            delay = (pending.deadline_ns - time.perf_counter_ns()) / 1e9
-            pending.timer = asyncio.get_running_loop().call_later(delay, self._expire, pending)
+            pending.timer = self._clock.call_at(pending.deadline_ns, self._expire, pending)
 
     def remove(self, index: int) -> Pending:
         pending = self._items.pop(index)
@@ -87,6 +89,8 @@ class UrgencyQueue(Sequence[Pending]):
         if pending.timer is not None:
             pending.timer.cancel()
             pending.timer = None
+        if not self._items and self._on_empty is not None:
+            self._on_empty()
         return pending
 
     def _expire(self, pending: Pending) -> None:
@@ -100,7 +104,7 @@ class UrgencyQueue(Sequence[Pending]):
     def _fail_expired(self, pending: Pending, ahead: int) -> None:
         if pending.future.done():
             return
-        waited_ms = (time.perf_counter_ns() - pending.enqueued_ns) / 1e6
+        waited_ms = (self._clock.now_ns() - pending.enqueued_ns) / 1e6
         pending.future.set_exception(
             DeadlineExceeded(
                 f"{self.label}: the deadline of this '{pending.request_class.name}' request passed "

@@ -1,7 +1,8 @@
 """SLO-aware scheduling policy (pure): urgency order, deadline-bounded batches, service-time estimates
 and the admission estimate. The batcher holds the queue and the clock; here is only arithmetic.
 
-Times are integers in nanoseconds on one monotonic clock (the batcher's ``time.perf_counter_ns``).
+Times are integers in nanoseconds on one monotonic clock (the batcher's, see
+:mod:`medserve.scheduling.clock`).
 """
 
 from __future__ import annotations

@@ -1,19 +1,18 @@
 """The scheduler's protection of urgent classes (pure, no clock): the reserve that bounds lower-class
 batches while urgent requests are about, the slack an urgent head keeps when lower-class requests
 join its batch, admission estimates stretched by urgent arrivals, and service times seeded from a
-profile. The batcher test under real load is in tests/test_priority_scheduler.py."""
+profile; then the batcher applying them, in simulated time (``simulated_time``), so batch sizes and
+estimates are exact. The batcher under overload is in test_priority_scheduler.py."""
 
 from __future__ import annotations
 
 import asyncio
-import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pytest
+from simulated_time import ManualClock, SimulatedExecutor, SimulatedRuntime
 
-from medserve.runtimes.base import EngineTensor, Runtime
 from medserve.scheduling.batcher import DynamicBatcher
 from medserve.scheduling.batching import BatchKey
 from medserve.scheduling.pool import InstancePool
@@ -78,86 +77,71 @@ def test_a_lower_class_request_joins_an_urgent_batch_only_with_slack_to_spare() 
     assert select_urgent_batch(two_stat, 8, 0, estimate) == [0, 1]
 
 
-class Sleeper(Runtime):
-    """Sleeps ``per_row`` seconds per batch item; logs the batch sizes."""
-
-    name = "sleeper"
-
-    def __init__(self, per_row: float) -> None:
-        super().__init__(Path("sleeper"), {})
-        self.per_row = per_row
-        self.batches: list[int] = []
-
-    def load(self) -> None:
-        pass
-
-    def inputs(self) -> list[EngineTensor]:
-        return [EngineTensor("x", "FP32", (-1, 3))]
-
-    def outputs(self) -> list[EngineTensor]:
-        return [EngineTensor("x", "FP32", (-1, 3))]
-
-    def run(self, inputs: dict[str, np.ndarray], output_names: list[str]) -> dict[str, np.ndarray]:
-        time.sleep(self.per_row * inputs["x"].shape[0])
-        self.batches.append(inputs["x"].shape[0])
-        return {"x": inputs["x"]}
-
-
 def cls(name: str) -> PriorityClass:
     found = DEFAULT_CLASSES.named(name)
-    assert found is not None
+    if found is None:
+        raise LookupError(name)
     return found
 
 
+def simulated(
+    *, per_batch_ms: float = 0.0, per_row_ms: float = 0.0, batching: bool, max_batch: int
+) -> tuple[DynamicBatcher, SimulatedRuntime, ManualClock]:
+    clock = ManualClock()
+    executor = SimulatedExecutor(clock)
+    engine = SimulatedRuntime(executor, per_batch_ms, per_row_ms)
+    pool = InstancePool([engine], "s", executor=executor)
+    batcher = DynamicBatcher(pool, ["y"], batching=batching, max_batch_size=max_batch, clock=clock)
+    return batcher, engine, clock
+
+
 async def test_while_stat_requests_come_routine_batches_stay_short_enough_for_them() -> None:
-    engine = Sleeper(0.01)
-    batcher = DynamicBatcher(InstancePool([engine], "s"), ["x"], batching=True, max_batch_size=8)
+    batcher, engine, clock = simulated(per_row_ms=10, batching=True, max_batch=8)
     batcher.service_times.seed({b: b * 10 * MS for b in (1, 2, 4, 8)})
     x = np.zeros((1, 3), np.float32)
-    routine = [
-        asyncio.create_task(batcher.submit({"x": x}, 1, request_class=cls("routine"))) for _ in range(16)
-    ]
-    await asyncio.gather(*routine)
-    assert max(engine.batches) == 8  # no urgent traffic: full batches
-    engine.batches.clear()
-    stat = batcher.submit(
-        {"x": x}, 1, request_class=cls("stat"), deadline_ns=time.perf_counter_ns() + 35 * MS
-    )
-    routine = [
-        asyncio.create_task(batcher.submit({"x": x}, 1, request_class=cls("routine"))) for _ in range(16)
-    ]
-    await stat
-    await asyncio.gather(*routine)
-    # a stat request came with 35 ms to spare: routine batches now take at most 35 - 10 = 25 ms (batch 2)
-    assert max(engine.batches) == 2
+
+    def send(name: str, ms: float | None = None) -> asyncio.Task[object]:
+        deadline = None if ms is None else clock.after(ms)
+        return asyncio.create_task(batcher.submit({"x": x}, 1, request_class=cls(name), deadline_ns=deadline))
+
+    await clock.run(*(send("routine") for _ in range(16)))
+    assert engine.batches() == [8, 8]  # no urgent traffic: full batches
+    engine.log.clear()
+    results = await clock.run(send("stat", 35), *(send("routine") for _ in range(16)))
+    assert not [r for r in results if isinstance(r, BaseException)]
+    # the stat request (35 ms to spare) takes one routine request along: 20 ms + 10 ms of slack fit;
+    # then, a stat request having come lately, routine batches take at most 35 - 10 = 25 ms (2 rows)
+    assert engine.batches() == [2, 2, 2, 2, 2, 2, 2, 2, 1]
     await batcher.close()
 
 
 async def test_admission_counts_the_urgent_requests_that_will_overtake() -> None:
-    engine = Sleeper(0.0)
-    batcher = DynamicBatcher(InstancePool([engine], "s"), ["x"], batching=False, max_batch_size=1)
+    batcher, engine, clock = simulated(per_batch_ms=90, batching=False, max_batch=1)
     batcher.service_times.seed({1: 10 * MS})
-    x = np.zeros((3,), np.float32)
+    x = np.zeros((1, 3), np.float32)
 
     def routine(ms: float) -> asyncio.Task[object]:
-        deadline = time.perf_counter_ns() + int(ms * MS)
         return asyncio.create_task(
-            batcher.submit({"x": x}, 1, request_class=cls("routine"), deadline_ns=deadline)
+            batcher.submit({"x": x}, 1, request_class=cls("routine"), deadline_ns=clock.after(ms))
         )
 
-    engine.per_row = 0.03  # x has 3 rows here: the blocker runs 90 ms
     blocker = asyncio.create_task(batcher.submit({"x": x}, 1, request_class=cls("bulk")))
-    await asyncio.sleep(0.01)
+    await clock.advance(0)  # the blocker runs for 90 ms (estimated: 10 ms)
+    engine.per_batch_ms = 10
+    await clock.advance(10)
     queued = [routine(150) for _ in range(10)]  # due before the request below: ahead of it (EDF)
-    await asyncio.sleep(0)
+    await clock.advance(0)
     # alone 10 ms; behind 10 queued (100 ms; the running one is estimated done): 110 ms, within 200 ms
-    now = time.perf_counter_ns()
+    now = clock.now_ns()
     for i in range(500):  # then stat requests at 50 a second: half the instance goes to them
         batcher._arrivals.note(1, now - i * 20 * MS)
-    with pytest.raises(Overloaded, match="would complete in about 2[12]"):  # 110 ms / (1 - 0.5)
-        await batcher.submit(
-            {"x": x}, 1, request_class=cls("routine"), deadline_ns=time.perf_counter_ns() + 200 * MS
-        )
-    engine.per_row = 0.0
-    await asyncio.gather(blocker, *queued)
+    with pytest.raises(Overloaded) as refused:  # 110 ms / (1 - 0.5)
+        await batcher.submit({"x": x}, 1, request_class=cls("routine"), deadline_ns=clock.after(200))
+    assert "has 200 ms left of its deadline but would complete in about 220 ms" in str(refused.value)
+    assert "(10 request(s) of equal or higher urgency queued ahead, 1 execution(s) running)" in str(
+        refused.value
+    )
+    results = await clock.run(blocker, *queued)
+    # the blocker really took 90 ms: of the queued, those started by their deadline (at 160 ms) ran
+    assert [type(r).__name__ for r in results[1:]] == ["ScheduledResult"] * 7 + ["DeadlineExceeded"] * 3
     await batcher.close()
