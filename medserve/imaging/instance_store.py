@@ -20,6 +20,9 @@ from pathlib import Path
 
 import pydicom
 from pydicom.errors import InvalidDicomError
+from pydicom.pixels.decoders.base import get_decoder
+from pydicom.pixels.utils import get_expected_length
+from pydicom.uid import UID
 from sqlalchemy import select
 
 from medserve.clinical.dicom.routing import series_attributes
@@ -38,6 +41,10 @@ UNMATCHED, REJECTED, FAILED = "unmatched", "rejected", "failed"
 
 class NotDicom(InvalidInput):
     """The bytes are not a usable DICOM Part-10 instance."""
+
+
+class Undecodable(NotDicom):
+    """The instance's pixel data is in a transfer syntax this server has no decoder for."""
 
 
 @dataclass(frozen=True)
@@ -74,20 +81,34 @@ def parse_instance(data: bytes) -> pydicom.Dataset:
     if "TransferSyntaxUID" not in ds.file_meta:
         raise NotDicom("the DICOM file has no TransferSyntaxUID in its file meta information")
     pixel = ds.get("PixelData")
-    if pixel is not None and ds.file_meta.TransferSyntaxUID.is_little_endian is not None:
+    syntax = ds.file_meta.TransferSyntaxUID
+    if pixel is not None and syntax.is_compressed:
+        _require_decoder(syntax)
+    elif pixel is not None and syntax.is_little_endian is not None:
         expected = _expected_native_length(ds)
-        if expected and not ds.file_meta.TransferSyntaxUID.is_compressed and len(pixel) < expected:
+        if expected and len(pixel) < expected:
             raise NotDicom(f"the pixel data is truncated: {len(pixel)} of {expected} bytes")
     return ds
 
 
-def _expected_native_length(ds: pydicom.Dataset) -> int:
+def _require_decoder(syntax: UID) -> None:
+    """Raise ``Undecodable`` unless pixel data in ``syntax`` can be decoded here."""
     try:
-        frames = int(ds.get("NumberOfFrames", 1) or 1)
-        samples = int(ds.get("SamplesPerPixel", 1) or 1)
-        bits = int(ds.BitsAllocated)
-        return int(ds.Rows) * int(ds.Columns) * frames * samples * bits // 8
-    except (AttributeError, TypeError, ValueError):
+        available = get_decoder(syntax).is_available
+    except NotImplementedError:
+        available = False
+    if not available:
+        raise Undecodable(
+            f"transfer syntax {syntax.name} ({syntax}): this server cannot decode its pixel data; "
+            "send it uncompressed or as JPEG, JPEG-LS, JPEG 2000 or RLE"
+        )
+
+
+def _expected_native_length(ds: pydicom.Dataset) -> int:
+    """The bytes native pixel data needs (YBR_FULL_422 stores 2 samples' worth per pixel, not 3)."""
+    try:
+        return int(get_expected_length(ds, "bytes"))
+    except (AttributeError, TypeError, ValueError, KeyError):
         return 0
 
 

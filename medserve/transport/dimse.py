@@ -27,11 +27,13 @@ import threading
 from collections.abc import Callable, Collection, Coroutine, Sequence
 from typing import Any
 
+from pydicom import Dataset
 from pydicom import uid as dicom_uid
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.dsutils import encode_file_meta
 from pynetdicom.transport import ThreadedAssociationServer
 
+from medserve.clinical.dicom import uid_redaction
 from medserve.imaging.service import StudyMismatch
 from medserve.streaming.alerts import AlertNotFound
 from medserve.transport.dicom_status import StoreStatus, is_warning
@@ -59,8 +61,12 @@ from medserve.values.errors import (
 
 log = logging.getLogger(__name__)
 
-#: ``accept(encoded, calling_aet, peer) -> DIMSE status``; called from a pynetdicom thread.
-AcceptStore = Callable[[bytes, str, str], int]
+#: ``accept(encoded, calling_aet, peer) -> DIMSE status`` or ``(status, error comment)``; called from a
+#: pynetdicom thread. The comment (why the instance was refused) goes back to the sender.
+AcceptStore = Callable[[bytes, str, str], "int | tuple[int, str]"]
+
+#: Error Comment (0000,0902) is LO: at most 64 characters.
+ERROR_COMMENT_MAX = 64
 
 #: ``ingest(encoded, caller)``: store one instance durably for ``caller``, or raise ``MedserveError``.
 Ingest = Callable[[bytes, Caller], Coroutine[Any, Any, object]]
@@ -219,6 +225,7 @@ class StorageSCP:
                 (evt.EVT_C_ECHO, self._on_echo),
                 (evt.EVT_REJECTED, self._on_rejected),
             ]
+            uid_redaction.install()  # pynetdicom's and pydicom's log lines too carry no UID
             self._server = self._ae.start_server(
                 (self.host, self._port), block=False, ssl_context=self._ssl_context, evt_handlers=handlers
             )
@@ -289,8 +296,11 @@ class StorageSCP:
         except Exception:  # logging must never break the association machinery
             pass
 
-    def _on_store(self, event: evt.Event) -> int:
-        """Answer one C-STORE request; never raises: any error becomes ``0xC000`` (cannot understand)."""
+    def _on_store(self, event: evt.Event) -> int | Dataset:
+        """Answer one C-STORE request; never raises: any error becomes ``0xC000`` (cannot understand).
+
+        Every failure status carries an Error Comment saying why, for the sender's log.
+        """
         instance = "?"
         calling_aet = "?"
         stage = "reading the request"
@@ -303,7 +313,8 @@ class StorageSCP:
             stage = "encoding the file"
             encoded = self._encode(event, calling_aet)
             stage = "storing"
-            status = self._accept(encoded, calling_aet, peer)
+            answer = self._accept(encoded, calling_aet, peer)
+            status, comment = answer if isinstance(answer, tuple) else (answer, "")
             if isinstance(status, bool) or not isinstance(status, int) or not 0 <= status <= 0xFFFF:
                 log.error(
                     "C-STORE of instance %s from AE %r: the store returned %s, not a DIMSE status",
@@ -312,7 +323,7 @@ class StorageSCP:
                     type(status).__name__,
                 )
                 self._count("errors")
-                return int(StoreStatus.CANNOT_UNDERSTAND)
+                return _answer(int(StoreStatus.CANNOT_UNDERSTAND), "internal error: the store gave no status")
         except Exception as exc:
             log.error(
                 "C-STORE of instance %s from AE %r failed while %s: %s",
@@ -322,7 +333,7 @@ class StorageSCP:
                 type(exc).__name__,
             )
             self._count("errors")
-            return int(StoreStatus.CANNOT_UNDERSTAND)
+            return _answer(int(StoreStatus.CANNOT_UNDERSTAND), f"internal error while {stage}")
         status = int(status)
         if status == 0:
             self._count("succeeded")
@@ -331,6 +342,7 @@ class StorageSCP:
         else:
             self._count("failed")
             log.info("C-STORE of instance %s from AE %r answered 0x%04X", instance, calling_aet, status)
+            return _answer(status, comment or f"refused with status 0x{status:04X}")
         return status
 
     @staticmethod
@@ -343,6 +355,17 @@ class StorageSCP:
         return b"".join((b"\x00" * 128, b"DICM", encode_file_meta(meta), dataset))
 
 
+def _answer(status: int, comment: str) -> Dataset:
+    """A C-STORE response status with its Error Comment (printable ASCII, at most 64 characters)."""
+    text = "".join(ch if 0x20 <= ord(ch) < 0x7F and ch != "\\" else "?" for ch in comment)
+    if len(text) > ERROR_COMMENT_MAX:
+        text = text[: ERROR_COMMENT_MAX - 3] + "..."
+    answer = Dataset()
+    answer.Status = status
+    answer.ErrorComment = text
+    return answer
+
+
 def ingesting(ingest: Ingest, loop: asyncio.AbstractEventLoop, timeout_s: float = 120.0) -> AcceptStore:
     """The ``accept`` of a storage SCP that stores each instance through ``ingest``, run on ``loop``.
 
@@ -351,16 +374,18 @@ def ingesting(ingest: Ingest, loop: asyncio.AbstractEventLoop, timeout_s: float 
     error, or Out of Resources when the store has not answered within ``timeout_s``.
     """
 
-    def accept(encoded: bytes, calling_aet: str, peer: str) -> int:
+    def accept(encoded: bytes, calling_aet: str, peer: str) -> int | tuple[int, str]:
         principal = Principal(f"aet:{calling_aet}", Role.SERVICE, None, f"aet:{calling_aet}")
         future = asyncio.run_coroutine_threadsafe(ingest(encoded, Caller(principal, "dimse", "", peer)), loop)
         try:
             future.result(timeout=timeout_s)
         except TimeoutError:  # the store is stalled: the sender should try again later
             future.cancel()
-            return int(StoreStatus.OUT_OF_RESOURCES)
+            return int(
+                StoreStatus.OUT_OF_RESOURCES
+            ), f"not stored within {timeout_s:g} s; send it again later"
         except MedserveError as exc:
-            return store_status_of(exc)
+            return store_status_of(exc), str(exc)
         return int(StoreStatus.SUCCESS)
 
     return accept
