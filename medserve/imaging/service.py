@@ -298,8 +298,6 @@ class ImagingService:
         )
 
     # -- status -----------------------------------------------------------------------------
-    def studies(self, study_uid: str | None = None, series_uid: str | None = None) -> list[dict[str, Any]]:
-        """Received studies with their series, routing, results and exports (for the status API)."""
     def result_file(self, result_id: str) -> tuple[str, Path, str] | None:
         """``(kind, file, series UID)`` of the stored result ``result_id``; None when there is none."""
         with self.database.session() as session:
@@ -308,6 +306,8 @@ class ImagingService:
                 return None
             return row.kind, self.results_root / row.path, row.series_uid
 
+    def studies(self, study_uid: str | None = None, series_uid: str | None = None) -> list[dict[str, Any]]:
+        """Received studies with their series, routing, results and exports (for the status API)."""
         with self.database.session() as session:
             query = select(DicomSeriesRow).order_by(DicomSeriesRow.first_received_at)
             if study_uid:
