@@ -15,14 +15,15 @@ from collections.abc import Awaitable, Callable, Generator
 from functools import partial
 
 import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from medserve.console.parts import ConsoleParts
 from medserve.core.dataplane import build_dataplane
 from medserve.imaging.config import load_config
 from medserve.imaging.service import ImagingService
 from medserve.jobs.manager import JobManager, JobSettings
 from medserve.jobs.store import JobStore
 from medserve.logs import configure_logging
+from medserve.security.redaction import install as install_log_redaction
 from medserve.security.tls import (
     TlsHttpToolsProtocol,
     TlsWebSocketsProtocol,
@@ -43,11 +44,11 @@ from medserve.startup import (
 from medserve.streaming.alerts import AlertHub
 from medserve.streaming.monitor import MonitorSettings, PatientMonitor
 from medserve.streaming.pipeline import MonitorPipeline
-from medserve.transport.console import console_routes
 from medserve.transport.destination_config import destination_from_config
 from medserve.transport.dicomweb import dicomweb_routes
 from medserve.transport.dimse import StorageSCP, ingesting
 from medserve.transport.http import build_app
+from medserve.transport.http_limits import HttpLimits, limited_protocol
 from medserve.transport.jobs import jobs_routes
 from medserve.transport.stream import stream_routes
 from medserve.trust import Trust, build_trust, describe_store
@@ -80,8 +81,20 @@ class ShutdownIncomplete(MedserveError):
     """A step of the ordered shutdown failed (the log has its traceback); the later steps still ran."""
 
 
+def http_limits(settings: Settings) -> HttpLimits:
+    """The HTTP door's connection limits from the settings."""
+    return HttpLimits(
+        max_header_bytes=settings.http_max_header_bytes,
+        header_timeout_s=settings.http_header_timeout_s,
+        body_timeout_s=settings.http_body_timeout_s,
+        keepalive_timeout_s=settings.http_keepalive_timeout_s,
+        max_connections=settings.max_connections,
+    )
+
+
 class MedServer:
     def __init__(self, settings: Settings) -> None:
+        install_log_redaction()  # before anything that might log a credential
         self.settings = settings
         self.trust: Trust = build_trust(settings)
         trust = self.trust
@@ -163,20 +176,6 @@ class MedServer:
             self._scp = None
             raise bind_failure(self._door("DICOM"), exc) from None
 
-    def _console_parts(self) -> ConsoleParts:
-        placer = self.dataplane.placer
-        return ConsoleParts(
-            self.service,
-            self.metrics.registry,
-            self.trust.database,
-            self.trust.audit,
-            self.jobs,
-            self.imaging,
-            self.monitor,
-            self.alerts,
-            placer.discovery if placer is not None else None,
-        )
-
     def _door(self, name: str) -> Door:
         return next(door for door in doors(self.settings) if door.name == name)
 
@@ -206,6 +205,8 @@ class MedServer:
                 settings.grpc_port,
                 settings.max_request_bytes,
                 credentials=grpc_server_credentials(tls) if tls else None,
+                max_concurrent_streams=settings.grpc_max_concurrent_streams,
+                max_unread_responses=settings.grpc_max_unread_responses,
             )
             try:
                 await grpc_server.start()
@@ -222,15 +223,14 @@ class MedServer:
         if self.imaging is not None:
             routes += dicomweb_routes(self.imaging, settings.stow_max_request_bytes)
         routes += jobs_routes(self.jobs)
-        if settings.console_enabled:
-            routes += console_routes(self._console_parts(), settings.console_idle_timeout_s)
         app = build_app(self.service, self.metrics, settings.max_request_bytes, routes)
         config = uvicorn.Config(
             app,
             host=settings.host,
             port=settings.http_port,
             loop="none",
-            http=TlsHttpToolsProtocol if tls else "httptools",
+            http=limited_protocol(TlsHttpToolsProtocol if tls else HttpToolsProtocol, http_limits(settings)),
+            timeout_keep_alive=max(1, round(settings.http_keepalive_timeout_s)),
             ws=TlsWebSocketsProtocol if tls else "auto",
             **(uvicorn_options(tls) if tls else {}),
             lifespan="off",

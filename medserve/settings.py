@@ -76,6 +76,44 @@ class Settings(BaseSettings):
         description="Largest request body (HTTP) or message (gRPC) accepted; larger ones get "
         "HTTP 413 / RESOURCE_EXHAUSTED before they are read whole.",
     )
+    http_max_header_bytes: int = Field(
+        default=64 * 1024,
+        ge=1024,
+        description="Largest HTTP request line plus header block; a larger one is answered 431 and the "
+        "connection closed before the rest is read.",
+    )
+    http_header_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="How long a client may take to send a request's line and headers once it has begun "
+        "(slowloris); past it the connection is closed.",
+    )
+    http_body_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="How long a request body may go without a byte arriving; past it the connection is "
+        "closed (a slow or stalled upload).",
+    )
+    http_keepalive_timeout_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="How long an idle keep-alive HTTP connection (or one that never sends) stays open.",
+    )
+    max_connections: int = Field(
+        default=512,
+        ge=1,
+        description="Most open HTTP connections; beyond it new ones are closed at once and a warning is "
+        "logged (once a minute) so the file descriptors are never used up.",
+    )
+    grpc_max_concurrent_streams: int = Field(
+        default=100, ge=1, description="Most concurrent gRPC streams (calls) on one HTTP/2 connection."
+    )
+    grpc_max_unread_responses: int = Field(
+        default=64,
+        ge=1,
+        description="Most requests of one gRPC ModelStreamInfer stream in flight or answered but not yet "
+        "read by the client; beyond it the stream is not read until the client reads.",
+    )
     shutdown_timeout_s: float = Field(
         default=30.0,
         ge=0,
@@ -209,12 +247,6 @@ class Settings(BaseSettings):
     )
     jobs_retry_s: float = Field(
         default=30.0, gt=0, description="How often a job paused by a full disk tries its write again."
-    )
-    console_enabled: bool = Field(
-        default=True, description="Serve the operator console at /console (sign-in with an API token)."
-    )
-    console_idle_timeout_s: float = Field(
-        default=900.0, gt=0, description="A console session without a request for this long is signed out."
     )
 
     priority_classes: list[PriorityClassSetting] = Field(

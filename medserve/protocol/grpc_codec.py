@@ -15,6 +15,13 @@ import numpy as np
 from google.protobuf import json_format
 
 from medserve.protocol.grpc_messages import pb
+from medserve.protocol.validation import (
+    DEFAULT_MAX_ELEMENTS,
+    check_name,
+    check_request_id,
+    check_shape,
+    clipped,
+)
 from medserve.values import datatypes
 from medserve.values.errors import InvalidInput
 from medserve.values.types import (
@@ -96,21 +103,15 @@ def set_parameters(target: MutableMapping[str, pb.InferParameter], params: Param
 # ------------------------------------------------------------------ request: wire -> core
 
 
-def _shape_of(tensor: pb.ModelInferRequest.InferInputTensor) -> tuple[int, ...]:
-    shape = tuple(int(dim) for dim in tensor.shape)
-    if any(dim < 0 for dim in shape):
-        raise InvalidInput(
-            f"input '{tensor.name}': shape {list(shape)} has a negative dimension; "
-            "request shapes must be concrete"
-        )
-    return shape
+def _shape_of(tensor: pb.ModelInferRequest.InferInputTensor, max_elements: int) -> tuple[int, ...]:
+    return check_shape(tensor.name, [int(dim) for dim in tensor.shape], max_elements)
 
 
 def _check_datatype(tensor: pb.ModelInferRequest.InferInputTensor) -> str:
     datatype = tensor.datatype
     if datatype not in datatypes.DATATYPES:
         raise InvalidInput(
-            f"input '{tensor.name}': unknown datatype '{datatype}'; "
+            f"input '{tensor.name}': unknown datatype '{clipped(datatype)}'; "
             f"expected one of {', '.join(datatypes.DATATYPES)}"
         )
     return datatype
@@ -167,8 +168,13 @@ def _from_contents(
     return held.astype(dtype).reshape(shape)
 
 
-def decode_infer_request(message: pb.ModelInferRequest) -> InferenceRequest:
-    """A ``ModelInferRequest`` as an :class:`InferenceRequest` (raw bytes viewed, not copied)."""
+def decode_infer_request(
+    message: pb.ModelInferRequest, max_elements: int = DEFAULT_MAX_ELEMENTS
+) -> InferenceRequest:
+    """A ``ModelInferRequest`` as an :class:`InferenceRequest` (raw bytes viewed, not copied); every
+    tensor's shape passes :func:`~medserve.protocol.validation.check_shape` with ``max_elements``."""
+    if message.id:
+        check_request_id(message.id)
     raw = message.raw_input_contents
     if raw and len(raw) != len(message.inputs):
         raise InvalidInput(
@@ -178,8 +184,9 @@ def decode_infer_request(message: pb.ModelInferRequest) -> InferenceRequest:
         )
     inputs: list[Tensor] = []
     for index, tensor in enumerate(message.inputs):
+        check_name(f"inputs[{index}]", tensor.name)
         datatype = _check_datatype(tensor)
-        shape = _shape_of(tensor)
+        shape = _shape_of(tensor, max_elements)
         if raw:
             sent = _contents_fields(tensor.contents)
             if sent:

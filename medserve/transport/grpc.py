@@ -15,10 +15,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 
 from medserve.protocol import grpc_codec
 from medserve.protocol.grpc_messages import SERVICE_NAME, pb
+from medserve.protocol.validation import DEFAULT_MAX_ELEMENTS, safe_request_id
 from medserve.security.tls import grpc_client_cert_cn
 from medserve.streaming.alerts import AlertNotFound
 from medserve.transport.status_table import StatusTable
@@ -88,12 +89,24 @@ _Resp = TypeVar("_Resp", bound=Message)
 _Unary = Callable[[_Req, grpc.aio.ServicerContext[Any, Any]], Awaitable[_Resp]]
 
 
-def _guarded(handler: _Unary[_Req, _Resp]) -> _Unary[_Req, _Resp]:
-    """Wrap a unary handler so errors become gRPC statuses (abort is outside the ``try``)."""
+def _parse(request_type: type[_Req], data: bytes) -> _Req:
+    """A request message from its bytes; bytes that are not one are INVALID_ARGUMENT, not UNKNOWN."""
+    try:
+        message: _Req = request_type.FromString(data)
+    except DecodeError:
+        raise errors.InvalidInput(
+            f"the request is not a valid {request_type.DESCRIPTOR.name} message ({len(data)} bytes)"
+        ) from None
+    return message
 
-    async def call(request: _Req, context: grpc.aio.ServicerContext[Any, Any]) -> _Resp:
+
+def _guarded(handler: _Unary[_Req, _Resp], request_type: type[_Req]) -> _Unary[bytes, _Resp]:
+    """Wrap a unary handler so the request is parsed in it and errors become gRPC statuses (abort is
+    outside the ``try``)."""
+
+    async def call(data: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> _Resp:
         try:
-            return await handler(request, context)
+            return await handler(_parse(request_type, data), context)
         except Exception as error:  # mapped to a status below, never swallowed
             code, message = _describe(error)
             trailers = _retry_trailers(error)
@@ -107,8 +120,15 @@ def _guarded(handler: _Unary[_Req, _Resp]) -> _Unary[_Req, _Resp]:
 class GrpcInferenceServicer:
     """The RPCs of ``inference.GRPCInferenceService``, each a thin call into the service."""
 
-    def __init__(self, service: InferenceService) -> None:
+    def __init__(
+        self,
+        service: InferenceService,
+        max_request_bytes: int = DEFAULT_MAX_ELEMENTS,
+        max_unread_responses: int = 64,
+    ) -> None:
         self._service = service
+        self._max_elements = max_request_bytes
+        self._max_unread = max(1, max_unread_responses)
 
     async def _caller(self, context: grpc.aio.ServicerContext[Any, Any]) -> Caller:
         metadata = {key: value for key, value in (context.invocation_metadata() or ())}
@@ -119,7 +139,7 @@ class GrpcInferenceServicer:
             grpc_client_cert_cn(context),
             door="grpc",
             peer=context.peer() or "",
-            request_id=request_id if isinstance(request_id, str) else "",
+            request_id=safe_request_id(request_id) if isinstance(request_id, str) else "",
         )
 
     async def server_live(
@@ -162,33 +182,37 @@ class GrpcInferenceServicer:
         """The request decoded; one that cannot be is audited as refused."""
         caller.principal.require(Action.INFER, request.model_name)
         try:
-            return grpc_codec.decode_infer_request(request)
+            return grpc_codec.decode_infer_request(request, self._max_elements)
         except errors.MedserveError as exc:
             await self._service.refuse(caller, request.model_name, exc)
             raise
 
     async def model_stream_infer(
         self,
-        requests: AsyncIterator[pb.ModelInferRequest],
+        requests: AsyncIterator[bytes],
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         """Answer each request as soon as it is done; requests run concurrently so they batch.
 
-        Errors go into the answer's ``error_message``; the stream stays open.
+        Errors go into the answer's ``error_message``; the stream stays open. At most
+        ``max_unread_responses`` requests are in flight or answered but not yet taken by the client:
+        beyond that the stream is not read until the client reads (back-pressure, bounded memory).
         """
         try:
             caller = await self._caller(context)
         except errors.MedserveError as error:
             await context.abort(status_code_for(error), str(error))
         answers: asyncio.Queue[pb.ModelStreamInferResponse] = asyncio.Queue()
-        reader = asyncio.create_task(self._read_stream(requests, answers, caller))
+        unread = asyncio.Semaphore(self._max_unread)
+        reader = asyncio.create_task(self._read_stream(requests, answers, caller, unread))
         get: asyncio.Task[pb.ModelStreamInferResponse] | None = None
         try:
             while True:
                 get = asyncio.create_task(answers.get())
                 done, _ = await asyncio.wait({get, reader}, return_when=asyncio.FIRST_COMPLETED)
                 if get in done:
-                    yield get.result()
+                    yield get.result()  # resumes once the client has taken the answer
+                    unread.release()
                     continue
                 get.cancel()
                 while not answers.empty():
@@ -205,22 +229,32 @@ class GrpcInferenceServicer:
 
     async def _read_stream(
         self,
-        requests: AsyncIterator[pb.ModelInferRequest],
+        requests: AsyncIterator[bytes],
         answers: asyncio.Queue[pb.ModelStreamInferResponse],
         caller: Caller,
+        unread: asyncio.Semaphore,
     ) -> None:
-        """Start one task per incoming request; return once all are answered."""
+        """Start one task per incoming request, each once an unread answer's place is free; return
+        once all are answered."""
         async with asyncio.TaskGroup() as group:
-            async for request in requests:
-                group.create_task(self._answer(request, answers, caller))
+            while True:
+                await unread.acquire()
+                try:
+                    data = await anext(requests)
+                except StopAsyncIteration:
+                    unread.release()
+                    return
+                group.create_task(self._answer(data, answers, caller))
 
     async def _answer(
         self,
-        request: pb.ModelInferRequest,
+        data: bytes,
         answers: asyncio.Queue[pb.ModelStreamInferResponse],
         caller: Caller,
     ) -> None:
+        request = pb.ModelInferRequest()
         try:
+            request = _parse(pb.ModelInferRequest, data)
             response = await self._service.infer(await self._decoded(request, caller), caller)
             answer = pb.ModelStreamInferResponse(infer_response=grpc_codec.encode_infer_response(response))
         except Exception as error:  # reported in the stream, which stays open
@@ -294,15 +328,13 @@ def inference_handler(servicer: GrpcInferenceServicer) -> grpc.GenericRpcHandler
     }
     handlers: dict[str, grpc.RpcMethodHandler] = {
         method: grpc.unary_unary_rpc_method_handler(
-            _guarded(handler),
-            request_deserializer=request_type.FromString,
+            _guarded(handler, request_type),
             response_serializer=_serialize,
         )
         for method, (handler, request_type) in unary.items()
     }
     handlers["ModelStreamInfer"] = grpc.stream_stream_rpc_method_handler(
         servicer.model_stream_infer,
-        request_deserializer=pb.ModelInferRequest.FromString,
         response_serializer=_serialize,
     )
     return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)

@@ -65,12 +65,16 @@ class GrpcServer:
         port: int = 8001,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         credentials: grpc.ServerCredentials | None = None,
+        max_concurrent_streams: int = 100,
+        max_unread_responses: int = 64,
     ) -> None:
         self._service = service
         self._host = host
         self._requested_port = port
         self._max_message_bytes = max_message_bytes
         self._credentials = credentials
+        self._max_concurrent_streams = max_concurrent_streams
+        self._max_unread_responses = max_unread_responses
         self._server: grpc.aio.Server | None = None
         self._health = _ReadinessHealthServicer(service, self.HEALTH_NAMES)
         self._health_watch: asyncio.Task[None] | None = None
@@ -89,9 +93,16 @@ class GrpcServer:
             ("grpc.max_receive_message_length", self._max_message_bytes),
             # Fail loudly when the port is taken instead of silently sharing it.
             ("grpc.so_reuseport", 0),
+            ("grpc.max_concurrent_streams", self._max_concurrent_streams),
         ]
         server = grpc.aio.server(options=options)
-        server.add_generic_rpc_handlers((inference_handler(GrpcInferenceServicer(self._service)),))
+        server.add_generic_rpc_handlers(
+            (
+                inference_handler(
+                    GrpcInferenceServicer(self._service, self._max_message_bytes, self._max_unread_responses)
+                ),
+            )
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         target = f"{self._host}:{self._requested_port}"
         if self._credentials is None:

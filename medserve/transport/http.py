@@ -10,10 +10,12 @@ import logging
 import math
 import zlib
 from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from typing import Any
 
 from starlette.applications import Starlette
-from starlette.requests import HTTPConnection, Request
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect, HTTPConnection, Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
@@ -26,6 +28,7 @@ from medserve.protocol.rest_codec import (
     encode_infer_response,
     loads,
 )
+from medserve.protocol.validation import clipped, safe_request_id
 from medserve.streaming.alerts import AlertNotFound
 from medserve.transport.status_table import StatusTable
 from medserve.values.access import Action, Caller
@@ -51,6 +54,15 @@ from medserve.values.types import ModelMetadata
 
 log = logging.getLogger(__name__)
 
+
+class UnsupportedMediaType(InvalidInput):
+    """A body in an encoding or media type the route does not take (HTTP 415)."""
+
+
+#: Bodies (or decompressed bodies) up to this size are decoded on the event loop; larger ones in a
+#: worker thread, so one large request never stalls the other clients.
+OFF_LOOP_BYTES = 256 * 1024
+
 #: The REST door's one table: medserve's error tree to HTTP status codes (the nearest listed class of
 #: an error wins; an error no class above names is a server fault, 500). The DICOMweb, streaming and
 #: jobs routes answer through it too.
@@ -65,6 +77,7 @@ STATUS_CODES: StatusTable[int] = StatusTable(
         JobNotFound: 404,
         Conflict: 409,
         PayloadTooLarge: 413,
+        UnsupportedMediaType: 415,
         InvalidInput: 400,
         InvalidConfig: 400,
         ModelLoadError: 400,
@@ -125,7 +138,7 @@ async def authenticated(service: InferenceService, connection: HTTPConnection, d
         tls.get("client_cert_cn") if isinstance(tls, dict) else None,
         door=door,
         peer=f"{client.host}:{client.port}" if client else "",
-        request_id=connection.headers.get("x-request-id", ""),
+        request_id=safe_request_id(connection.headers.get("x-request-id", "")),
     )
 
 
@@ -140,6 +153,9 @@ def guarded(handler: Handler, table: StatusTable[int] = STATUS_CODES) -> Handler
             return await handler(request)
         except MedserveError as exc:
             return error_response(str(exc), table.of(exc), getattr(exc, "retry_after_s", None))
+        except ClientDisconnect:  # nobody is left to answer: not a server fault
+            log.info("client left during %s %s before its body was read", request.method, request.url.path)
+            return error_response("client disconnected", 400)
         except Exception as exc:  # a bug must not take the server down; the client hears of it
             log.exception("unexpected error serving %s %s", request.method, request.url.path)
             return error_response(f"internal error: {type(exc).__name__}: {exc}", 500)
@@ -147,8 +163,9 @@ def guarded(handler: Handler, table: StatusTable[int] = STATUS_CODES) -> Handler
     return wrapper
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The body, refused with 413 as soon as it is known to pass ``limit``; decompressed if encoded."""
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it is known to pass ``limit``; decompressed if encoded
+    (a large body in a worker thread, off the event loop)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit} bytes")
@@ -164,7 +181,15 @@ async def _read_body(request: Request, limit: int) -> bytes:
     if encoding in ("", "identity"):
         return body
     if encoding not in ("gzip", "deflate"):
-        raise Unsupported(f"Content-Encoding '{encoding}' is not supported (use gzip or deflate)")
+        raise UnsupportedMediaType(
+            f"Content-Encoding '{clipped(encoding)}' is not supported (use gzip or deflate)"
+        )
+    if len(body) > OFF_LOOP_BYTES // 16:  # a small compressed body may inflate to the limit
+        return await run_in_threadpool(_inflate, body, encoding, limit)
+    return _inflate(body, encoding, limit)
+
+
+def _inflate(body: bytes, encoding: str, limit: int) -> bytes:
     inflater = zlib.decompressobj(wbits=31 if encoding == "gzip" else 15)
     try:
         data = inflater.decompress(body, limit + 1)
@@ -232,7 +257,9 @@ def build_app(
         name, version = model_args(request)
         if service.model_ready(name, version, await authenticated(service, request)):
             return json_response({"name": name, "ready": True})
-        return error_response(f"model '{name}' is not ready", 503)
+        # the Open Inference Protocol answers a model that is not ready with a 4xx (Triton: 400)
+        which = f"version '{clipped(version)}' of model '{name}'" if version else f"model '{name}'"
+        return error_response(f"{which} is not ready", 400)
 
     async def model_config(request: Request) -> Response:
         caller = await authenticated(service, request)
@@ -246,16 +273,19 @@ def build_app(
     async def infer(request: Request) -> Response:
         name, version = model_args(request)
         caller = await authenticated(service, request)
-        caller.principal.require(Action.INFER, name)  # before the body is read
-        body = await _read_body(request, max_request_bytes)
-        raw_length = request.headers.get(HEADER_LENGTH)
-        header_length = None
-        if raw_length is not None:
-            if not raw_length.strip().isdigit():
-                raise InvalidInput(f"{HEADER_LENGTH} must be a non-negative integer, got '{raw_length}'")
-            header_length = int(raw_length)
-        try:
-            inference = decode_infer_request(body, header_length, name, version)
+        try:  # every refusal is audited, with the caller
+            caller.principal.require(Action.INFER, name)  # before the body is read
+            raw_length = request.headers.get(HEADER_LENGTH)
+            header_length = None
+            if raw_length is not None:
+                if not raw_length.strip().isdigit():
+                    raise InvalidInput(
+                        f"{HEADER_LENGTH} must be a non-negative integer, got '{clipped(raw_length)}'"
+                    )
+                header_length = int(raw_length)
+            body = await read_body(request, max_request_bytes)
+            decode = partial(decode_infer_request, body, header_length, name, version, max_request_bytes)
+            inference = await run_in_threadpool(decode) if len(body) > OFF_LOOP_BYTES else decode()
         except MedserveError as exc:
             await service.refuse(caller, name, exc)
             raise
@@ -275,7 +305,7 @@ def build_app(
 
     async def repository_index(request: Request) -> Response:
         caller = await authenticated(service, request)
-        body = await _read_body(request, max_request_bytes)
+        body = await read_body(request, max_request_bytes)
         doc = loads(body, "repository index request") if body.strip() else {}
         ready_only = bool(doc.get("ready", False)) if isinstance(doc, dict) else False
         rows = service.repository_index(ready_only, caller)
@@ -285,7 +315,7 @@ def build_app(
 
     async def load(request: Request) -> Response:
         caller = await authenticated(service, request)
-        body = await _read_body(request, max_request_bytes)
+        body = await read_body(request, max_request_bytes)
         doc = loads(body, "load request") if body.strip() else {}
         parameters = doc.get("parameters", {}) if isinstance(doc, dict) else {}
         if parameters:
@@ -298,13 +328,13 @@ def build_app(
 
     async def unload(request: Request) -> Response:
         caller = await authenticated(service, request)
-        await _read_body(request, max_request_bytes)
+        await read_body(request, max_request_bytes)
         await service.unload_model(request.path_params["model"], caller)
         return json_response({})
 
     async def rollback(request: Request) -> Response:
         caller = await authenticated(service, request)
-        body = await _read_body(request, max_request_bytes)
+        body = await read_body(request, max_request_bytes)
         doc = loads(body, "rollback request") if body.strip() else {}
         if not isinstance(doc, dict):
             raise InvalidInput("rollback request must be a JSON object")
@@ -351,7 +381,11 @@ def build_app(
         return error_response(f"no route for {request.method} {request.url.path}", 404)
 
     async def not_allowed(request: Request, exc: Exception) -> Response:
-        return error_response(f"method {request.method} is not allowed on {request.url.path}", 405)
+        response = error_response(f"method {request.method} is not allowed on {request.url.path}", 405)
+        allow = (getattr(exc, "headers", None) or {}).get("Allow")
+        if allow:
+            response.headers["Allow"] = allow
+        return response
 
     routes += list(extra_routes)
     return Starlette(routes=routes, exception_handlers={404: not_found, 405: not_allowed})

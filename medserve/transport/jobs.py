@@ -22,9 +22,11 @@ from starlette.routing import BaseRoute, Route
 from medserve.jobs.manager import JobManager
 from medserve.jobs.spec import parse_spec_text
 from medserve.jobs.store import SUCCEEDED
-from medserve.transport.http import authenticated, guarded, json_response
+from medserve.transport.http import authenticated, guarded, json_response, read_body
+from medserve.values.access import Action
 from medserve.values.errors import Conflict, InvalidInput
 
+#: A job spec is small: its body limit is its own, not the inference request's.
 _MAX_SPEC_BYTES = 1 << 20
 
 
@@ -42,9 +44,8 @@ def jobs_routes(jobs: JobManager) -> list[BaseRoute]:
 
     async def submit(request: Request) -> Response:
         caller = await authenticated(service, request)
-        body = await request.body()
-        if len(body) > _MAX_SPEC_BYTES:
-            raise InvalidInput("a job spec is at most 1 MiB")
+        caller.principal.require(Action.MANAGE)  # rights before bytes: the body is not read before
+        body = await read_body(request, _MAX_SPEC_BYTES)
         spec = parse_spec_text(body.decode("utf-8", errors="replace"), where="job spec")
         if not spec.source.is_absolute() or not spec.sink.path.is_absolute():
             raise InvalidInput("over REST, source and sink.path must be absolute paths on the server")

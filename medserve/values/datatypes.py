@@ -143,6 +143,8 @@ def raw_bytes(array: np.ndarray, datatype: str) -> bytes | memoryview:
     contiguous = np.ascontiguousarray(array)
     if contiguous.dtype.byteorder == ">":
         contiguous = contiguous.astype(contiguous.dtype.newbyteorder("<"))
+    if contiguous.size == 0:  # a memoryview with a 0 in its shape cannot be cast
+        return b""
     return contiguous.data.cast("B")
 
 
