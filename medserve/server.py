@@ -17,6 +17,7 @@ from functools import partial
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from medserve.console.parts import ConsoleParts
 from medserve.core.dataplane import build_dataplane
 from medserve.imaging.config import load_config
 from medserve.imaging.service import ImagingService
@@ -44,6 +45,7 @@ from medserve.startup import (
 from medserve.streaming.alerts import AlertHub
 from medserve.streaming.monitor import MonitorSettings, PatientMonitor
 from medserve.streaming.pipeline import MonitorPipeline
+from medserve.transport.console import console_routes
 from medserve.transport.destination_config import destination_from_config
 from medserve.transport.dicomweb import dicomweb_routes
 from medserve.transport.dimse import StorageSCP, ingesting
@@ -176,6 +178,20 @@ class MedServer:
             self._scp = None
             raise bind_failure(self._door("DICOM"), exc) from None
 
+    def _console_parts(self) -> ConsoleParts:
+        placer = self.dataplane.placer
+        return ConsoleParts(
+            self.service,
+            self.metrics.registry,
+            self.trust.database,
+            self.trust.audit,
+            self.jobs,
+            self.imaging,
+            self.monitor,
+            self.alerts,
+            placer.discovery if placer is not None else None,
+        )
+
     def _door(self, name: str) -> Door:
         return next(door for door in doors(self.settings) if door.name == name)
 
@@ -223,6 +239,8 @@ class MedServer:
         if self.imaging is not None:
             routes += dicomweb_routes(self.imaging, settings.stow_max_request_bytes)
         routes += jobs_routes(self.jobs)
+        if settings.console_enabled:
+            routes += console_routes(self._console_parts(), settings.console_idle_timeout_s)
         app = build_app(self.service, self.metrics, settings.max_request_bytes, routes)
         config = uvicorn.Config(
             app,

@@ -248,6 +248,12 @@ class Settings(BaseSettings):
     jobs_retry_s: float = Field(
         default=30.0, gt=0, description="How often a job paused by a full disk tries its write again."
     )
+    console_enabled: bool = Field(
+        default=True, description="Serve the operator console at /console (sign-in with an API token)."
+    )
+    console_idle_timeout_s: float = Field(
+        default=900.0, gt=0, description="A console session without a request for this long is signed out."
+    )
 
     priority_classes: list[PriorityClassSetting] = Field(
         default_factory=lambda: [PriorityClassSetting(**spec) for spec in DEFAULT_CLASS_SPECS],
