@@ -3,13 +3,12 @@ device's instances and adding replacements while serving; and live profile sampl
 
 from __future__ import annotations
 
-import asyncio
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pytest
+from simulated_time import ManualClock, SimulatedExecutor, SimulatedRuntime
 
 from medserve.hardware.live import LiveProfiles
 from medserve.hardware.profile import ModelProfile, ProfilePoint
@@ -27,9 +26,8 @@ class Echo(Runtime):
 
     name = "echo"
 
-    def __init__(self, delay: float = 0.0) -> None:
+    def __init__(self) -> None:
         super().__init__(Path("echo"), {})
-        self.delay = delay
         self.batches: list[int] = []
         self.unloaded = False
 
@@ -43,7 +41,6 @@ class Echo(Runtime):
         return [EngineTensor("x", "FP32", (-1, 2))]
 
     def run(self, inputs: dict[str, np.ndarray], output_names: list[str]) -> dict[str, np.ndarray]:
-        time.sleep(self.delay)
         self.batches.append(inputs["x"].shape[0])
         return {"x": inputs["x"]}
 
@@ -99,15 +96,18 @@ async def test_retire_unloads_free_instances_now_and_busy_ones_when_released() -
 
 
 async def test_each_instance_gets_batches_within_its_own_limit() -> None:
-    small, large = Echo(0.05), Echo(0.05)
-    pool = InstancePool([small, large], "p", [Slot(small, "npu", "echo", 2), Slot(large, "gpu", "echo", 8)])
-    batcher = DynamicBatcher(pool, ["x"], batching=True, max_batch_size=8)
-    x = np.zeros((1, 2), np.float32)
-    await asyncio.gather(*(batcher.submit({"x": x}, 1) for _ in range(20)))
+    clock = ManualClock()  # simulated time: both instances take 50 ms an execution
+    executor = SimulatedExecutor(clock)
+    small, large = SimulatedRuntime(executor, 50, device="npu"), SimulatedRuntime(executor, 50, device="gpu")
+    slots = [Slot(small, "npu", "simulated", 2), Slot(large, "gpu", "simulated", 8)]
+    pool = InstancePool([small, large], "p", slots, executor=executor)
+    batcher = DynamicBatcher(pool, ["y"], batching=True, max_batch_size=8, clock=clock)
+    x = np.zeros((1, 3), np.float32)
+    await clock.run(*(batcher.submit({"x": x}, 1) for _ in range(20)))
     await batcher.close()
-    assert small.batches and max(small.batches) <= 2
-    assert large.batches and max(large.batches) > 2 and max(large.batches) <= 8
-    assert sum(small.batches) + sum(large.batches) == 20
+    # at 0 ms and again at 50 ms, each takes a batch at its own limit, the one furthest behind first
+    assert small.batches() == [2, 2] and large.batches() == [8, 8]
+    assert [start for _, start, _ in small.spans] == [start for _, start, _ in large.spans]
 
 
 def _store(tmp_path: Path) -> tuple[ProfileStore, ProfileKey]:
