@@ -28,6 +28,7 @@ from starlette.responses import Response
 
 from medserve import transport
 from medserve.imaging.service import StudyMismatch
+from medserve.protocol.grpc_messages import pb
 from medserve.transport import dicomweb, dimse, http, stream
 from medserve.transport import grpc as grpc_door
 from medserve.transport.dicom_status import StoreStatus, out_of_resources, server_failure
@@ -241,7 +242,7 @@ async def test_every_door_answers_every_error_through_its_table(cls: type[Medser
 
     context = _GrpcContext()
     with pytest.raises(_Aborted):
-        await grpc_door._guarded(rpc)(cast(Any, None), cast(Any, context))
+        await grpc_door._guarded(rpc, pb.ServerLiveRequest)(b"", cast(Any, context))
     assert context.code == grpc_door.STATUS_CODES.for_class(cls) == grpc_door.status_code_for(error)
     assert not (client and context.code in _GRPC_SERVER), context.code
 
