@@ -10,6 +10,7 @@ from pathlib import Path
 
 from medserve import __version__
 from medserve.cli.hardware import add_commands as add_hardware_commands
+from medserve.cli.imaging import add_commands as add_imaging_commands
 from medserve.cli.jobs import add_commands as add_job_commands
 from medserve.cli.parser import Parser
 from medserve.cli.plan import add_command as add_plan_command
@@ -168,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_hardware_commands(commands)
     add_plan_command(commands)
     add_job_commands(commands)
+    add_imaging_commands(commands)
 
     examples = commands.add_parser("examples", help="example models and data")
     example_commands = examples.add_subparsers(dest="examples_command", required=True, metavar="COMMAND")

@@ -2,18 +2,25 @@
 
 ```yaml
 pipelines:
-  ct-lesions: {kind: segmentation_3d, model: ct_lesion_segmentation}
+  ct-lesions:
+    kind: segmentation_3d
+    model: ct_lesion_segmentation
+    intended_use: {modality: CT, min_slice_thickness_mm: 1.5, max_slice_thickness_mm: 3.5}
   chest-xray: {kind: classification_2d, model: chest_xray_classifier, threshold: 0.5}
 routes:                       # first match wins; unmatched series are recorded with the reason
-  - {name: ct, pipeline: ct-lesions, modality: CT}
-  - {name: xray, pipeline: chest-xray, modality: [CR, DX]}
+  - {name: ct, pipeline: ct-lesions, modality: CT, body_part_examined: [CHEST, ABDOMEN]}
+  - {name: xray, pipeline: chest-xray, modality: [CR, DX], body_part_examined: CHEST, view_position: [PA, AP]}
 destinations:                 # every result goes to every destination that takes its kind
   - {name: folder, type: folder, path: /var/lib/medserve/exports}
   - {name: pacs, type: dicom, host: pacs.example, port: 104, called_aet: PACS}
 ```
 
-Without a file, the server uses :func:`default_config`: the example pipelines and a folder
-destination ``<data_dir>/exports``.
+A route's criteria and a pipeline's ``intended_use`` are ``medserve.clinical.dicom.criteria.Criteria``.
+A series a route sends to a pipeline whose intended use (or its model's
+``metadata.intended_use_criteria``) it does not meet is ``unmatched``, with the reason.
+
+Without a file, the server uses :func:`default_config`: the example pipelines behind narrow routes
+(:data:`DEFAULT_ROUTES`) and a folder destination ``<data_dir>/exports``.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from medserve.clinical.dicom.criteria import Criteria
 from medserve.imaging.pipelines import KINDS, PipelineSpec
 from medserve.values.errors import InvalidConfig
 
@@ -36,6 +44,7 @@ class PipelineConfig(BaseModel):
     threshold: float | None = Field(default=None, ge=0.0, le=1.0)
     min_lesion_voxels: int = Field(default=10, ge=1)
     priority_class: str = "bulk"
+    intended_use: Criteria | None = None
 
     @field_validator("kind")
     @classmethod
@@ -54,21 +63,51 @@ class ImagingConfig(BaseModel):
 
     def pipeline_specs(self) -> dict[str, PipelineSpec]:
         return {
-            name: PipelineSpec(name, p.kind, p.model, p.threshold, p.min_lesion_voxels, p.priority_class)
+            name: PipelineSpec(
+                name, p.kind, p.model, p.threshold, p.min_lesion_voxels, p.priority_class, p.intended_use
+            )
             for name, p in self.pipelines.items()
         }
+
+
+#: What the example models were built for: frontal chest radiographs; axial CT of chest or abdomen
+#: at the slice thicknesses the lesion model was trained on (1.5-3.5 mm), original images only.
+XRAY_INTENDED_USE: dict[str, Any] = {
+    "modality": ["CR", "DX"],
+    "body_part_examined": ["CHEST"],
+    "view_position": ["PA", "AP"],
+}
+CT_INTENDED_USE: dict[str, Any] = {
+    "modality": ["CT"],
+    "body_part_examined": ["CHEST", "ABDOMEN", "CHEST_ABDOMEN", "ABDOMENPELVIS", "CHESTABDOMEN"],
+    "image_type": ["ORIGINAL", "PRIMARY", "AXIAL"],
+    "min_slice_thickness_mm": 1.5,
+    "max_slice_thickness_mm": 3.5,
+    "excluded_description": r"calcium|ca[ _-]?scor|cardiac|coronary|angio|head|brain|scout|localizer",
+}
+
+#: The default routes: as narrow as the example models' intended use, so nothing else reaches them.
+DEFAULT_ROUTES: list[dict[str, Any]] = [
+    {"name": "ct", "pipeline": "ct-lesions", **CT_INTENDED_USE},
+    {"name": "chest-xray", "pipeline": "chest-xray", **XRAY_INTENDED_USE},
+]
 
 
 def default_config(data_dir: Path) -> ImagingConfig:
     return ImagingConfig(
         pipelines={
-            "ct-lesions": PipelineConfig(kind="segmentation_3d", model="ct_lesion_segmentation"),
-            "chest-xray": PipelineConfig(kind="classification_2d", model="chest_xray_classifier"),
+            "ct-lesions": PipelineConfig(
+                kind="segmentation_3d",
+                model="ct_lesion_segmentation",
+                intended_use=Criteria.model_validate(CT_INTENDED_USE),
+            ),
+            "chest-xray": PipelineConfig(
+                kind="classification_2d",
+                model="chest_xray_classifier",
+                intended_use=Criteria.model_validate(XRAY_INTENDED_USE),
+            ),
         },
-        routes=[
-            {"name": "ct", "pipeline": "ct-lesions", "modality": "CT"},
-            {"name": "chest-xray", "pipeline": "chest-xray", "modality": ["CR", "DX"]},
-        ],
+        routes=[dict(route) for route in DEFAULT_ROUTES],
         destinations=[{"name": "folder", "type": "folder", "path": str(data_dir / "exports")}],
     )
 

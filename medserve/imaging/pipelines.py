@@ -22,8 +22,9 @@ import numpy as np
 import pydicom
 
 from medserve.clinical.dicom import preprocessing as prep
+from medserve.clinical.dicom.criteria import Criteria
 from medserve.clinical.dicom.results import Algorithm, Finding, ImagingResult, Segment
-from medserve.clinical.dicom.series_to_volume import series_to_frames, series_to_volume
+from medserve.clinical.dicom.series_to_volume import SeriesRejected, series_to_frames, series_to_volume
 from medserve.imaging.model_client import ModelClient, ModelInfo
 from medserve.values.errors import InvalidConfig
 
@@ -45,6 +46,38 @@ class PipelineSpec:
     threshold: float | None = None
     min_lesion_voxels: int = 10
     priority_class: str = "bulk"
+    intended_use: Criteria | None = None
+    """What the pipeline's model may be given (beside what the model's metadata declares)."""
+
+
+class OutsideIntendedUse(SeriesRejected):
+    """The series matched a route, but is not what the pipeline's model is meant for (``unmatched``)."""
+
+
+def intended_use_failure(
+    spec: PipelineSpec, metadata: dict[str, Any] | None, attributes: dict[str, Any], instances: int
+) -> str | None:
+    """Why the series is outside the pipeline's intended use, or None when it is within it.
+
+    Checked: the pipeline's ``intended_use`` and, when ``metadata`` (the model's) is given, its
+    ``intended_use_criteria``. A model whose criteria cannot be read is refused, not trusted.
+    """
+    checks: list[tuple[str, Criteria]] = []
+    if spec.intended_use is not None:
+        checks.append((f"pipeline '{spec.name}'", spec.intended_use))
+    declared = (metadata or {}).get("intended_use_criteria")
+    if declared is not None:
+        try:
+            checks.append((f"model '{spec.model}'", Criteria.model_validate(declared)))
+        except ValueError as exc:
+            raise InvalidConfig(
+                f"model '{spec.model}': metadata.intended_use_criteria is not valid: {exc}"
+            ) from None
+    for whose, criteria in checks:
+        failure = criteria.first_failure(attributes, instances)
+        if failure is not None:
+            return f"outside the intended use of {whose}: {failure}"
+    return None
 
 
 def _algorithm(info: ModelInfo) -> Algorithm:

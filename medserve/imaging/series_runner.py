@@ -21,11 +21,12 @@ from pathlib import Path
 import pydicom
 from pydicom.errors import InvalidDicomError
 
+from medserve.clinical.dicom.criteria import series_attributes
 from medserve.clinical.dicom.results import ImagingResult
 from medserve.clinical.dicom.series_to_volume import SeriesRejected
 from medserve.core.service import InferenceService
 from medserve.imaging.model_client import ModelClient
-from medserve.imaging.pipelines import PipelineSpec, run_pipeline
+from medserve.imaging.pipelines import OutsideIntendedUse, PipelineSpec, intended_use_failure, run_pipeline
 from medserve.values.access import Action, Caller
 
 
@@ -51,7 +52,8 @@ async def run_series(
     ``request_id``: the audit record's (default the caller's); ``name_of``: how an instance that
     cannot be read is named in the ``SeriesRejected`` it raises; ``timeout_s``: the longest a single
     batch of model requests may take. Raises ``PermissionDenied`` (not audited, as at every door),
-    ``SeriesRejected`` for a series the pipeline cannot use, any other ``MedserveError`` for a model
+    ``SeriesRejected`` for a series the pipeline cannot use (``OutsideIntendedUse`` for one outside the
+    pipeline's or its model's intended use), any other ``MedserveError`` for a model
     that cannot be loaded or run.
     """
     caller.principal.require(Action.INFER, spec.model)
@@ -89,4 +91,8 @@ def _read_and_run(
             raise SeriesRejected(f"instance {name_of(path)} cannot be read: {exc}") from exc
     if not datasets:
         raise SeriesRejected("the series has no instances")
+    metadata = dict(models.info(spec.model).metadata)
+    failure = intended_use_failure(spec, metadata, series_attributes(datasets[0]), len(datasets))
+    if failure is not None:
+        raise OutsideIntendedUse(failure)
     return run_pipeline(spec, datasets, models)

@@ -36,7 +36,7 @@ from medserve.imaging.config import ImagingConfig
 from medserve.imaging.destinations import Destination
 from medserve.imaging.instance_store import InstanceStore, StoredInstance, parse_instance
 from medserve.imaging.outbox import Outbox
-from medserve.imaging.pipelines import PipelineSpec
+from medserve.imaging.pipelines import OutsideIntendedUse, PipelineSpec, intended_use_failure
 from medserve.imaging.results_writer import write_results
 from medserve.imaging.series_runner import run_series
 from medserve.store.database import Database
@@ -191,6 +191,18 @@ class ImagingService:
                 if decision.pipeline not in self.pipelines:
                     row.state, row.reason = states.FAILED, f"pipeline '{decision.pipeline}' is not configured"
                     continue
+                outside = intended_use_failure(
+                    self.pipelines[decision.pipeline], None, row.attributes, row.instances
+                )
+                if outside is not None:
+                    row.state, row.pipeline, row.rule = (
+                        states.UNMATCHED,
+                        decision.pipeline,
+                        decision.rule or "",
+                    )
+                    row.reason = f"rule '{decision.rule}' matched, but the series is {outside}"
+                    log.info("series %s is outside its pipeline's intended use", _ref(row.series_uid))
+                    continue
                 row.state, row.pipeline, row.rule = states.COMPLETE, decision.pipeline, decision.rule or ""
                 row.reason = ""
                 routed.append(row.series_uid)
@@ -225,6 +237,10 @@ class ImagingService:
             result = await run_series(
                 self.service, caller, spec, paths, patient=patient_id, study=row.study_uid
             )
+        except OutsideIntendedUse as exc:
+            await asyncio.to_thread(self._set_state, series_uid, states.UNMATCHED, str(exc))
+            log.info("series %s is outside its model's intended use", _ref(series_uid))
+            return
         except SeriesRejected as exc:
             await asyncio.to_thread(self._set_state, series_uid, states.REJECTED, str(exc))
             log.info("series %s rejected: %s", _ref(series_uid), uid_redaction.redact(str(exc)))

@@ -182,7 +182,7 @@ def test_series_attributes_from_an_instance() -> None:
     assert found["Modality"] == "CT" and found["Rows"] == 128 and found["Columns"] == 128
     assert found["SOPClassUID"] == CTImageStorage and found["Manufacturer"] == "GE MEDICAL SYSTEMS"
     assert found["BodyPartExamined"] is None and found["SeriesInstanceUID"] == ds.SeriesInstanceUID
-    assert all(isinstance(v, str | int) or v is None for v in found.values())
+    assert all(isinstance(v, str | int | float) or v is None for v in found.values())
     rules = load_rules(
         [{"name": "ge-ct", "pipeline": "ct", "modality": "CT", "sop_class_uid": "CTImageStorage"}]
     )
