@@ -12,7 +12,6 @@ durably queued before the call returns.
 from __future__ import annotations
 
 import asyncio
-import difflib
 import logging
 import time
 import uuid
@@ -32,6 +31,7 @@ from medserve.values.access import Action, Caller
 from medserve.values.audit_event import AuditEvent
 from medserve.values.digest import tensors_digest
 from medserve.values.errors import InvalidInput, MedserveError, ModelNotFound, Unauthenticated, Unsupported
+from medserve.values.suggestions import did_you_mean
 from medserve.values.types import InferenceRequest, InferenceResponse, ModelMetadata, RepositoryEntry, Tensor
 
 log = logging.getLogger(__name__)
@@ -344,10 +344,10 @@ class InferenceService:
             known = self.registry.known() | set(self._pipelines)
             if name in known:
                 raise
-            nearest = difflib.get_close_matches(name, caller.principal.visible(sorted(known)), n=1)
-            if not nearest:
+            hint = did_you_mean(name, caller.principal.visible(sorted(known)))
+            if not hint:
                 raise
-            raise ModelNotFound(f"{exc} — did you mean '{nearest[0]}'?") from None
+            raise ModelNotFound(f"{exc}{hint}") from None
 
     def _observe(
         self, model: str, version: str, request: InferenceRequest, response: InferenceResponse
