@@ -24,6 +24,7 @@ from medserve.imaging.service import ImagingService
 from medserve.jobs.manager import JobManager, JobSettings
 from medserve.jobs.store import JobStore
 from medserve.logs import configure_logging
+from medserve.monitoring.tracing import TRACE_SETTINGS, configure_tracing, shutdown_tracing
 from medserve.security.redaction import install as install_log_redaction
 from medserve.security.tls import (
     TlsHttpToolsProtocol,
@@ -51,6 +52,8 @@ from medserve.transport.dicomweb import dicomweb_routes
 from medserve.transport.dimse import StorageSCP, ingesting
 from medserve.transport.http import build_app
 from medserve.transport.http_limits import HttpLimits, limited_protocol
+from medserve.transport.http_shared_memory import shared_memory_routes
+from medserve.transport.http_trace_log import trace_log_routes
 from medserve.transport.jobs import jobs_routes
 from medserve.transport.stream import stream_routes
 from medserve.trust import Trust, build_trust, describe_store
@@ -239,6 +242,7 @@ class MedServer:
         if self.imaging is not None:
             routes += dicomweb_routes(self.imaging, settings.stow_max_request_bytes)
         routes += jobs_routes(self.jobs)
+        routes += shared_memory_routes(self.service) + trace_log_routes(self.service)
         if settings.console_enabled:
             routes += console_routes(self._console_parts(), settings.console_idle_timeout_s)
         app = build_app(self.service, self.metrics, settings.max_request_bytes, routes)
@@ -311,6 +315,7 @@ class MedServer:
         stopped = AuditEvent(event="server.stop", principal="medserve", door="system")
         await step("audit record server.stop", partial(self.service.record, stopped))
         await step("store", partial(asyncio.to_thread, self.trust.close))
+        await step("traces", partial(asyncio.to_thread, shutdown_tracing))
         log.info("medserve stopped" + (f" ({', '.join(failed)} failed)" if failed else ""))
         return failed
 
@@ -343,7 +348,9 @@ def serve(settings: Settings) -> None:
     """Check what could stop the start (one line, before anything is logged or opened), then serve."""
     checked = preflight(settings)
     try:
-        configure_logging(settings.log_level)
+        configure_logging(settings.log_level, settings.log_format)
+        configure_tracing(settings.otlp_traces_endpoint)
+        TRACE_SETTINGS.reset(settings.trace_level, settings.trace_rate)
         server = MedServer(settings)
     except BaseException:
         checked.close()

@@ -5,6 +5,7 @@ Every field is documented here; ``docs/CONFIGURATION.md`` lists them (a test kee
 
 from __future__ import annotations
 
+import difflib
 import os
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -21,7 +22,6 @@ from medserve.scheduling.priority import (
     build_classes,
 )
 from medserve.values.errors import InvalidConfig
-from medserve.values.suggestions import did_you_mean
 
 
 class _FileSource(PydanticBaseSettingsSource):
@@ -121,6 +121,25 @@ class Settings(BaseSettings):
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="Logging level of the server."
+    )
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="Log line format: text, or json (one object a line with time, level, logger, message, "
+        "request_id, trace_id and principal; never a token or patient data).",
+    )
+    trace_level: Literal["OFF", "TIMESTAMPS", "TENSORS"] = Field(
+        default="OFF",
+        description="Triton trace level at start-up: OFF traces only requests whose client sent a sampled "
+        "W3C traceparent; TIMESTAMPS also traces one request in trace_rate. Changed at run time through "
+        "/v2/trace/setting.",
+    )
+    trace_rate: int = Field(
+        default=1000, ge=1, description="With trace_level on: trace one request in this many."
+    )
+    otlp_traces_endpoint: str = Field(
+        default="",
+        description="OpenTelemetry OTLP/HTTP traces endpoint (e.g. http://collector:4318/v1/traces); empty: "
+        "spans are not exported (the default).",
     )
     load_models: bool = Field(default=True, description="Load every model in the repository at start-up.")
     data_dir: Path = Field(
@@ -363,3 +382,8 @@ def _problem(error: Any, given: dict[str, Any], config_file: Path | None) -> str
         return f"{config_file}: {'.'.join(location)}: {message}"
     return (f"{'.'.join(location)}: " if location else "settings: ") + message
 
+
+def did_you_mean(word: str, candidates: list[str]) -> str:
+    """`` — did you mean 'x'?`` when one of ``candidates`` is close to ``word``, else the empty string."""
+    match = difflib.get_close_matches(word, candidates, n=1, cutoff=0.6)
+    return f" — did you mean '{match[0]}'?" if match else ""

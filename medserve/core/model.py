@@ -13,6 +13,7 @@ from medserve.core.loading import ArtifactCheck, LoadedVersion, Placer, build_gr
 from medserve.core.metrics import ServingMetrics, failure_reason
 from medserve.core.statistics import VersionStatistics
 from medserve.core.validation import validate_inputs, validate_outputs
+from medserve.monitoring.tracing import record_execution
 from medserve.repository.config import TensorConfig
 from medserve.runtimes import Runtime
 from medserve.scheduling.arbiter import DeviceArbiter
@@ -154,8 +155,14 @@ class ServedModel:
                 self.name, self.loaded.inputs, self.config.max_batch_size, request.inputs
             )
             requested = validate_outputs(self.name, self.loaded.outputs, request.outputs)
+            submitted = time.perf_counter_ns()
             result = await self.batcher.submit(
                 arrays, batch_size, request_class=request_class, deadline_ns=deadline_ns
+            )
+            times = result.execution
+            finished_ns = time.perf_counter_ns()
+            record_execution(
+                submitted, finished_ns, result.queue_ns, times.batch_size, times.infer_ns, times.input_ns
             )
             outputs = self._outputs(result.outputs, requested)
         except MedserveError as exc:

@@ -24,6 +24,7 @@ from medserve.protocol.validation import (
 )
 from medserve.values import datatypes
 from medserve.values.errors import InvalidInput
+from medserve.values.shared_memory_ref import in_shared_memory
 from medserve.values.types import (
     InferenceRequest,
     InferenceResponse,
@@ -176,25 +177,32 @@ def decode_infer_request(
     if message.id:
         check_request_id(message.id)
     raw = message.raw_input_contents
-    if raw and len(raw) != len(message.inputs):
+    # inputs in a shared memory region carry no raw_input_contents entry (as Triton's clients send them)
+    in_region = [in_shared_memory(parameters_from_pb(t.parameters)) for t in message.inputs]
+    carried = len(message.inputs) - sum(in_region)
+    if raw and len(raw) != carried:
         raise InvalidInput(
             f"raw_input_contents holds {len(raw)} entries but the request has "
-            f"{len(message.inputs)} input(s); when raw_input_contents is used it needs exactly "
-            "one entry per input, in the order of the inputs"
+            f"{carried} input(s) not in shared memory; when raw_input_contents is used it needs "
+            "exactly one entry per such input, in the order of the inputs"
         )
+    raw_index = 0
     inputs: list[Tensor] = []
     for index, tensor in enumerate(message.inputs):
         check_name(f"inputs[{index}]", tensor.name)
         datatype = _check_datatype(tensor)
         shape = _shape_of(tensor, max_elements)
-        if raw:
+        if in_region[index]:
+            data = np.empty(0, np.uint8)  # read from the region by the dataplane
+        elif raw:
             sent = _contents_fields(tensor.contents)
             if sent:
                 raise InvalidInput(
                     f"input '{tensor.name}': data sent both in contents.{sent[0]} and in "
                     "raw_input_contents; use one or the other"
                 )
-            data = datatypes.from_raw_bytes(raw[index], datatype, shape, tensor.name)
+            data = datatypes.from_raw_bytes(raw[raw_index], datatype, shape, tensor.name)
+            raw_index += 1
         else:
             data = _from_contents(tensor, datatype, shape)
         inputs.append(
@@ -243,7 +251,9 @@ def encode_infer_response(response: InferenceResponse) -> pb.ModelInferResponse:
             name=tensor.name, datatype=tensor.datatype, shape=[int(d) for d in tensor.shape]
         )
         set_parameters(output.parameters, tensor.parameters)
-        message.raw_output_contents.append(_wire_bytes(tensor))
+        # an output written to a shared memory region keeps its place with an empty entry
+        in_region = in_shared_memory(tensor.parameters)
+        message.raw_output_contents.append(b"" if in_region else _wire_bytes(tensor))
     return message
 
 

@@ -213,7 +213,7 @@ def encode_infer_response(response: InferenceResponse, request: InferenceRequest
             "shape": list(tensor.shape),
         }
         if in_shared_memory(tensor.parameters):
-            entry["parameters"] = tensor.parameters  # the data is in the client's region
+            pass  # the data is in the client's region; as Triton, the entry has neither data nor parameters
         elif wants_binary.get(tensor.name, binary_default):
             raw = raw_bytes(tensor.data, tensor.datatype)
             entry["parameters"] = {"binary_data_size": len(raw)}

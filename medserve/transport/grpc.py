@@ -17,11 +17,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import grpc
 from google.protobuf.message import DecodeError, Message
 
+from medserve.logs import bind_request
+from medserve.monitoring.tracing import door_span, traceparent
 from medserve.protocol import grpc_codec
 from medserve.protocol.grpc_messages import SERVICE_NAME, pb
+from medserve.protocol.repository_load import load_config_override
 from medserve.protocol.validation import DEFAULT_MAX_ELEMENTS, safe_request_id
 from medserve.security.tls import grpc_client_cert_cn
 from medserve.streaming.alerts import AlertNotFound
+from medserve.transport.grpc_extensions import GrpcExtensionsServicer
 from medserve.transport.status_table import StatusTable
 from medserve.values import errors
 from medserve.values.access import Action
@@ -174,9 +178,15 @@ class GrpcInferenceServicer:
     async def model_infer(
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ModelInferResponse:
-        caller = await self._caller(context)
-        response = await self._service.infer(await self._decoded(request, caller), caller)
-        return grpc_codec.encode_infer_response(response)
+        metadata = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+        with door_span("ModelInfer", "grpc", request.model_name, metadata) as span:
+            parent = traceparent(span)
+            if parent is not None:
+                await context.send_initial_metadata((("traceparent", parent),))
+            caller = await self._caller(context)
+            bind_request(caller.request_id, caller.principal.name)
+            response = await self._service.infer(await self._decoded(request, caller), caller)
+            return grpc_codec.encode_infer_response(response)
 
     async def _decoded(self, request: pb.ModelInferRequest, caller: Caller) -> InferenceRequest:
         """The request decoded; one that cannot be is audited as refused."""
@@ -285,13 +295,11 @@ class GrpcInferenceServicer:
         self, request: pb.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.RepositoryModelLoadResponse:
         caller = await self._caller(context)
-        if request.parameters:
-            raise errors.Unsupported(
-                f"load of model '{request.model_name}': parameters "
-                f"({', '.join(sorted(request.parameters))}) are not supported; "
-                "models load from the repository only"
-            )
-        await self._service.load_model(request.model_name, caller)
+        parameters = {
+            key: getattr(value, value.WhichOneof("parameter_choice") or "string_param")
+            for key, value in request.parameters.items()
+        }
+        await self._service.load_model(request.model_name, caller, load_config_override(parameters))
         return pb.RepositoryModelLoadResponse()
 
     async def repository_model_unload(
@@ -325,6 +333,8 @@ def inference_handler(servicer: GrpcInferenceServicer) -> grpc.GenericRpcHandler
             servicer.repository_model_unload,
             pb.RepositoryModelUnloadRequest,
         ),
+        # Triton's shared memory, trace and log extensions
+        **GrpcExtensionsServicer(servicer._service, servicer._caller).unary(),
     }
     handlers: dict[str, grpc.RpcMethodHandler] = {
         method: grpc.unary_unary_rpc_method_handler(

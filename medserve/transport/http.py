@@ -21,6 +21,10 @@ from starlette.routing import BaseRoute, Route
 
 from medserve.core.metrics import ServingMetrics
 from medserve.core.service import InferenceService
+from medserve.logs import bind_request
+from medserve.monitoring.tracing import door_span, traceparent
+from medserve.protocol.raw_binary import decode_raw_request
+from medserve.protocol.repository_load import load_config_override
 from medserve.protocol.rest_codec import (
     HEADER_LENGTH,
     decode_infer_request,
@@ -200,8 +204,23 @@ def _inflate(body: bytes, encoding: str, limit: int) -> bytes:
     return data
 
 
+def _accepted_encodings(accept: str) -> set[str]:
+    """The codings ``Accept-Encoding`` accepts: those listed without ``q=0`` (RFC 9110 12.5.3)."""
+    accepted: set[str] = set()
+    for part in accept.split(","):
+        coding, _, params = part.partition(";")
+        quality = params.strip().lower().removeprefix("q=").strip() if params else "1"
+        try:
+            if float(quality) <= 0:
+                continue
+        except ValueError:
+            continue
+        accepted.add(coding.strip().lower())
+    return accepted
+
+
 def _compress(body: bytes, accept: str) -> tuple[bytes, str | None]:
-    accepted = {part.split(";")[0].strip().lower() for part in accept.split(",")}
+    accepted = _accepted_encodings(accept)
     if "gzip" in accepted:
         compressor = zlib.compressobj(wbits=31)
         return compressor.compress(body) + compressor.flush(), "gzip"
@@ -241,12 +260,12 @@ def build_app(
 
     async def live(request: Request) -> Response:
         if service.live():
-            return json_response({"live": True})
+            return Response(status_code=200)  # as Triton: the status is the answer, the body is empty
         return error_response("server is not live", 503)
 
     async def ready(request: Request) -> Response:
         if service.ready():
-            return json_response({"ready": True})
+            return Response(status_code=200)
         return error_response("server is not ready", 503)
 
     async def model_metadata(request: Request) -> Response:
@@ -256,7 +275,7 @@ def build_app(
     async def model_ready(request: Request) -> Response:
         name, version = model_args(request)
         if service.model_ready(name, version, await authenticated(service, request)):
-            return json_response({"name": name, "ready": True})
+            return Response(status_code=200)
         # the Open Inference Protocol answers a model that is not ready with a 4xx (Triton: 400)
         which = f"version '{clipped(version)}' of model '{name}'" if version else f"model '{name}'"
         return error_response(f"{which} is not ready", 400)
@@ -271,8 +290,18 @@ def build_app(
         return json_response(service.model_statistics(name, request.path_params.get("version", ""), caller))
 
     async def infer(request: Request) -> Response:
+        name = request.path_params["model"]
+        with door_span(f"POST /v2/models/{name}/infer", "http", name, request.headers) as span:
+            response = await _infer(request)
+            parent = traceparent(span)
+            if parent is not None:
+                response.headers["traceparent"] = parent
+            return response
+
+    async def _infer(request: Request) -> Response:
         name, version = model_args(request)
         caller = await authenticated(service, request)
+        bind_request(caller.request_id, caller.principal.name)
         try:  # every refusal is audited, with the caller
             caller.principal.require(Action.INFER, name)  # before the body is read
             raw_length = request.headers.get(HEADER_LENGTH)
@@ -285,6 +314,9 @@ def build_app(
                 header_length = int(raw_length)
             body = await read_body(request, max_request_bytes)
             decode = partial(decode_infer_request, body, header_length, name, version, max_request_bytes)
+            if header_length == 0:  # Triton's raw binary request: the body is the one input's bytes
+                metadata = service.model_metadata(name, version, caller)
+                decode = partial(decode_raw_request, body, metadata, version)
             inference = await run_in_threadpool(decode) if len(body) > OFF_LOOP_BYTES else decode()
         except MedserveError as exc:
             await service.refuse(caller, name, exc)
@@ -297,6 +329,7 @@ def build_app(
             headers[HEADER_LENGTH] = str(json_length)
             media_type = "application/octet-stream"
         accept = request.headers.get("accept-encoding", "")
+        headers["Vary"] = "Accept-Encoding"  # the body depends on it: caches must key on it
         if accept:
             payload, encoding = _compress(payload, accept)
             if encoding:
@@ -318,12 +351,8 @@ def build_app(
         body = await read_body(request, max_request_bytes)
         doc = loads(body, "load request") if body.strip() else {}
         parameters = doc.get("parameters", {}) if isinstance(doc, dict) else {}
-        if parameters:
-            raise Unsupported(
-                "load parameters (config or file overrides) are not supported; edit the "
-                "repository and load again"
-            )
-        await service.load_model(request.path_params["model"], caller)
+        config = load_config_override(parameters if isinstance(parameters, dict) else None)
+        await service.load_model(request.path_params["model"], caller, config)
         return json_response({})
 
     async def unload(request: Request) -> Response:
