@@ -23,9 +23,15 @@ fhir.resources). Choices:
 - **Research use**: when ``algorithm.research_use``, every resource carries the security label
   v3-ActReason ``HRESCH`` (healthcare research) and the tag ``research-use-only``, and the
   conclusion starts with ``RESEARCH USE ONLY``.
-- **Codes**: findings are coded in SNOMED CT only where DICOM PS3.16 lists the concept (checked
-  against pydicom's copy of it); otherwise the CodeableConcept has text only, as a guessed code is
-  worse than none. Probabilities are UCUM ``1``; volumes UCUM ``mL``.
+- **Codes**: every finding has a code. SNOMED CT where DICOM PS3.16 lists the concept (checked
+  against pydicom's copy of it), as a guessed SNOMED code is worse than none; otherwise a code in
+  medserve's own finding-label system (``FINDING_LABELS``, the label normalised as in the SR's
+  ``99MEDSERVE`` scheme), which names the label without claiming a clinical concept. Probabilities
+  are UCUM ``1``; volumes UCUM ``mL``.
+- **Subject**: a Patient, either as a literal reference (``patient_reference``) or, as the imaging
+  workflow does, logically by identifier (``patient_identifier``: the study's PatientID in the
+  deployment's system, or a pseudonym in ``PSEUDONYM_SYSTEM``); the report's subject then resolves
+  on the receiving FHIR server without medserve knowing its Patient ids.
 
 ``finding_snomed``, ``model_digest`` and ``tracking_uid`` are shared with the DICOM SR writer so the
 two renderings name the same things the same way.
@@ -52,6 +58,10 @@ ACT_REASON = "http://terminology.hl7.org/CodeSystem/v3-ActReason"
 MEDSERVE_FHIR = "https://medserve.example/fhir"
 """Namespace of medserve's own identifier systems and tags; a deployment may use its own."""
 MODEL_DIGEST_SYSTEM = f"{MEDSERVE_FHIR}/model-sha256"
+FINDING_LABELS = f"{MEDSERVE_FHIR}/CodeSystem/finding-labels"
+PATIENT_ID_SYSTEM = f"{MEDSERVE_FHIR}/dicom-patient-id"
+"""Default system of a PatientID taken from the DICOM study (a deployment names its own)."""
+PSEUDONYM_SYSTEM = f"{MEDSERVE_FHIR}/patient-pseudonym"
 TAG_SYSTEM = f"{MEDSERVE_FHIR}/CodeSystem/tags"
 
 RESEARCH_USE_ONLY = "RESEARCH USE ONLY"
@@ -81,6 +91,12 @@ _REFERENCE = re.compile(r"\S+")
 def finding_snomed(label: str) -> tuple[str, str] | None:
     """The SNOMED CT (code, display) for a classification label, or None when none is known."""
     return SNOMED_FINDINGS.get(" ".join(label.replace("_", " ").lower().split()))
+
+
+def finding_label_code(label: str) -> tuple[str, str]:
+    """(code, display) of a label in ``FINDING_LABELS``: the SR's ``99MEDSERVE`` code value."""
+    value = re.sub(r"[^A-Za-z0-9]+", "_", label).strip("_").upper() or "FINDING"
+    return value, " ".join(label.replace("_", " ").split())
 
 
 def model_digest(algorithm: Algorithm) -> str:
@@ -160,10 +176,10 @@ def _device(algorithm: Algorithm) -> dict[str, Any]:
 class _Builder:
     """Collects the bundle's entries; fields shared by every Observation live here."""
 
-    def __init__(self, result: ImagingResult, issued: datetime, patient_reference: str | None) -> None:
+    def __init__(self, result: ImagingResult, issued: datetime, subject: dict[str, Any] | None) -> None:
         self.result = result
         self.issued = issued.isoformat()
-        self.subject = {"subject": {"reference": patient_reference}} if patient_reference else {}
+        self.subject = {"subject": subject} if subject else {}
         self.study = {
             "type": "ImagingStudy",
             "identifier": _uid_identifier(result.study_instance_uid),
@@ -202,9 +218,10 @@ class _Builder:
 
 def _finding(builder: _Builder, index: int, finding: Finding) -> str:
     snomed = finding_snomed(finding.label)
-    code: dict[str, Any] = {"text": finding.label}
-    if snomed is not None:
-        code = {"coding": [_coding(snomed)], "text": finding.label}
+    coding = (
+        _coding(snomed) if snomed is not None else _coding(finding_label_code(finding.label), FINDING_LABELS)
+    )
+    code: dict[str, Any] = {"coding": [coding], "text": finding.label}
     verdict = ("DET", "Detected") if finding.present else ("ND", "Not detected")
     comparison = ">=" if finding.present else "<"
     return builder.observation(
@@ -296,13 +313,16 @@ def diagnostic_report(
     sr_uid: str | None,
     seg_uid: str | None,
     patient_reference: str | None = None,
+    patient_identifier: tuple[str, str] | None = None,
     issued: datetime | None = None,
 ) -> dict[str, Any]:
     """The FHIR R4 transaction Bundle reporting ``result`` (see the module docstring for the layout).
 
     ``sr_uid`` and ``seg_uid`` are the SOP Instance UIDs of the SR and SEG written for ``result``
     (None when not written). ``patient_reference`` ("Patient/123", "urn:uuid:…") becomes every
-    resource's subject and is only set when given. ``issued`` must carry a time zone; default now (UTC).
+    resource's subject; ``patient_identifier`` (system, value) makes it a logical reference to the
+    Patient with that identifier instead. Without either there is no subject. ``issued`` must carry a
+    time zone; default now (UTC).
     """
     _check_uid("study_instance_uid", result.study_instance_uid)
     _check_uid("series_instance_uid", result.series_instance_uid)
@@ -314,12 +334,20 @@ def diagnostic_report(
         not isinstance(patient_reference, str) or not _REFERENCE.fullmatch(patient_reference)
     ):
         raise ValueError(f"patient_reference must be a FHIR reference, got {patient_reference!r}")
+    subject: dict[str, Any] | None = {"reference": patient_reference} if patient_reference else None
+    if patient_identifier is not None:
+        system, value = patient_identifier
+        if patient_reference is not None:
+            raise ValueError("give patient_reference or patient_identifier, not both")
+        if not system or not value:
+            raise ValueError(f"patient_identifier needs a system and a value, got {patient_identifier!r}")
+        subject = {"type": "Patient", "identifier": {"system": system, "value": value}}
     if issued is None:
         issued = datetime.now(UTC)
     elif issued.tzinfo is None or issued.utcoffset() is None:
         raise ValueError("issued must be a timezone-aware datetime")
 
-    builder = _Builder(result, issued, patient_reference)
+    builder = _Builder(result, issued, subject)
     observations = [_finding(builder, index, f) for index, f in enumerate(result.findings)]
     observations += _segments(builder, seg_uid)
     report: dict[str, Any] = {"resourceType": "DiagnosticReport", **_meta(result.algorithm)}

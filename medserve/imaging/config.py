@@ -10,6 +10,7 @@ pipelines:
 routes:                       # first match wins; unmatched series are recorded with the reason
   - {name: ct, pipeline: ct-lesions, modality: CT, body_part_examined: [CHEST, ABDOMEN]}
   - {name: xray, pipeline: chest-xray, modality: [CR, DX], body_part_examined: CHEST, view_position: [PA, AP]}
+fhir_subject: identifier       # the FHIR report's subject: identifier (PatientID), pseudonym or none
 destinations:                 # every result goes to every destination that takes its kind
   - {name: folder, type: folder, path: /var/lib/medserve/exports}
   - {name: pacs, type: dicom, host: pacs.example, port: 104, called_aet: PACS}
@@ -26,12 +27,13 @@ Without a file, the server uses :func:`default_config`: the example pipelines be
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from medserve.clinical.dicom.criteria import Criteria
+from medserve.clinical.fhir_report import PATIENT_ID_SYSTEM
 from medserve.imaging.pipelines import KINDS, PipelineSpec
 from medserve.values.errors import InvalidConfig
 
@@ -60,6 +62,12 @@ class ImagingConfig(BaseModel):
     pipelines: dict[str, PipelineConfig] = Field(default_factory=dict)
     routes: list[dict[str, Any]] = Field(default_factory=list)
     destinations: list[dict[str, Any]] = Field(default_factory=list)
+    fhir_subject: Literal["identifier", "pseudonym", "none"] = Field(
+        default="identifier",
+        description="The FHIR report's subject: the Patient by the study's PatientID "
+        "(in patient_identifier_system), by medserve's pseudonym of it, or none.",
+    )
+    patient_identifier_system: str = Field(default=PATIENT_ID_SYSTEM, min_length=1)
 
     def pipeline_specs(self) -> dict[str, PipelineSpec]:
         return {

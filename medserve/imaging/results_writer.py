@@ -19,7 +19,21 @@ from medserve.clinical.dicom.sr_writer import write_sr
 from medserve.clinical.fhir_report import diagnostic_report
 
 
-def write_results(result: ImagingResult, folder: Path) -> list[tuple[str, str, Path]]:
+def patient_id_of(result: ImagingResult) -> str:
+    """The PatientID of the result's source images ("" when they carry none)."""
+    sources = result.frames.sources if result.frames is not None else ()
+    if not sources and result.volume is not None:
+        sources = result.volume.sources
+    return str(sources[0].get("PatientID", "") or "").strip() if sources else ""
+
+
+def write_results(
+    result: ImagingResult, folder: Path, *, patient_identifier: tuple[str, str] | None = None
+) -> list[tuple[str, str, Path]]:
+    """Write ``result``'s SEG (when it segments), SR and FHIR Bundle under ``folder``.
+
+    ``patient_identifier`` (system, value) is the FHIR report's subject (see ``diagnostic_report``).
+    """
     folder.mkdir(parents=True, exist_ok=True)
     written: list[tuple[str, str, Path]] = []
     seg = None
@@ -33,7 +47,10 @@ def write_results(result: ImagingResult, folder: Path) -> list[tuple[str, str, P
     _atomic(sr_path, lambda target: sr.save_as(target, enforce_file_format=True))
     written.append(("sr", str(sr.SOPInstanceUID), sr_path))
     bundle = diagnostic_report(
-        result, sr_uid=str(sr.SOPInstanceUID), seg_uid=str(seg.SOPInstanceUID) if seg is not None else None
+        result,
+        sr_uid=str(sr.SOPInstanceUID),
+        seg_uid=str(seg.SOPInstanceUID) if seg is not None else None,
+        patient_identifier=patient_identifier,
     )
     bundle_id = str(bundle.setdefault("id", str(uuid.uuid4())))  # stable across resends
     fhir_path = folder / f"FHIR-{bundle_id}.json"

@@ -30,6 +30,7 @@ from medserve.clinical.dicom import uid_redaction
 from medserve.clinical.dicom.results import ImagingResult
 from medserve.clinical.dicom.routing import RoutingRule, load_rules, route
 from medserve.clinical.dicom.series_to_volume import SeriesRejected
+from medserve.clinical.fhir_report import PSEUDONYM_SYSTEM
 from medserve.core.service import InferenceService
 from medserve.imaging import instance_store as states
 from medserve.imaging.config import ImagingConfig
@@ -37,7 +38,7 @@ from medserve.imaging.destinations import Destination
 from medserve.imaging.instance_store import InstanceStore, StoredInstance, parse_instance
 from medserve.imaging.outbox import Outbox
 from medserve.imaging.pipelines import OutsideIntendedUse, PipelineSpec, intended_use_failure
-from medserve.imaging.results_writer import write_results
+from medserve.imaging.results_writer import patient_id_of, write_results
 from medserve.imaging.series_runner import run_series
 from medserve.store.database import Database
 from medserve.store.tables import DicomSeriesRow, ExportRow, ImagingResultRow
@@ -84,6 +85,10 @@ class ImagingService:
         self.results_root.mkdir(parents=True, exist_ok=True)
         self.pipelines: dict[str, PipelineSpec] = config.pipeline_specs()
         self.rules: list[RoutingRule] = load_rules(config.routes)
+        self.fhir_subject, self.patient_identifier_system = (
+            config.fhir_subject,
+            config.patient_identifier_system,
+        )
         self.quiet_time_s = quiet_time_s
         self.outbox = Outbox(database, self.results_root, destinations, audit=self._audit_export)
         self._workers = max(1, workers)
@@ -273,9 +278,19 @@ class ImagingService:
                 .values(state=state, reason=reason[:4000], updated_at=_now())
             )
 
+    def _subject_of(self, result: ImagingResult) -> tuple[str, str] | None:
+        """The FHIR report's subject identifier per ``fhir_subject``; None without a PatientID."""
+        patient_id = patient_id_of(result)
+        if not patient_id or self.fhir_subject == "none":
+            return None
+        if self.fhir_subject == "pseudonym":
+            pseudonym = self.service.pseudonym("patient", patient_id)
+            return (PSEUDONYM_SYSTEM, pseudonym) if pseudonym else None
+        return self.patient_identifier_system, patient_id
+
     def _store_results(self, result: ImagingResult) -> None:
         folder = self.results_root / result.study_instance_uid / result.series_instance_uid
-        written = write_results(result, folder)
+        written = write_results(result, folder, patient_identifier=self._subject_of(result))
         now = _now()
         with self.database.session() as session, session.begin():
             row = session.get(DicomSeriesRow, result.series_instance_uid)

@@ -90,3 +90,35 @@ def test_sr_of_a_chest_xray_classification_passes_dciodvfy(modality: str, tmp_pa
     sr = write_sr(result)
     sr.save_as(tmp_path / "sr.dcm", enforce_file_format=True)
     assert dciodvfy_errors(tmp_path / "sr.dcm") == []
+
+
+def test_written_results_report_the_patient_and_code_every_finding(tmp_path: Path) -> None:
+    import json
+
+    from fhir.resources.R4B.bundle import Bundle
+
+    from medserve.clinical.fhir_report import PATIENT_ID_SYSTEM
+    from medserve.imaging.results_writer import patient_id_of, write_results
+
+    paths = synthetic.write_study("CR", tmp_path / "cr", seed=8)
+    datasets = [pydicom.dcmread(p) for p in paths]
+    result = ImagingResult(
+        "xray",
+        ALGORITHM,
+        str(datasets[0].StudyInstanceUID),
+        str(datasets[0].SeriesInstanceUID),
+        frames=series_to_frames(datasets),
+        findings=(Finding("Cardiomegaly", 0.7, 0.5), Finding("Hernia", 0.1, 0.5)),
+    )
+    written = write_results(
+        result, tmp_path / "out", patient_identifier=(PATIENT_ID_SYSTEM, patient_id_of(result))
+    )
+    [fhir] = [path for kind, _uid, path in written if kind == "fhir"]
+    bundle = json.loads(fhir.read_text())
+    Bundle.model_validate(bundle)
+    resources = [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] != "Device"]
+    assert all(r["subject"]["identifier"]["value"] == datasets[0].PatientID for r in resources)
+    assert all(r["code"].get("coding") for r in resources)
+    for kind, _uid, path in written:
+        if kind != "fhir":
+            assert dciodvfy_errors(path) == []

@@ -13,7 +13,9 @@ from fhir.resources.R4B.bundle import Bundle
 
 from medserve.clinical.dicom.results import Algorithm, Finding, ImagingResult, Lesion, Segment
 from medserve.clinical.fhir_report import (
+    FINDING_LABELS,
     MODEL_DIGEST_SYSTEM,
+    PATIENT_ID_SYSTEM,
     diagnostic_report,
     finding_snomed,
     model_digest,
@@ -146,7 +148,10 @@ def test_finding_observations() -> None:
         "coding": [{"system": "http://snomed.info/sct", "code": "36118008", "display": "Pneumothorax"}],
         "text": "Pneumothorax",
     }
-    assert atelectasis["code"] == {"text": "Atelectasis"}  # no verified code: text only
+    assert atelectasis["code"] == {  # no SNOMED CT concept: a code naming the label, not a guess
+        "coding": [{"system": FINDING_LABELS, "code": "ATELECTASIS", "display": "Atelectasis"}],
+        "text": "Atelectasis",
+    }
     for observation, finding in zip((pneumothorax, atelectasis), classification().findings):
         assert observation["status"] == "preliminary"
         assert observation["category"][0]["coding"][0]["code"] == "imaging"
@@ -279,3 +284,34 @@ def test_invalid_inputs_are_refused() -> None:
     )
     with pytest.raises(ValueError, match="sha256"):
         diagnostic_report(bad, sr_uid=None, seg_uid=None)
+
+
+def test_every_finding_has_a_coded_concept() -> None:
+    labels = ("Cardiomegaly", "Pleural_Thickening", "Hernia", "Effusion")
+    result = ImagingResult(
+        "chest_xray", _algorithm(), STUDY, SERIES, findings=tuple(Finding(x, 0.3, 0.5) for x in labels)
+    )
+    observations = _resources(_report(result), "Observation")
+    assert [o["code"]["coding"][0]["code"] for o in observations] == [
+        "CARDIOMEGALY",
+        "PLEURAL_THICKENING",
+        "HERNIA",
+        "60046008",
+    ]
+
+
+def test_subject_by_patient_identifier_is_a_logical_reference_on_every_resource() -> None:
+    bundle = _report(classification(), patient_identifier=(PATIENT_ID_SYSTEM, "SYNTH000042"))
+    subject = {"type": "Patient", "identifier": {"system": PATIENT_ID_SYSTEM, "value": "SYNTH000042"}}
+    resources = [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] != "Device"]
+    assert resources and all(r["subject"] == subject for r in resources)
+    [report] = _resources(bundle, "DiagnosticReport")
+    assert report["imagingStudy"][0]["identifier"]["value"] == f"urn:oid:{STUDY}"
+    with pytest.raises(ValueError, match="not both"):
+        diagnostic_report(
+            classification(),
+            sr_uid=None,
+            seg_uid=None,
+            patient_reference="Patient/1",
+            patient_identifier=(PATIENT_ID_SYSTEM, "x"),
+        )

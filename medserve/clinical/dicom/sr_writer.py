@@ -28,7 +28,6 @@ Layout of the report (highdicom's TID 1500 classes):
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
 import highdicom as hd
@@ -41,7 +40,7 @@ from pydicom.uid import generate_uid
 import medserve
 from medserve.clinical.dicom.results import Finding, ImagingResult, Lesion, Segment
 from medserve.clinical.dicom.seg_writer import segment_numbers, series_description
-from medserve.clinical.fhir_report import finding_snomed, model_digest, tracking_uid
+from medserve.clinical.fhir_report import finding_label_code, finding_snomed, model_digest, tracking_uid
 
 SR_SERIES_NUMBER = 9002
 PRIVATE_SCHEME = "99MEDSERVE"
@@ -71,8 +70,8 @@ def finding_concept(label: str) -> Code:
     snomed = finding_snomed(label)
     if snomed is not None:
         return Code(snomed[0], "SCT", snomed[1])
-    value = re.sub(r"[^A-Za-z0-9]+", "_", label).strip("_").upper() or "FINDING"
-    return Code(value, PRIVATE_SCHEME, " ".join(label.replace("_", " ").split()))
+    value, meaning = finding_label_code(label)
+    return Code(value, PRIVATE_SCHEME, meaning)
 
 
 def _device_observer(result: ImagingResult, manufacturer: str) -> hd.sr.ObserverContext:
