@@ -8,9 +8,9 @@ PACKAGES=(
     curl            # the README's commands
     libb64-0d       # perf_analyzer's shared library (tests/integration/test_triton_tools.py)
     dicom3tools     # dciodvfy: tests/integration/test_dicom_conformance.py (every object medserve writes)
-    dcmtk           # storescu, dcmcjpeg/dcmcjpls/dcmcrle: tests/integration/test_dicom_interop.py, test_dicom_transfer_syntaxes.py
-    orthanc         # a PACS for tests/integration/test_dicom_interop.py (loopback, remote access off)
-    orthanc-dicomweb  # Orthanc's STOW-RS for tests/integration/test_dicom_interop.py
+    dcmtk           # storescu, dcmcjpeg: tests/integration/test_dicom_transfer_syntaxes.py
+    orthanc         # a PACS for DIMSE / DICOMweb interoperability checks (loopback, remote access off)
+    orthanc-dicomweb  # Orthanc's DICOMweb plugin, for the same checks
 )
 
 missing=()
