@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -24,3 +25,12 @@ def classify(name: str, scores: np.ndarray, count: int, labels: Sequence[str], b
             label = f":{labels[index]}" if index < len(labels) else ""
             out[r, c] = f"{float(rows[r, index]):f}:{int(index)}{label}".encode()
     return out if batched else out.reshape(k)
+
+
+def output_labels(labels: Any, output: str, first_output: str) -> list[str]:
+    """The class labels of ``output`` from config.yaml's ``metadata.labels``, as Triton applies them: only
+    to the outputs that have labels. A mapping gives each output its list; a plain list belongs to the
+    model's first output. An output without labels is classified by index alone."""
+    own = labels.get(output, []) if isinstance(labels, dict) else None
+    chosen = own if own is not None else (labels if output == first_output else [])
+    return [str(v) for v in chosen] if isinstance(chosen, list) else []

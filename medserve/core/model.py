@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from medserve.core.classification import classify
+from medserve.core.classification import classify, output_labels
 from medserve.core.loading import ArtifactCheck, LoadedVersion, Placer, build_group, load_version
 from medserve.core.metrics import ServingMetrics, failure_reason
 from medserve.core.statistics import VersionStatistics
@@ -194,7 +194,8 @@ class ServedModel:
             datatype = specs[output.name].datatype
             count = output.parameters.get("classification")
             if count is not None:
-                labels = [str(v) for v in self.config.metadata.get("labels", [])]
+                first = self.loaded.outputs[0].name
+                labels = output_labels(self.config.metadata.get("labels"), output.name, first)
                 array = classify(output.name, array, int(count), labels, self.config.max_batch_size > 0)
                 datatype = "BYTES"
             tensors.append(Tensor(output.name, datatype, tuple(array.shape), array))

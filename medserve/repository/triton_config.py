@@ -10,6 +10,7 @@ name, so an override never silently does less than it says.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from medserve.repository.config import DynamicBatching, ModelConfig
@@ -43,7 +44,9 @@ APPLIED = frozenset({"max_batch_size", "dynamic_batching", "instance_group"})
 
 def apply_triton_config(base: ModelConfig, override: dict[str, Any]) -> ModelConfig:
     """``base`` with what ``override`` (Triton's ModelConfig as JSON) changes; InvalidConfig naming the
-    field that cannot be applied."""
+    field that cannot be applied. Keys may be in protobuf's JSON spelling (``maxBatchSize``) or Triton's
+    (``max_batch_size``), as Triton's own parser takes both."""
+    override = _snake_keys(override)
     unknown = sorted(set(override) - DESCRIPTIVE - APPLIED)
     if unknown:
         raise InvalidConfig(
@@ -65,6 +68,14 @@ def apply_triton_config(base: ModelConfig, override: dict[str, Any]) -> ModelCon
         return ModelConfig.model_validate({**base.model_dump(), **changes})
     except ValueError as exc:
         raise InvalidConfig(f"config override of '{base.name}': {exc}") from None
+
+
+def _snake_keys(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {re.sub(r"(?<!^)([A-Z])", r"_\1", str(k)).lower(): _snake_keys(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_snake_keys(item) for item in value]
+    return value
 
 
 def _int(value: Any, field: str) -> int:

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from medserve.core.classification import output_labels
 from medserve.core.shared_memory import SystemSharedMemory
 from medserve.logs import JsonFormatter, LogSettings, bind_request
 from medserve.monitoring import tracing
@@ -120,6 +121,10 @@ def test_a_config_override_changes_batching_and_instances_only() -> None:
     )
     assert (changed.max_batch_size, changed.instance_count) == (4, 3)
     assert changed.dynamic_batching is not None and changed.dynamic_batching.preferred_batch_sizes == [2, 4]
+    camel = apply_triton_config(
+        base, {"maxBatchSize": 2, "instanceGroup": [{"count": 2}], "dynamicBatching": {}}
+    )
+    assert (camel.max_batch_size, camel.instance_count) == (2, 2)
     with pytest.raises(InvalidConfig, match="sequence_batching"):
         apply_triton_config(base, {"sequence_batching": {}})
     with pytest.raises(InvalidConfig, match="'name' is 'other'"):
@@ -214,3 +219,11 @@ def test_json_log_lines_carry_request_trace_and_principal() -> None:
 )
 def test_accept_encoding_q_values(header: str, expected: set[str]) -> None:
     assert _accepted_encodings(header) == expected
+
+
+def test_classification_labels_belong_to_the_outputs_that_have_them() -> None:
+    assert output_labels(["a", "b"], "probabilities", "probabilities") == ["a", "b"]
+    assert output_labels(["a", "b"], "embedding", "probabilities") == []  # not every output
+    assert output_labels({"embedding": ["x"]}, "embedding", "probabilities") == ["x"]
+    assert output_labels({"embedding": ["x"]}, "probabilities", "probabilities") == []
+    assert output_labels(None, "probabilities", "probabilities") == []
