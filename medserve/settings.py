@@ -5,7 +5,6 @@ Every field is documented here; ``docs/CONFIGURATION.md`` lists them (a test kee
 
 from __future__ import annotations
 
-import difflib
 import os
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -22,6 +21,7 @@ from medserve.scheduling.priority import (
     build_classes,
 )
 from medserve.values.errors import InvalidConfig
+from medserve.values.suggestions import did_you_mean
 
 
 class _FileSource(PydanticBaseSettingsSource):
@@ -382,8 +382,3 @@ def _problem(error: Any, given: dict[str, Any], config_file: Path | None) -> str
         return f"{config_file}: {'.'.join(location)}: {message}"
     return (f"{'.'.join(location)}: " if location else "settings: ") + message
 
-
-def did_you_mean(word: str, candidates: list[str]) -> str:
-    """`` — did you mean 'x'?`` when one of ``candidates`` is close to ``word``, else the empty string."""
-    match = difflib.get_close_matches(word, candidates, n=1, cutoff=0.6)
-    return f" — did you mean '{match[0]}'?" if match else ""

@@ -5,24 +5,13 @@ was being parsed, so its usage line is the one shown."""
 from __future__ import annotations
 
 import argparse
-import difflib
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any, NoReturn
+
+from medserve.values.suggestions import closest, did_you_mean
 
 #: Where the innermost sub-command's parser is left on the namespace while parsing.
 _INNERMOST = "_medserve_innermost_parser"
-
-
-def closest(word: str, candidates: Iterable[str]) -> str | None:
-    """The candidate ``word`` most likely misspells, or None when none is close."""
-    found = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
-    return found[0] if found else None
-
-
-def did_you_mean(word: str, candidates: Iterable[str]) -> str:
-    """`` — did you mean 'x'?`` when a candidate is close to ``word``, else the empty string."""
-    match = closest(word, candidates)
-    return f" — did you mean '{match}'?" if match is not None else ""
 
 
 class Parser(argparse.ArgumentParser):

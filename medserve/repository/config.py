@@ -8,7 +8,6 @@ and ``config.yaml``, when present, overrides it (see ``medserve.repository.monai
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -26,6 +25,7 @@ from pydantic import (
 from medserve.repository.monai_bundle import bundle_model_defaults
 from medserve.values.datatypes import DATATYPES
 from medserve.values.errors import InvalidConfig
+from medserve.values.suggestions import did_you_mean
 
 
 class _Strict(BaseModel):
@@ -217,8 +217,7 @@ def _unknown_key(loc: tuple[int | str, ...]) -> str:
             field = model.model_fields.get(part)
             model = _model_in(field.annotation) if field is not None else None
     known = list(model.model_fields) if model is not None else []
-    match = difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.6)
-    return f"unknown key '{_field_path(loc)}'" + (f" — did you mean '{match[0]}'?" if match else "")
+    return f"unknown key '{_field_path(loc)}'" + did_you_mean(str(loc[-1]), known)
 
 
 def _problem(error: Any) -> str:
