@@ -110,6 +110,8 @@ class LogSettings:
                 if key not in now:
                     raise InvalidInput(f"unknown log setting '{str(key)[:64]}'; known: {', '.join(now)}")
                 if key == "log_file":
+                    if value is not None and not isinstance(value, str):
+                        raise InvalidInput("log_file must be a string")
                     if value not in ("", None):
                         raise Unsupported("log_file cannot be set: medserve logs to standard error")
                 elif key == "log_format":

@@ -34,6 +34,7 @@ from medserve.protocol.rest_codec import (
 )
 from medserve.protocol.validation import clipped, safe_request_id
 from medserve.streaming.alerts import AlertNotFound
+from medserve.transport.openapi import openapi_route
 from medserve.transport.status_table import StatusTable
 from medserve.values.access import Action, Caller
 from medserve.values.errors import (
@@ -417,4 +418,9 @@ def build_app(
         return response
 
     routes += list(extra_routes)
-    return Starlette(routes=routes, exception_handlers={404: not_found, 405: not_allowed})
+    # the OpenAPI document is generated from the routes the application really has
+    app = Starlette(
+        routes=[*routes, openapi_route(lambda: app.routes)],
+        exception_handlers={404: not_found, 405: not_allowed},
+    )
+    return app

@@ -206,6 +206,8 @@ def test_json_log_lines_carry_request_trace_and_principal() -> None:
         settings.update({"log_colour": True})
     with pytest.raises(Unsupported):
         settings.update({"log_file": "/tmp/x"})
+    with pytest.raises(InvalidInput, match="log_file must be a string"):
+        settings.update({"log_file": 1.5})
 
 
 @pytest.mark.parametrize(
