@@ -49,6 +49,7 @@ from medserve.streaming.pipeline import MonitorPipeline
 from medserve.transport.console import console_routes
 from medserve.transport.destination_config import destination_from_config
 from medserve.transport.dicomweb import dicomweb_routes
+from medserve.transport.dicomweb_retrieve import dicomweb_retrieve_routes
 from medserve.transport.dimse import StorageSCP, ingesting
 from medserve.transport.http import build_app
 from medserve.transport.http_limits import HttpLimits, limited_protocol
@@ -241,6 +242,7 @@ class MedServer:
         await self._start_imaging()
         if self.imaging is not None:
             routes += dicomweb_routes(self.imaging, settings.stow_max_request_bytes)
+            routes += dicomweb_retrieve_routes(self.imaging)
         routes += jobs_routes(self.jobs)
         routes += shared_memory_routes(self.service) + trace_log_routes(self.service)
         if settings.console_enabled:
