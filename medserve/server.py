@@ -50,7 +50,7 @@ from medserve.transport.console import console_routes
 from medserve.transport.destination_config import destination_from_config
 from medserve.transport.dicomweb import dicomweb_routes
 from medserve.transport.dicomweb_retrieve import dicomweb_retrieve_routes
-from medserve.transport.dimse import StorageSCP, ingesting
+from medserve.transport.dimse import StorageSCP, calling_ae_principals, ingesting
 from medserve.transport.http import build_app
 from medserve.transport.http_limits import HttpLimits, limited_protocol
 from medserve.transport.http_shared_memory import shared_memory_routes
@@ -169,12 +169,16 @@ class MedServer:
         await self.imaging.start()
         if settings.dicom_port < 0:
             return
+        # a closed door by default: only the listed calling AE titles, each with its grants
+        grants: dict[str, list[str]] = {title: ["*"] for title in settings.dicom_allowed_calling_aets}
+        grants.update(settings.dicom_calling_aets)
+        principals = calling_ae_principals(grants)
         self._scp = StorageSCP(
             settings.dicom_ae_title,
-            ingesting(self.imaging.ingest, asyncio.get_running_loop()),
+            ingesting(self.imaging.ingest, asyncio.get_running_loop(), principals=principals),
             host=settings.host,
             port=settings.dicom_port,
-            allowed_calling_aets=settings.dicom_allowed_calling_aets,
+            allowed_calling_aets=sorted(principals),
         )
         try:
             await asyncio.to_thread(self._scp.start)

@@ -229,8 +229,15 @@ class Settings(BaseSettings):
     dicom_ae_title: str = Field(default="MEDSERVE", description="AE title of the DICOM Storage SCP.")
     dicom_allowed_calling_aets: list[str] = Field(
         default_factory=list,
-        description="Calling AE titles allowed to associate with the SCP; empty: any. In the environment, "
-        "a JSON list.",
+        description="Calling AE titles allowed to associate with the SCP, each granted every model (as "
+        "'*' in dicom_calling_aets). With both empty, no AE may associate. In the environment, a JSON list.",
+    )
+    dicom_calling_aets: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Calling AE titles allowed to associate with the SCP, each mapped to the models its "
+        "principal (aet:<title>, role service) is granted; ['*']: every model. Instances whose series "
+        "would be routed to a model the AE is not granted are refused. Unknown AEs are rejected at "
+        "association and logged with the AE and the peer. In the environment, a JSON object.",
     )
     dicom_quiet_time_s: float = Field(
         default=5.0,

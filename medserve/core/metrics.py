@@ -214,5 +214,22 @@ class ServingMetrics:
             with contextlib.suppress(KeyError):
                 self.class_queue_depth.remove(model, version, name)
 
-    def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+    def exposition(self, models: frozenset[str] | None = None) -> bytes:
+        """The Prometheus text; with ``models`` (a principal's grants) only their samples and the
+        samples of no model: a caller never sees figures of a model it is not granted."""
+        text = generate_latest(self.registry)
+        if models is None:
+            return text
+        kept = [line for line in text.split(b"\n") if _model_of(line) in (None, *models)]
+        return b"\n".join(kept)
+
+
+_MODEL_LABEL = re.compile(rb'[{,]model="((?:[^"\\]|\\.)*)"')
+
+
+def _model_of(line: bytes) -> str | None:
+    """The ``model`` label of one exposition line; None for comments and samples without one."""
+    if line.startswith(b"#"):
+        return None
+    found = _MODEL_LABEL.search(line)
+    return found.group(1).decode("utf-8", "replace") if found else None

@@ -14,9 +14,11 @@ import logging
 import os
 import re
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pydicom
 from pydicom.errors import InvalidDicomError
@@ -26,6 +28,7 @@ from pydicom.uid import UID
 from sqlalchemy import select
 
 from medserve.clinical.dicom.routing import series_attributes
+from medserve.imaging.uploaders import with_uploader
 from medserve.store.database import Database
 from medserve.store.tables import DicomInstanceRow, DicomSeriesRow
 from medserve.values.errors import InvalidInput
@@ -128,11 +131,14 @@ class InstanceStore:
     def path_of(self, relative: str) -> Path:
         return self.root / relative
 
-    def store(self, data: bytes, ds: pydicom.Dataset | None = None) -> StoredInstance:
+    def store(
+        self, data: bytes, ds: pydicom.Dataset | None = None, uploader: Mapping[str, Any] | None = None
+    ) -> StoredInstance:
         """Persist one instance (``data`` is the whole Part-10 file); returns what was stored.
 
         Raises ``NotDicom`` for bytes that are not a usable instance. An instance received again
-        (same SOP Instance UID) replaces the file and counts once.
+        (same SOP Instance UID) replaces the file and counts once. ``uploader``
+        (:func:`medserve.imaging.uploaders.record_of`) is kept with the series.
         """
         ds = parse_instance(data) if ds is None else ds
         study, series, sop = (
@@ -169,7 +175,9 @@ class InstanceStore:
                         series_uid=series,
                         study_uid=study,
                         modality=str(ds.get("Modality", "") or ""),
-                        attributes=series_attributes(ds),
+                        attributes=with_uploader(series_attributes(ds), uploader)
+                        if uploader
+                        else series_attributes(ds),
                         instances=1,
                         state=RECEIVING,
                         first_received_at=now,
@@ -180,6 +188,8 @@ class InstanceStore:
             else:
                 if not duplicate:
                     row.instances += 1
+                if uploader:
+                    row.attributes = with_uploader(row.attributes, uploader)
                 if row.state != RECEIVING:
                     row.reason = f"an instance arrived after the series was {row.state}: processed again"
                     row.state = RECEIVING

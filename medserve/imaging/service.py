@@ -28,11 +28,12 @@ from sqlalchemy import select, update
 
 from medserve.clinical.dicom import uid_redaction
 from medserve.clinical.dicom.results import ImagingResult
-from medserve.clinical.dicom.routing import RoutingRule, load_rules, route
+from medserve.clinical.dicom.routing import RoutingRule, load_rules, route, series_attributes
 from medserve.clinical.dicom.series_to_volume import SeriesRejected
 from medserve.clinical.fhir_report import PSEUDONYM_SYSTEM
 from medserve.core.service import InferenceService
 from medserve.imaging import instance_store as states
+from medserve.imaging import uploaders
 from medserve.imaging.config import ImagingConfig
 from medserve.imaging.destinations import Destination
 from medserve.imaging.instance_store import InstanceStore, StoredInstance, parse_instance
@@ -44,7 +45,7 @@ from medserve.store.database import Database
 from medserve.store.tables import DicomSeriesRow, ExportRow, ImagingResultRow
 from medserve.values.access import Action, Caller
 from medserve.values.audit_event import AuditEvent
-from medserve.values.errors import InvalidInput, MedserveError
+from medserve.values.errors import InvalidInput, MedserveError, PermissionDenied
 
 log = logging.getLogger(__name__)
 
@@ -143,13 +144,14 @@ class ImagingService:
             ds = await asyncio.to_thread(parse_instance, data)
             if study_instance_uid and str(ds.get("StudyInstanceUID", "")) != study_instance_uid:
                 raise StudyMismatch("StudyInstanceUID differs from the one in the URL", ds)
-        except InvalidInput as exc:
+            await asyncio.to_thread(self._require_grant, caller, ds)
+        except (InvalidInput, PermissionDenied) as exc:
             await self.service.refuse(caller, "", exc)
             raise
         facts: dict[str, str] = {}
 
         async def work() -> StoredInstance:
-            return await asyncio.to_thread(self.store.store, data, ds)
+            return await asyncio.to_thread(self.store.store, data, ds, uploaders.record_of(caller))
 
         stored = await self.service.call(
             caller,
@@ -162,6 +164,19 @@ class ImagingService:
             facts=facts,
         )
         return stored
+
+    def _require_grant(self, caller: Caller, ds: pydicom.Dataset) -> None:
+        """Refuse an instance whose series the routing would give a model its sender is not granted."""
+        with self.database.session() as session:
+            row = session.get(DicomSeriesRow, str(ds.get("SeriesInstanceUID", "")))
+            count = (row.instances if row is not None else 0) + 1
+        decision = route(self.rules, series_attributes(ds), count)
+        spec = self.pipelines.get(decision.pipeline or "")
+        if spec is not None and not caller.principal.may(Action.INFER, spec.model):
+            raise PermissionDenied(
+                f"the instance would be routed to pipeline '{spec.name}', and '{caller.principal.name}' "
+                f"has no grant for its model '{spec.model}'"
+            )
 
     # -- series watch and routing -------------------------------------------------------------
     async def _watch(self) -> None:
@@ -208,6 +223,13 @@ class ImagingService:
                     row.reason = f"rule '{decision.rule}' matched, but the series is {outside}"
                     log.info("series %s is outside its pipeline's intended use", _ref(row.series_uid))
                     continue
+                spec = self.pipelines[decision.pipeline]
+                ungranted = uploaders.grant_failure(row.attributes, spec.model, spec.name)
+                if ungranted is not None:
+                    row.state, row.pipeline, row.rule = states.UNMATCHED, "", decision.rule or ""
+                    row.reason = ungranted
+                    log.info("series %s left unrouted: its uploader has no grant", _ref(row.series_uid))
+                    continue
                 row.state, row.pipeline, row.rule = states.COMPLETE, decision.pipeline, decision.rule or ""
                 row.reason = ""
                 routed.append(row.series_uid)
@@ -235,7 +257,8 @@ class ImagingService:
         if row is None:
             return
         spec = self.pipelines[row.pipeline]
-        caller = Caller.system("dicom").for_pipeline(spec.name)
+        uploader = uploaders.uploader_caller(row.attributes, uuid.uuid4().hex)
+        caller = (uploader or Caller.system("dicom")).for_pipeline(spec.name)
         paths = await asyncio.to_thread(self.store.instance_paths, series_uid)
         patient_id = await asyncio.to_thread(_patient_id, paths)
         try:
@@ -386,7 +409,8 @@ class ImagingService:
                 {
                     "series_instance_uid": s.series_uid,
                     "modality": s.modality,
-                    "attributes": s.attributes,
+                    "attributes": uploaders.without_uploaders(s.attributes),
+                    "uploaded_by": uploaders.uploader_names(s.attributes),
                     "instances": s.instances,
                     "state": s.state,
                     "pipeline": s.pipeline,

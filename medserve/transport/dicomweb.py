@@ -37,12 +37,13 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from medserve.imaging.service import ImagingService, StudyMismatch
+from medserve.imaging.uploaders import visible_studies
 from medserve.protocol.rest_codec import dumps
 from medserve.transport import http
 from medserve.transport.dicom_status import StoreStatus
 from medserve.transport.dimse import store_status_of
 from medserve.transport.http import authenticated, json_response
-from medserve.values.access import Action
+from medserve.values.access import Action, Caller
 from medserve.values.errors import InvalidInput, MedserveError, ModelNotFound, PayloadTooLarge
 
 _DICOM_JSON = "application/dicom+json"
@@ -192,25 +193,32 @@ def dicomweb_routes(imaging: ImagingService, max_request_bytes: int) -> list[Bas
             response.headers.append("Warning", f'299 medserve "{_header_safe(text)}"')
         return response
 
+    def model_of(pipeline: str) -> str | None:
+        spec = imaging.pipelines.get(pipeline)
+        return spec.model if spec is not None else None
+
+    async def visible(caller: Caller, *uids: str | None) -> list[dict[str, Any]]:
+        """The studies (of ``uids``: study, series) with only the series the caller may see."""
+        caller.principal.require(Action.READ)
+        found = await _in_thread(imaging.studies, *uids)
+        return visible_studies(found, caller.principal, model_of)
+
     async def studies(request: Request) -> Response:
         caller = await authenticated(service, request)
-        caller.principal.require(Action.READ)
-        return json_response({"studies": await _in_thread(imaging.studies)})
+        return json_response({"studies": await visible(caller)})
 
     async def study(request: Request) -> Response:
         caller = await authenticated(service, request)
-        caller.principal.require(Action.READ)
         uid = request.path_params["study"]
-        found = await _in_thread(imaging.studies, uid)
+        found = await visible(caller, uid)
         if not found:
             raise ModelNotFound(f"no study {uid} has been received")
         return json_response(found[0])
 
     async def series(request: Request) -> Response:
         caller = await authenticated(service, request)
-        caller.principal.require(Action.READ)
         uid = request.path_params["series"]
-        found = await _in_thread(imaging.studies, None, uid)
+        found = await visible(caller, None, uid)
         if not found:
             raise ModelNotFound(f"no series {uid} has been received")
         return json_response(found[0]["series"][0])

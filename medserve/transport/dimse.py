@@ -24,7 +24,7 @@ import hashlib
 import logging
 import ssl
 import threading
-from collections.abc import Callable, Collection, Coroutine, Sequence
+from collections.abc import Callable, Collection, Coroutine, Mapping, Sequence
 from typing import Any
 
 from pydicom import Dataset
@@ -150,8 +150,9 @@ def check_ae_title(value: str, field: str = "AE title") -> str:
 class StorageSCP:
     """A DICOM Storage SCP: Verification and every storage SOP class, handing instances to ``accept``.
 
-    ``allowed_calling_aets`` limits which calling AE titles may associate (``None`` or empty: any);
-    other callers are rejected during association negotiation. ``ssl_context`` (a server-side
+    ``allowed_calling_aets`` limits which calling AE titles may associate (``None``: any; empty:
+    none, a closed door); other callers are rejected during association negotiation and logged
+    with their AE title and address. ``ssl_context`` (a server-side
     context) turns on DICOM TLS. Timeouts are in seconds: ``acse_timeout`` for association
     messages, ``dimse_timeout`` for DIMSE messages, ``network_timeout`` for an idle connection.
     ``maximum_pdu`` is the largest P-DATA PDU this SCP receives (0: unlimited).
@@ -189,8 +190,10 @@ class StorageSCP:
                 raise InvalidConfig(f"DICOM {name} must be a positive number of seconds, not {value}")
         if not transfer_syntaxes:
             raise InvalidConfig("DICOM transfer syntaxes must not be empty")
-        self.allowed_calling_aets = frozenset(
-            check_ae_title(t, "allowed calling AE title") for t in (allowed_calling_aets or ())
+        self.allowed_calling_aets: frozenset[str] | None = (
+            None
+            if allowed_calling_aets is None
+            else frozenset(check_ae_title(t, "allowed calling AE title") for t in allowed_calling_aets)
         )
         self.host = host
         self._port = port
@@ -200,13 +203,15 @@ class StorageSCP:
         self._lock = threading.Lock()
         self._counts = {"received": 0, "succeeded": 0, "warnings": 0, "failed": 0, "errors": 0, "rejected": 0}
 
-        ae = AE(ae_title=self.ae_title)
+        closed = self.allowed_calling_aets == frozenset()
+        ae = _ClosedAE(self.ae_title) if closed else AE(ae_title=self.ae_title)
         ae.maximum_pdu_size = maximum_pdu
         ae.maximum_associations = maximum_associations
         ae.acse_timeout = acse_timeout
         ae.dimse_timeout = dimse_timeout
         ae.network_timeout = network_timeout
-        ae.require_calling_aet = sorted(self.allowed_calling_aets)
+        if self.allowed_calling_aets:
+            ae.require_calling_aet = sorted(self.allowed_calling_aets)
         ae.add_supported_context(_VERIFICATION, list(_UNCOMPRESSED))
         for context in AllStoragePresentationContexts:
             ae.add_supported_context(str(context.abstract_syntax), list(transfer_syntaxes))
@@ -366,16 +371,61 @@ def _answer(status: int, comment: str) -> Dataset:
     return answer
 
 
-def ingesting(ingest: Ingest, loop: asyncio.AbstractEventLoop, timeout_s: float = 120.0) -> AcceptStore:
+class _ClosedAE(AE):
+    """An AE that rejects every calling AE title (a DIMSE door with an empty allow-list).
+
+    pynetdicom checks calling titles only when its list is not empty; this list holds one title of
+    17 characters, which no A-ASSOCIATE-RQ can carry (the field has 16 bytes).
+    """
+
+    def __init__(self, ae_title: str) -> None:
+        super().__init__(ae_title=ae_title)
+
+    @property
+    def require_calling_aet(self) -> list[str]:
+        return ["-" * 17]
+
+    @require_calling_aet.setter
+    def require_calling_aet(self, ae_titles: list[str]) -> None:
+        raise InvalidConfig("a closed DICOM door takes no calling AE titles")
+
+
+def calling_ae_principals(grants: Mapping[str, Collection[str]]) -> dict[str, Principal]:
+    """The principal of each allowed calling AE title: ``aet:<title>``, role service, its grants.
+
+    ``grants`` maps a title to the models it may have inferred on; ``"*"`` among them: every model.
+    """
+    principals = {}
+    for title, models in grants.items():
+        title = check_ae_title(title, "allowed calling AE title")
+        granted = None if "*" in models else frozenset(models)
+        principals[title] = Principal(f"aet:{title}", Role.SERVICE, granted, f"aet:{title}")
+    return principals
+
+
+def ingesting(
+    ingest: Ingest,
+    loop: asyncio.AbstractEventLoop,
+    timeout_s: float = 120.0,
+    principals: Mapping[str, Principal] | None = None,
+) -> AcceptStore:
     """The ``accept`` of a storage SCP that stores each instance through ``ingest``, run on ``loop``.
 
-    The calling AE title is the principal (the allowed titles were checked at association). The
-    peer hears Success once the instance is stored, else the status :data:`STATUS_CODES` gives the
-    error, or Out of Resources when the store has not answered within ``timeout_s``.
+    The calling AE title names the principal: ``principals`` maps each allowed title to its own
+    (:func:`calling_ae_principals`; a title not in it is refused Not Authorised); ``None``: every
+    title is a service principal granted every model. The peer hears Success once the instance is
+    stored, else the status :data:`STATUS_CODES` gives the error, or Out of Resources when the store
+    has not answered within ``timeout_s``.
     """
 
     def accept(encoded: bytes, calling_aet: str, peer: str) -> int | tuple[int, str]:
-        principal = Principal(f"aet:{calling_aet}", Role.SERVICE, None, f"aet:{calling_aet}")
+        if principals is None:
+            principal = Principal(f"aet:{calling_aet}", Role.SERVICE, None, f"aet:{calling_aet}")
+        elif calling_aet in principals:
+            principal = principals[calling_aet]
+        else:
+            log.warning("C-STORE from AE %r at %s refused: the AE is not allowed", calling_aet, peer)
+            return int(StoreStatus.NOT_AUTHORISED), f"calling AE title '{calling_aet}' is not allowed"
         future = asyncio.run_coroutine_threadsafe(ingest(encoded, Caller(principal, "dimse", "", peer)), loop)
         try:
             future.result(timeout=timeout_s)

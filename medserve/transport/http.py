@@ -381,8 +381,10 @@ def build_app(
         return json_response(service.model_monitoring(request.path_params["model"], caller))
 
     async def prometheus(request: Request) -> Response:
-        (await authenticated(service, request)).principal.require(Action.READ)
-        return Response(metrics.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")
+        principal = (await authenticated(service, request)).principal
+        principal.require(Action.READ)
+        text = metrics.exposition(principal.models)  # a caller sees only its granted models' figures
+        return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     model = "/v2/models/{model}"
     versioned = "/v2/models/{model}/versions/{version}"

@@ -4,8 +4,9 @@
 role       may
 =========  =======================================================================
 admin      everything: repository load/unload/rollback, configuration, and below
-service    infer and acknowledge alerts on granted models, and read their metadata
-viewer     read metadata, statistics, metrics and alerts
+service    infer and acknowledge alerts on granted models, read their metadata and the results
+           (job result files) of work on them
+viewer     read metadata, statistics, metrics, alerts and job states; never result files
 =========  =======================================================================
 
 A principal may carry model grants (``models``); then every model-scoped action is limited to
@@ -34,11 +35,12 @@ class Action(StrEnum):
     INFER = "infer"
     ACKNOWLEDGE = "acknowledge"  # acknowledge an alert
     MANAGE = "manage"  # repository load/unload/rollback, configuration
+    RESULTS = "results"  # read result files (job sinks), which carry patient data
 
 
 _ROLE_ACTIONS: dict[Role, frozenset[Action]] = {
     Role.ADMIN: frozenset(Action),
-    Role.SERVICE: frozenset({Action.READ, Action.INFER, Action.ACKNOWLEDGE}),
+    Role.SERVICE: frozenset({Action.READ, Action.INFER, Action.ACKNOWLEDGE, Action.RESULTS}),
     Role.VIEWER: frozenset({Action.READ}),
 }
 
@@ -63,6 +65,10 @@ class Principal:
         if action not in _ROLE_ACTIONS[self.role]:
             raise PermissionDenied(f"role '{self.role}' of '{self.name}' may not {action}")
         raise PermissionDenied(f"'{self.name}' has no grant for model '{model}'")
+
+    def may_all(self, action: Action, models: Iterable[str]) -> bool:
+        """Whether this principal may ``action`` on every one of ``models`` (the role, then grants)."""
+        return action in _ROLE_ACTIONS[self.role] and all(self.may(action, m) for m in models)
 
     def visible(self, models: Iterable[str]) -> list[str]:
         """The models among ``models`` this principal may see."""

@@ -96,6 +96,7 @@ def _config(path: Path, exports: Path, pacs_port: int) -> Path:
 def _start(repository: Path, folder: Path, pacs_port: int, dicom_port: int) -> RunningServer:
     env = {
         "MEDSERVE_DICOM_PORT": str(dicom_port),
+        "MEDSERVE_DICOM_CALLING_AETS": '{"MEDSERVE_SCU": ["*"]}',  # medserve dicom send's AE title
         "MEDSERVE_DICOM_QUIET_TIME_S": "1",
         "MEDSERVE_IMAGING_CONFIG": str(_config(folder / "imaging.yaml", folder / "exports", pacs_port)),
     }
