@@ -257,8 +257,10 @@ async def test_every_door_answers_every_error_through_its_table(cls: type[Medser
         raise error
 
     accept = dimse.ingesting(ingest, asyncio.get_running_loop(), timeout_s=10)
-    status = await asyncio.to_thread(accept, b"", "MODALITY", "127.0.0.1:104")
+    answer = await asyncio.to_thread(accept, b"", "MODALITY", "127.0.0.1:104")
+    status, comment = answer if isinstance(answer, tuple) else (answer, "")
     assert status == dimse.STATUS_CODES.for_class(cls) == dimse.store_status_of(error)
+    assert comment == str(error)  # the sender learns why (an Error Comment on every failure)
     assert StoreStatus(status) is not StoreStatus.SUCCESS
     assert not (client and server_failure(status)), hex(status)
 
