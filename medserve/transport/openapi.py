@@ -20,6 +20,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 from medserve import __version__
+from medserve.transport.openapi_dicomweb import DICOMWEB_RETRIEVE_OPERATIONS
 from medserve.transport.openapi_medserve import (
     ALERT_OPERATIONS,
     CONSOLE_OPERATIONS,
@@ -41,6 +42,7 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     **OIP_OPERATIONS,
     **JOBS_OPERATIONS,
     **IMAGING_OPERATIONS,
+    **DICOMWEB_RETRIEVE_OPERATIONS,
     **ALERT_OPERATIONS,
     **CONSOLE_OPERATIONS,
     **DOCUMENT_OPERATIONS,

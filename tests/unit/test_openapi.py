@@ -12,6 +12,7 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 from medserve.transport.console import console_routes
 from medserve.transport.dicomweb import dicomweb_routes
+from medserve.transport.dicomweb_retrieve import dicomweb_retrieve_routes
 from medserve.transport.http import build_app
 from medserve.transport.http_shared_memory import shared_memory_routes
 from medserve.transport.http_trace_log import trace_log_routes
@@ -29,7 +30,10 @@ def _every_door() -> list[BaseRoute]:
     called while routes are built)."""
     service: Any = SimpleNamespace(shared_memory=None)
     routes = stream_routes(service, SimpleNamespace(), SimpleNamespace())  # type: ignore[arg-type]
-    routes += dicomweb_routes(SimpleNamespace(service=service), 1 << 20)  # type: ignore[arg-type]
+    imaging: Any = SimpleNamespace(
+        service=service, database=None, store=SimpleNamespace(root=None), results_root=None, pipelines={}
+    )
+    routes += dicomweb_routes(imaging, 1 << 20) + dicomweb_retrieve_routes(imaging)
     routes += jobs_routes(SimpleNamespace(service=service))  # type: ignore[arg-type]
     routes += shared_memory_routes(service) + trace_log_routes(service)
     routes += console_routes(SimpleNamespace(service=service))  # type: ignore[arg-type]
