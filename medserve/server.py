@@ -227,7 +227,7 @@ class MedServer:
                 self.service,
                 settings.host,
                 settings.grpc_port,
-                settings.max_request_bytes,
+                settings.grpc_max_message_bytes or settings.max_request_bytes,
                 credentials=grpc_server_credentials(tls) if tls else None,
                 max_concurrent_streams=settings.grpc_max_concurrent_streams,
                 max_unread_responses=settings.grpc_max_unread_responses,

@@ -23,6 +23,9 @@ from medserve.scheduling.priority import (
 from medserve.values.errors import InvalidConfig
 from medserve.values.suggestions import did_you_mean
 
+#: gRPC's own ceiling on a message (its length options are 32-bit signed integers): 2 GiB - 1.
+GRPC_MAX_MESSAGE_BYTES = (1 << 31) - 1
+
 
 class _FileSource(PydanticBaseSettingsSource):
     """Values from the YAML config file, below the environment in priority."""
@@ -104,6 +107,14 @@ class Settings(BaseSettings):
         ge=1,
         description="Most open HTTP connections; beyond it new ones are closed at once and a warning is "
         "logged (once a minute) so the file descriptors are never used up.",
+    )
+    grpc_max_message_bytes: int | None = Field(
+        default=None,
+        ge=1024,
+        le=GRPC_MAX_MESSAGE_BYTES,
+        description="Largest gRPC message served (up to 2 GiB - 1, gRPC's own ceiling); None: "
+        "max_request_bytes. A larger one, up to twice this, fails that request with RESOURCE_EXHAUSTED "
+        "and a ModelStreamInfer stream stays open; past twice this gRPC ends the call.",
     )
     grpc_max_concurrent_streams: int = Field(
         default=100, ge=1, description="Most concurrent gRPC streams (calls) on one HTTP/2 connection."

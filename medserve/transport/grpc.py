@@ -104,12 +104,24 @@ def _parse(request_type: type[_Req], data: bytes) -> _Req:
     return message
 
 
-def _guarded(handler: _Unary[_Req, _Resp], request_type: type[_Req]) -> _Unary[bytes, _Resp]:
+def _within(request_type: type[Message], data: bytes, max_message_bytes: int) -> None:
+    """Refuse a message past the served limit (gRPC itself lets through up to twice it)."""
+    if len(data) > max_message_bytes:
+        raise errors.PayloadTooLarge(
+            f"the {request_type.DESCRIPTOR.name} message is {len(data)} bytes, more than this server's "
+            f"gRPC message limit of {max_message_bytes} bytes (grpc_max_message_bytes)"
+        )
+
+
+def _guarded(
+    handler: _Unary[_Req, _Resp], request_type: type[_Req], max_message_bytes: int = DEFAULT_MAX_ELEMENTS
+) -> _Unary[bytes, _Resp]:
     """Wrap a unary handler so the request is parsed in it and errors become gRPC statuses (abort is
     outside the ``try``)."""
 
     async def call(data: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> _Resp:
         try:
+            _within(request_type, data, max_message_bytes)
             return await handler(_parse(request_type, data), context)
         except Exception as error:  # mapped to a status below, never swallowed
             code, message = _describe(error)
@@ -132,6 +144,8 @@ class GrpcInferenceServicer:
     ) -> None:
         self._service = service
         self._max_elements = max_request_bytes
+        #: the largest message served; gRPC lets through up to twice it, so a larger one is refused alone
+        self.max_message_bytes = max_request_bytes
         self._max_unread = max(1, max_unread_responses)
 
     async def _caller(self, context: grpc.aio.ServicerContext[Any, Any]) -> Caller:
@@ -264,6 +278,7 @@ class GrpcInferenceServicer:
     ) -> None:
         request = pb.ModelInferRequest()
         try:
+            _within(pb.ModelInferRequest, data, self.max_message_bytes)
             request = _parse(pb.ModelInferRequest, data)
             response = await self._service.infer(await self._decoded(request, caller), caller)
             answer = pb.ModelStreamInferResponse(infer_response=grpc_codec.encode_infer_response(response))
@@ -338,7 +353,7 @@ def inference_handler(servicer: GrpcInferenceServicer) -> grpc.GenericRpcHandler
     }
     handlers: dict[str, grpc.RpcMethodHandler] = {
         method: grpc.unary_unary_rpc_method_handler(
-            _guarded(handler, request_type),
+            _guarded(handler, request_type, servicer.max_message_bytes),
             response_serializer=_serialize,
         )
         for method, (handler, request_type) in unary.items()

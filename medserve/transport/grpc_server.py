@@ -13,6 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
 from medserve.protocol.grpc_messages import SERVICE_NAME
+from medserve.settings import GRPC_MAX_MESSAGE_BYTES
 from medserve.transport.grpc import GrpcInferenceServicer, inference_handler
 
 if TYPE_CHECKING:
@@ -21,6 +22,13 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+def transport_limit(max_message_bytes: int) -> int:
+    """What gRPC itself lets through: twice the served limit (at most gRPC's 2 GiB - 1 ceiling), so a
+    message a little too large is read and refused alone (RESOURCE_EXHAUSTED for that request, a
+    ModelStreamInfer stream stays open) while memory stays bounded; past it gRPC ends the call."""
+    return min(2 * max_message_bytes, GRPC_MAX_MESSAGE_BYTES)
 
 
 class _ReadinessHealthServicer(health_aio.HealthServicer):  # type: ignore[misc]
@@ -88,9 +96,10 @@ class GrpcServer:
         """Bind and start serving; raises RuntimeError if the address cannot be bound."""
         if self._server is not None:
             raise RuntimeError("gRPC server already started")
+        limit = transport_limit(self._max_message_bytes)
         options = [
-            ("grpc.max_send_message_length", self._max_message_bytes),
-            ("grpc.max_receive_message_length", self._max_message_bytes),
+            ("grpc.max_send_message_length", limit),
+            ("grpc.max_receive_message_length", limit),
             # Fail loudly when the port is taken instead of silently sharing it.
             ("grpc.so_reuseport", 0),
             ("grpc.max_concurrent_streams", self._max_concurrent_streams),
@@ -141,4 +150,4 @@ class GrpcServer:
             await self._server.wait_for_termination()
 
 
-__all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "GrpcServer"]
+__all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "GrpcServer", "transport_limit"]
