@@ -128,8 +128,8 @@ class DynamicBatcher:
         is_fault = faults.is_fault if faults is not None else None
         self._run = RunOptions(output_names, batching, meter, is_fault, clock.now_ns)
         self._arrival = Wakeup(clock)  # a request was queued
-        self._settled = Wakeup(clock)  # an execution ended or the queue emptied (for close)
-        self._queue = UrgencyQueue(label, clock, on_empty=self._settled.notify)
+        self._settled = Wakeup(clock)  # while closing: an execution ended or the queue emptied
+        self._queue = UrgencyQueue(label, clock)
         self._seq = itertools.count()
         self._arrivals = ArrivalRates()
         self._inflight: dict[int, tuple[int, int]] = {}  # execution token -> (start ns, batch size)
@@ -335,10 +335,11 @@ class DynamicBatcher:
                 self._arbiter.started(self, slot.device, min(p.priority for p in batch))
             task = asyncio.get_running_loop().create_task(self._execute(slot, batch))
             self._running.add(task)
-            task.add_done_callback(self._finished)
+            task.add_done_callback(self._running.discard)
+            if self._closing:
+                task.add_done_callback(self._wake_closer)
 
-    def _finished(self, task: asyncio.Task[None]) -> None:
-        self._running.discard(task)
+    def _wake_closer(self, task: asyncio.Task[None]) -> None:
         self._settled.notify()
 
     async def _execute(self, slot: Slot, batch: list[Pending]) -> None:
@@ -415,6 +416,9 @@ class DynamicBatcher:
         """Stop taking requests, finish the queued and running ones (for at most ``timeout`` seconds on
         the batcher's clock), then stop."""
         self._closing = True
+        self._queue.on_empty = self._settled.notify
+        for task in self._running:  # each running execution wakes this when it ends (as new ones will)
+            task.add_done_callback(self._wake_closer)
         now = self._now()
         deadline = now + round(timeout * 1e9)
         while (self._queue or self._running) and now < deadline:

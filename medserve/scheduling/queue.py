@@ -44,12 +44,12 @@ def _order(pending: Pending) -> Urgency:
 
 class UrgencyQueue(Sequence[Pending]):
     """Most urgent first; ``label`` names the model version in error messages. Deadlines are on
-    ``clock``; ``on_empty`` is called whenever a removal leaves the queue empty."""
+    ``clock``. ``on_empty``, when set, is called whenever a removal leaves the queue empty."""
 
-    def __init__(self, label: str, clock: Clock, on_empty: Callable[[], None] | None = None) -> None:
+    def __init__(self, label: str, clock: Clock) -> None:
         self.label = label
+        self.on_empty: Callable[[], None] | None = None
         self._clock = clock
-        self._on_empty = on_empty
         self._items: list[Pending] = []
         self._by_class: dict[str, int] = {}
 
@@ -89,8 +89,8 @@ class UrgencyQueue(Sequence[Pending]):
         if pending.timer is not None:
             pending.timer.cancel()
             pending.timer = None
-        if not self._items and self._on_empty is not None:
-            self._on_empty()
+        if not self._items and self.on_empty is not None:
+            self.on_empty()
         return pending
 
     def _expire(self, pending: Pending) -> None:
