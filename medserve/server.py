@@ -11,12 +11,15 @@ import contextlib
 import json
 import logging
 import signal
+import socket
 from collections.abc import Awaitable, Callable, Generator
 from functools import partial
 
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from medserve import __version__
+from medserve.cluster.registry import ReplicaRegistry
 from medserve.console.parts import ConsoleParts
 from medserve.core.dataplane import build_dataplane
 from medserve.imaging.config import load_config
@@ -43,6 +46,8 @@ from medserve.startup import (
     doors,
     preflight,
 )
+from medserve.store.identity import replica_id
+from medserve.store.leases import LeaseBook
 from medserve.streaming.alerts import AlertHub
 from medserve.streaming.monitor import MonitorSettings, PatientMonitor
 from medserve.streaming.pipeline import MonitorPipeline
@@ -83,6 +88,14 @@ def _settings_summary(settings: Settings) -> str:
     return json.dumps(shown, sort_keys=True)[:2000]
 
 
+def _advertised(host: str, port: int) -> str:
+    """Where other replicas and operators reach this one: ``host:port`` (this host's name for a
+    wildcard bind)."""
+    if host in ("", "0.0.0.0", "::"):
+        host = socket.gethostname()
+    return f"{host}:{port}"
+
+
 class ShutdownIncomplete(MedserveError):
     """A step of the ordered shutdown failed (the log has its traceback); the later steps still ran."""
 
@@ -117,11 +130,16 @@ class MedServer:
         self.imaging: ImagingService | None = None
         self._scp: StorageSCP | None = None
         self._preflight: Preflight | None = None
+        # replicas sharing the database: this one's id, the leases it works under, shared storage
+        self.replica_id = replica_id(settings.replica_id, settings.data_dir)
+        self.leases = LeaseBook(trust.database, self.replica_id, ttl_s=settings.lease_ttl_s)
+        self.storage_dir = settings.storage_dir or settings.data_dir
+        self.registry: ReplicaRegistry | None = None
         self.jobs = JobManager(
             self.service,
-            JobStore(trust.database),
+            JobStore(trust.database, self.leases),
             JobSettings(
-                settings.data_dir / "jobs",
+                self.storage_dir / "jobs",
                 concurrency=settings.jobs_concurrency,
                 priority_class=settings.jobs_class(),
                 poll_s=settings.jobs_poll_s,
@@ -160,11 +178,12 @@ class MedServer:
         self.imaging = ImagingService(
             self.service,
             self.trust.database,
-            settings.data_dir,
+            self.storage_dir,
             config,
             destinations,
             quiet_time_s=settings.dicom_quiet_time_s,
             workers=settings.imaging_workers,
+            leases=self.leases,
         )
         await self.imaging.start()
         if settings.dicom_port < 0:
@@ -278,6 +297,16 @@ class MedServer:
             await asyncio.sleep(0.01)
         await self.jobs.start()
         self.service.set_ready(True)
+        self.registry = ReplicaRegistry(
+            self.trust.database,
+            self.replica_id,
+            _advertised(settings.host, self.settings.http_port),
+            __version__,
+            models=lambda: sorted({e.name for e in self.service.repository_index(True, Caller.system())}),
+            ready=self.service.ready,
+            heartbeat_s=settings.replica_heartbeat_s,
+        )
+        await self.registry.start()
         log.info(
             "medserve ready: HTTP on %s:%s, gRPC on %s, DICOM on %s",
             settings.host,
@@ -292,6 +321,8 @@ class MedServer:
         names of the steps that failed."""
         log.info("medserve shutting down")
         self.service.set_ready(False)
+        if self.registry is not None:
+            await self.registry.stop()
         grace = self.settings.shutdown_timeout_s
         failed: list[str] = []
 

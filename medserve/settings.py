@@ -285,6 +285,26 @@ class Settings(BaseSettings):
     jobs_retry_s: float = Field(
         default=30.0, gt=0, description="How often a job paused by a full disk tries its write again."
     )
+    replica_id: str = Field(
+        default="",
+        description="This replica's id among replicas sharing one database (letters, digits, ._:@-); "
+        "empty: made once and kept in <data_dir>/replica-id. Names its leases, its audit chain and its "
+        "registry row.",
+    )
+    replica_heartbeat_s: float = Field(
+        default=5.0, gt=0, description="How often the replica renews its row in the replica registry."
+    )
+    lease_ttl_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="How long a lease on a unit of work (job, export) outlives its holder's last heartbeat: "
+        "a killed replica's work is taken over by another within this time (renewed every third of it).",
+    )
+    storage_dir: Path | None = Field(
+        default=None,
+        description="Storage shared by every replica (a shared filesystem): received DICOM instances, "
+        "results, exports folder and the parts of running jobs. None: data_dir.",
+    )
     console_enabled: bool = Field(
         default=True, description="Serve the operator console at /console (sign-in with an API token)."
     )
@@ -399,4 +419,3 @@ def _problem(error: Any, given: dict[str, Any], config_file: Path | None) -> str
     if field and config_file is not None:
         return f"{config_file}: {'.'.join(location)}: {message}"
     return (f"{'.'.join(location)}: " if location else "settings: ") + message
-

@@ -69,7 +69,9 @@ def open_database(settings: Settings) -> Database:
 def build_trust(settings: Settings) -> Trust:
     """Open the store and the audit trail (the caller closes them with ``Trust.close``)."""
     database = open_database(settings)
-    audit = AuditTrail(database, settings.data_dir / "audit", fsync=settings.audit_fsync)
+    audit = AuditTrail(
+        database, settings.data_dir / "audit", fsync=settings.audit_fsync, chain=settings.replica_id
+    )
     audit.open()
     tokens = TokenStore(database)
     certificates = CertificateGrants(database)

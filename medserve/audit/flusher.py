@@ -46,8 +46,11 @@ class FlushTiming:
 class JournalFlusher:
     """Keeps the database's ``audit_records`` up with one journal (see the module)."""
 
-    def __init__(self, database: Database, journal_dir: Path, fsync: bool, timing: FlushTiming) -> None:
+    def __init__(
+        self, database: Database, journal_dir: Path, fsync: bool, timing: FlushTiming, chain: str = ""
+    ) -> None:
         self.database = database
+        self.chain = chain  # the database chain this journal continues (this replica's)
         self.journal_dir = journal_dir
         self.fsync = fsync
         self.flush_batch = max(timing.flush_batch, 1)
@@ -249,11 +252,11 @@ class JournalFlusher:
             return 0
         with self.database.engine.connect() as connection:
             lock_for_write(connection, AUDIT_LOCK_KEY)
-            head_seq, head_hash = database_head(connection)
+            head_seq, head_hash = database_head(connection, self.chain)
             self._set_db_seq(head_seq)
             if adopt and head_seq > self._journal_seq:
                 # The journal is new or older than the database: continue the database's chain.
-                record = record_at(connection, head_seq)
+                record = record_at(connection, head_seq, self.chain)
                 if record is not None and journal.adopt(record):
                     self.note_journal_seq(head_seq)
             records = self._take_recent(head_seq)
@@ -269,7 +272,7 @@ class JournalFlusher:
                     f"audit journal does not continue the database's chain after seq {head_seq} "
                     f"(the journal has seq {first['seq']} next); records stay in the journal"
                 )
-            insert_records(connection, records)
+            insert_records(connection, records, self.chain)
             connection.commit()
         self._reachable()
         last = int(records[-1]["seq"])

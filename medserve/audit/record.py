@@ -171,6 +171,8 @@ class Verification:
     head_hash: str  # the last good record's hash
     bad_seq: int | None = None
     reason: str = ""
+    chain: str = ""  # the chain checked (the broken one when not ok)
+    chains: int = 1  # how many chains were checked
 
 
 def verify(records: Iterable[AuditRecord], *, start_seq: int = 1, start_hash: str = GENESIS) -> Verification:

@@ -1,4 +1,7 @@
-"""Audit records in the database: the chain head, fast batch inserts, and paged reading by seq."""
+"""Audit records in the database: a chain's head, fast batch inserts, and paged reading by seq.
+
+Every function works on one chain (``chain``: the writing replica's id, ``""`` for a single server's
+one chain); :func:`chains` lists them."""
 
 from __future__ import annotations
 
@@ -25,9 +28,9 @@ AUDIT_LOCK_KEY: Final = 0x6D656473_0002
 
 _COLUMNS: Final = ", ".join(RECORD_FIELDS)
 _SQLITE_INSERT: Final = (
-    f"INSERT INTO audit_records ({_COLUMNS}) VALUES ({', '.join('?' * len(RECORD_FIELDS))})"
+    f"INSERT INTO audit_records (chain, {_COLUMNS}) VALUES ({', '.join('?' * (len(RECORD_FIELDS) + 1))})"
 )
-_POSTGRES_COPY: Final = f"COPY audit_records ({_COLUMNS}) FROM STDIN"
+_POSTGRES_COPY: Final = f"COPY audit_records (chain, {_COLUMNS}) FROM STDIN"
 
 
 class MalformedRecord(InvalidInput):
@@ -42,17 +45,23 @@ class MalformedRecord(InvalidInput):
 _SELECT_COLUMNS: Final = tuple(getattr(AuditRecordRow, name) for name in RECORD_FIELDS)
 
 
-def database_head(connection: Connection) -> tuple[int, str]:
-    """The newest record's seq and hash; ``(0, GENESIS)`` for an empty table."""
+def database_head(connection: Connection, chain: str = "") -> tuple[int, str]:
+    """The chain's newest record's seq and hash; ``(0, GENESIS)`` for a chain with no record."""
     row = connection.execute(
-        select(AuditRecordRow.seq, AuditRecordRow.hash).order_by(AuditRecordRow.seq.desc()).limit(1)
+        select(AuditRecordRow.seq, AuditRecordRow.hash)
+        .where(AuditRecordRow.chain == chain)
+        .order_by(AuditRecordRow.seq.desc())
+        .limit(1)
     ).first()
     return (int(row[0]), str(row[1])) if row is not None else (0, GENESIS)
 
 
-def record_at(connection: Connection, seq: int) -> AuditRecord | None:
-    """The record at ``seq``; None if there is none. :class:`MalformedRecord` if it is not a record."""
-    row = connection.execute(select(*_SELECT_COLUMNS).where(AuditRecordRow.seq == seq)).first()
+def record_at(connection: Connection, seq: int, chain: str = "") -> AuditRecord | None:
+    """The chain's record at ``seq``; None if there is none. :class:`MalformedRecord` if it is not a
+    record."""
+    row = connection.execute(
+        select(*_SELECT_COLUMNS).where(AuditRecordRow.chain == chain, AuditRecordRow.seq == seq)
+    ).first()
     return _to_record(row) if row is not None else None
 
 
@@ -64,8 +73,9 @@ def _to_record(row: Sequence[object]) -> AuditRecord:
     return AuditRecord(**values)  # type: ignore[arg-type]
 
 
-def insert_records(connection: Connection, records: Sequence[RecordValues]) -> None:
-    """Insert ``records`` in the connection's open transaction (the driver's bulk path where known).
+def insert_records(connection: Connection, records: Sequence[RecordValues], chain: str = "") -> None:
+    """Insert ``records`` of ``chain`` in the connection's open transaction (the driver's bulk path
+    where known).
 
     A seq or hash already present raises :class:`sqlalchemy.exc.IntegrityError`.
     """
@@ -74,7 +84,7 @@ def insert_records(connection: Connection, records: Sequence[RecordValues]) -> N
     dialect = connection.dialect
     if dialect.name == "sqlite" or (dialect.name == "postgresql" and dialect.driver == "psycopg"):
         dbapi = dialect.loaded_dbapi
-        rows = [record_tuple(values) for values in records]
+        rows = [(chain, *record_tuple(values)) for values in records]
         driver = connection.connection.driver_connection
         if driver is None:
             raise StoreUnavailable("audit records: the database connection is closed")
@@ -90,11 +100,23 @@ def insert_records(connection: Connection, records: Sequence[RecordValues]) -> N
                 None, None, exc, dbapi.Error, hide_parameters=True, dialect=dialect
             ) from exc
         return
-    connection.execute(insert(AuditRecordRow), list(records))
+    connection.execute(insert(AuditRecordRow), [{"chain": chain, **values} for values in records])
 
 
-def iter_records(database: Database, *, after_seq: int = 0, page: int = 1000) -> Iterator[AuditRecord]:
-    """Every record with seq above ``after_seq`` in seq order, read in pages of ``page`` rows.
+def chains(database: Database) -> list[str]:
+    """The chains the database holds, by name (``""``, a single server's, first)."""
+    try:
+        with database.engine.connect() as connection:
+            found = connection.execute(select(AuditRecordRow.chain).distinct()).scalars().all()
+    except SQLAlchemyError as exc:
+        raise StoreUnavailable(f"audit records cannot be read: {describe_error(exc)}") from exc
+    return sorted(str(chain) for chain in found)
+
+
+def iter_records(
+    database: Database, *, chain: str = "", after_seq: int = 0, page: int = 1000
+) -> Iterator[AuditRecord]:
+    """Every record of ``chain`` with seq above ``after_seq`` in seq order, read in pages of ``page``.
 
     Raises :class:`MalformedRecord` at a row that is not a record, :class:`StoreUnavailable` if the
     database cannot be read.
@@ -104,7 +126,7 @@ def iter_records(database: Database, *, after_seq: int = 0, page: int = 1000) ->
             with database.engine.connect() as connection:
                 rows = connection.execute(
                     select(*_SELECT_COLUMNS)
-                    .where(AuditRecordRow.seq > after_seq)
+                    .where(AuditRecordRow.chain == chain, AuditRecordRow.seq > after_seq)
                     .order_by(AuditRecordRow.seq)
                     .limit(page)
                 ).all()

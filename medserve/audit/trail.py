@@ -7,8 +7,11 @@ it reaches the operating system (survives any crash of the process) and the flus
 journal to the disk at each of its cycles, a fraction of a second later. The flusher
 (:mod:`.flusher`) copies journaled records into ``audit_records`` and rides out database outages.
 
-One journal directory belongs to one database: every process appending to that database (the server,
-``medserve`` commands) must use the same directory, so all records form one chain.
+One journal directory belongs to one chain of one database: every process on one data dir (the
+server, ``medserve`` commands) uses the same directory, so their records form one chain. Replicas
+sharing a database each write a chain of their own, named by ``chain`` (the replica's id): each chain
+is numbered and hash-linked alone, so replicas never wait on each other to record, and a replica
+killed -9 leaves its acknowledged records in its journal, flushed when it starts again.
 """
 
 from __future__ import annotations
@@ -50,14 +53,16 @@ class AuditTrail:
         poll_interval_s: float = 1.0,
         backoff_initial_s: float = 0.2,
         backoff_max_s: float = 30.0,
+        chain: str = "",
     ) -> None:
         self.database = database
+        self.chain = chain
         self.journal_dir = journal_dir
         self.fsync = fsync
         self.max_file_bytes = max_file_bytes
         self.write_batch = max(write_batch, 1)
         timing = FlushTiming(flush_batch, flush_interval_s, poll_interval_s, backoff_initial_s, backoff_max_s)
-        self._flusher = JournalFlusher(database, journal_dir, fsync, timing)
+        self._flusher = JournalFlusher(database, journal_dir, fsync, timing, chain)
         self._journal: Journal | None = None
         self._queue: queue.SimpleQueue[Waiter | None] = queue.SimpleQueue()  # None: stop
         self._put_lock = threading.Lock()

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from medserve import __version__
+from medserve.cli.cluster import add_commands as add_cluster_commands
 from medserve.cli.hardware import add_commands as add_hardware_commands
 from medserve.cli.imaging import add_commands as add_imaging_commands
 from medserve.cli.jobs import add_commands as add_job_commands
@@ -169,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_hardware_commands(commands)
     add_plan_command(commands)
     add_job_commands(commands)
+    add_cluster_commands(commands)
     add_imaging_commands(commands)
 
     examples = commands.add_parser("examples", help="example models and data")

@@ -126,7 +126,7 @@ def _audit_verify(args: argparse.Namespace) -> int:
 
     settings, database = open_store(args)
     try:
-        result = verify_audit(database, settings.data_dir / "audit")
+        result = verify_audit(database, settings.data_dir / "audit", journal_chain=settings.replica_id)
     finally:
         database.dispose()
     print(format_verification(result))

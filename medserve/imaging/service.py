@@ -42,6 +42,7 @@ from medserve.imaging.pipelines import OutsideIntendedUse, PipelineSpec, intende
 from medserve.imaging.results_writer import patient_id_of, write_results
 from medserve.imaging.series_runner import run_series
 from medserve.store.database import Database
+from medserve.store.leases import LeaseBook
 from medserve.store.tables import DicomSeriesRow, ExportRow, ImagingResultRow
 from medserve.values.access import Action, Caller
 from medserve.values.audit_event import AuditEvent
@@ -77,6 +78,7 @@ class ImagingService:
         *,
         quiet_time_s: float = 5.0,
         workers: int = 1,
+        leases: LeaseBook | None = None,
     ) -> None:
         uid_redaction.install()  # highdicom's and pydicom's log lines carry no UID either
         self.service = service
@@ -91,7 +93,9 @@ class ImagingService:
             config.patient_identifier_system,
         )
         self.quiet_time_s = quiet_time_s
-        self.outbox = Outbox(database, self.results_root, destinations, audit=self._audit_export)
+        self.outbox = Outbox(
+            database, self.results_root, destinations, audit=self._audit_export, leases=leases
+        )
         self._workers = max(1, workers)
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._queued: set[str] = set()

@@ -22,8 +22,10 @@ from medserve.jobs.prepare import prepare
 from medserve.jobs.runner import JobRunner, failures_path
 from medserve.jobs.scoring import CoreScorer, default_batch_size
 from medserve.jobs.spec import JobSpec
-from medserve.jobs.store import FAILED, SUCCEEDED, JobStatus, JobStore, runner_name
+from medserve.jobs.store import FAILED, LEASE_KIND, SUCCEEDED, JobStatus, JobStore
 from medserve.jobs.workload import ItemFailure
+from medserve.store.lease_keeper import LeaseKeeper
+from medserve.store.leases import Lease
 from medserve.values.access import Action, Caller, Principal, Role
 from medserve.values.audit_event import AuditEvent
 from medserve.values.errors import MedserveError
@@ -51,7 +53,9 @@ class JobManager:
         self.service = service
         self.store = store
         self.settings = settings
-        self.runner = runner_name("server")
+        # shown as the job's runner; the lease names the replica
+        self.runner = f"server:{store.leases.holder}"
+        self.keeper = LeaseKeeper(store.leases)
         self._stop = threading.Event()
         self._running: dict[str, asyncio.Task[str]] = {}
         self._poller: asyncio.Task[None] | None = None
@@ -102,9 +106,6 @@ class JobManager:
         await self._audit(caller, status, "job.cancel")
         return status
 
-    async def failures(self, job_id: str, caller: Caller, offset: int, limit: int) -> list[ItemFailure]:
-        caller.principal.require(Action.READ)
-        await asyncio.to_thread(self.store.get, job_id)
     async def resume(self, job_id: str, caller: Caller) -> JobStatus:
         """Queue a failed or interrupted job again (as ``medserve job resume``); the server resumes it
         from its last committed chunk (``manage`` role)."""
@@ -114,6 +115,9 @@ class JobManager:
         self._wake.set()
         return status
 
+    async def failures(self, job_id: str, caller: Caller, offset: int, limit: int) -> list[ItemFailure]:
+        caller.principal.require(Action.READ)
+        await asyncio.to_thread(self.store.get, job_id)
         return await asyncio.to_thread(self.store.failures, job_id, offset=offset, limit=limit)
 
     async def results(self, job_id: str, caller: Caller) -> tuple[JobStatus, Path, Path | None]:
@@ -126,9 +130,12 @@ class JobManager:
 
     # -- running ----------------------------------------------------------------------------------
     async def start(self) -> None:
-        requeued = await asyncio.to_thread(self.store.recover, "server:")
-        if requeued:
-            log.info("resuming %d job(s) interrupted by a restart: %s", len(requeued), ", ".join(requeued))
+        # Leases this replica held before a restart are free at once; those of a replica that died
+        # expire after their time to live. The poll then resumes either kind of job.
+        released = await asyncio.to_thread(self.store.leases.release_all)
+        if released:
+            log.info("released %d lease(s) held before a restart; their work resumes", released)
+        self.keeper.start()
         if self.settings.concurrency > 0:
             self._poller = asyncio.create_task(self._poll())
 
@@ -136,32 +143,32 @@ class JobManager:
         while not self._stop.is_set():
             try:
                 while len(self._running) < self.settings.concurrency:
-                    job_id = await asyncio.to_thread(self.store.next_queued)
-                    if job_id is None:
+                    claimed = await asyncio.to_thread(self.store.claim_next, self.runner)
+                    if claimed is None:
                         break
-                    await self._launch(job_id)
+                    self._launch(*claimed)
             except MedserveError as exc:  # the store is unreachable for a moment: try again later
                 log.warning("job queue: %s", exc)
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.settings.poll_s)
 
-    async def _launch(self, job_id: str) -> None:
-        try:
-            status = await asyncio.to_thread(self.store.claim, job_id, self.runner)
-        except MedserveError as exc:
-            log.info("job %s not started: %s", job_id, exc)
-            return
-        task = asyncio.create_task(asyncio.to_thread(self._run, status, asyncio.get_running_loop()))
+    def _launch(self, status: JobStatus, lease: Lease) -> None:
+        """Run a claimed job in a worker thread, its lease renewed by the heartbeat until it ends."""
+        job_id = status.id
+        self.keeper.keep(lease)
+        task = asyncio.create_task(asyncio.to_thread(self._run, status, lease, asyncio.get_running_loop()))
         self._running[job_id] = task
 
         def done(_: asyncio.Task[str]) -> None:
             self._running.pop(job_id, None)
+            loop = asyncio.get_running_loop()
+            loop.run_in_executor(None, self.keeper.release, LEASE_KIND, job_id)
             self._wake.set()
 
         task.add_done_callback(done)
 
-    def _run(self, status: JobStatus, loop: asyncio.AbstractEventLoop) -> str:
+    def _run(self, status: JobStatus, lease: Lease, loop: asyncio.AbstractEventLoop) -> str:
         """Worker thread: open the workload and run the job to its end (or a stop)."""
         caller = job_caller(status)
         try:
@@ -180,7 +187,7 @@ class JobManager:
                 priority_class=self.settings.priority_class,
             )
         except MedserveError as exc:
-            self.store.set_state(status.id, FAILED, error=str(exc))
+            self.store.set_state(status.id, FAILED, error=str(exc), lease=lease)
             log.warning("job %s cannot start: %s", status.id, exc)
             return FAILED
         log.info("job %s (%s over %s) started", status.id, spec.workload, spec.source)
@@ -193,6 +200,8 @@ class JobManager:
             self.settings.jobs_dir / status.id / "parts",
             stop=self._stop,
             retry_s=self.settings.retry_s,
+            lease=lease,
+            lease_lost=lambda: self.keeper.lost(LEASE_KIND, status.id),
         )
         state = runner.run()
         if state == SUCCEEDED:
@@ -214,3 +223,4 @@ class JobManager:
                 log.warning(
                     "%d job(s) still finishing a chunk at shutdown; they resume on restart", len(pending)
                 )
+        await asyncio.to_thread(self.keeper.stop)

@@ -6,8 +6,10 @@ Its result rows go to ``parts/chunk-<k>.parquet`` (atomic rename), then one tran
 chunk, its failures and the counters. A chunk without a record is done again on resume and its part
 file overwritten with the same rows, so a job killed at any moment loses nothing and writes nothing
 twice. The sink is assembled from the parts when every chunk is in, atomically, and may be assembled
-again after a crash. When the disk is full the job pauses, says why, and tries the same write again
-every ``retry_s`` until it fits.
+again after a crash. The runner works under the job's lease: every commit is fenced by it, and when
+the lease is lost (this process stalled past its expiry and another replica took the job over) the
+runner stops without touching the job. When the disk is full the job pauses, says why, and tries the
+same write again every ``retry_s`` until it fits.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from medserve.jobs import sinks
 from medserve.jobs.spec import GENERIC_SINKS, JobSpec
 from medserve.jobs.store import CANCELLED, FAILED, PAUSED, QUEUED, RUNNING, SUCCEEDED, JobStore
 from medserve.jobs.workload import Item, ItemFailure, Workload
+from medserve.store.leases import Lease, LeaseLost
 from medserve.values.errors import MedserveError
 
 log = logging.getLogger("medserve.jobs")
@@ -69,6 +72,10 @@ class Progress:
     state: str
 
 
+#: What :meth:`JobRunner.run` returns when the job's lease was lost: another runner goes on with it.
+LOST = "lost"
+
+
 class Stopped(Exception):
     """The runner was asked to stop (shutdown) or the job to cancel."""
 
@@ -91,6 +98,8 @@ class JobRunner:
         retry_s: float = 30.0,
         progress: Callable[[Progress], None] | None = None,
         stopped: tuple[str, str] = (QUEUED, ""),
+        lease: Lease | None = None,
+        lease_lost: Callable[[], bool] | None = None,
     ) -> None:
         self.store = store
         self.job_id = job_id
@@ -102,6 +111,8 @@ class JobRunner:
         self.retry_s = retry_s
         self.progress = progress
         self.stopped = stopped  # the state (and note) a job stopped by ``stop`` is left in
+        self.lease = lease  # fences every commit
+        self.lease_lost = lease_lost or (lambda: False)  # the heartbeat found the lease taken over
         self._started = time.monotonic()
         self._done = 0
         self._failed = 0
@@ -114,27 +125,40 @@ class JobRunner:
         """Run to the end, a cancel or a stop; return the job's state afterwards (after a stop,
         ``stopped``'s state: ``queued`` for a server shutting down, so the next start resumes it)."""
         try:
-            self._run_chunks()
-            self._finish()
-        except Stopped:
-            if self.store.cancel_requested(self.job_id):
-                self.store.set_state(self.job_id, CANCELLED, error="cancelled on request")
-                shutil.rmtree(self.parts_dir, ignore_errors=True)
-                return CANCELLED
-            state, note = self.stopped
-            self.store.set_state(self.job_id, state, error=note, runner="")
-            return state
-        except MedserveError as exc:
-            log.warning("job %s failed: %s", self.job_id, exc)
-            self.store.set_state(self.job_id, FAILED, error=str(exc))
-            return FAILED
-        except Exception as exc:  # a bug or an engine fault: the job fails with the reason, the server stays
-            log.exception("job %s failed", self.job_id)
-            self.store.set_state(self.job_id, FAILED, error=f"{type(exc).__name__}: {exc}")
-            return FAILED
+            try:
+                self._run_chunks()
+                self._finish()
+            except Stopped:
+                if self.store.cancel_requested(self.job_id):
+                    self._set(CANCELLED, error="cancelled on request")
+                    shutil.rmtree(self.parts_dir, ignore_errors=True)
+                    return CANCELLED
+                state, note = self.stopped
+                self._set(state, error=note, runner="")
+                return state
+            except LeaseLost:
+                raise
+            except MedserveError as exc:
+                log.warning("job %s failed: %s", self.job_id, exc)
+                self._set(FAILED, error=str(exc))
+                return FAILED
+            except (
+                Exception
+            ) as exc:  # a bug or an engine fault: the job fails with the reason, the server stays
+                log.exception("job %s failed", self.job_id)
+                self._set(FAILED, error=f"{type(exc).__name__}: {exc}")
+                return FAILED
+        except LeaseLost as exc:  # another runner has the job: leave the row and the parts to it
+            log.warning("job %s stopped here: %s", self.job_id, exc)
+            return LOST
         return SUCCEEDED
 
+    def _set(self, state: str, *, error: str = "", runner: str | None = None) -> None:
+        self.store.set_state(self.job_id, state, error=error, runner=runner, lease=self.lease)
+
     def _check(self) -> None:
+        if self.lease_lost():
+            raise LeaseLost(f"the lease on job {self.job_id} was lost to another runner")
         if self.stop.is_set() or self.store.cancel_requested(self.job_id):
             raise Stopped
 
@@ -217,6 +241,7 @@ class JobRunner:
             part=part,
             failures=failures,
             busy_s=now - self._last_commit,
+            lease=self.lease,
         )
         self._last_commit = now
         self._done += pending.scored
@@ -238,7 +263,7 @@ class JobRunner:
                 )
                 if not paused:
                     log.warning("job %s %s", self.job_id, message)
-                    self.store.set_state(self.job_id, PAUSED, error=message)
+                    self._set(PAUSED, error=message)
                     self._report(PAUSED)
                     paused = True
                 if self.stop.wait(self.retry_s) or self.store.cancel_requested(self.job_id):
@@ -246,7 +271,7 @@ class JobRunner:
                 continue
             if paused:
                 log.info("job %s resumed: %s succeeded", self.job_id, what)
-                self.store.set_state(self.job_id, RUNNING)
+                self._set(RUNNING)
             return value
 
     # -- the sink -------------------------------------------------------------------------------
@@ -257,7 +282,7 @@ class JobRunner:
         sink_format = sink.resolved_format()
         self._with_room(lambda: self._write_sink(parts, sink_format), f"writing the sink {sink.path}")
         self._with_room(self._write_failures, "writing the failure list")
-        self.store.set_state(self.job_id, SUCCEEDED)
+        self._set(SUCCEEDED)
         self._report(SUCCEEDED)
         shutil.rmtree(self.parts_dir, ignore_errors=True)
         log.info(

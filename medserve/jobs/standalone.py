@@ -24,9 +24,21 @@ from medserve.jobs.prepare import models_of, prepare
 from medserve.jobs.runner import JobRunner, Progress
 from medserve.jobs.scoring import CoreScorer, default_batch_size
 from medserve.jobs.spec import JobSpec
-from medserve.jobs.store import FAILED, INTERRUPTED, SUCCEEDED, UNFINISHED, JobStore, runner_name
+from medserve.jobs.store import (
+    FAILED,
+    INTERRUPTED,
+    LEASE_KIND,
+    SUCCEEDED,
+    UNFINISHED,
+    JobStatus,
+    JobStore,
+    runner_name,
+)
 from medserve.settings import Settings
+from medserve.store.lease_keeper import LeaseKeeper
+from medserve.store.leases import Lease, LeaseBook
 from medserve.trust import build_trust
+from medserve.values.errors import Conflict
 
 
 def _duration(seconds: float | None) -> str:
@@ -73,6 +85,28 @@ class ProgressBar:
         self.out.flush()
 
 
+#: The lease of a stand-alone run: short, so a run killed -9 can be resumed seconds later.
+STANDALONE_LEASE_S = 5.0
+
+
+def _claim(store: JobStore, job_id: str, out: TextIO) -> tuple[JobStatus, Lease]:
+    """Claim the job; while another runner's lease is live, wait up to twice a stand-alone lease (a
+    run killed a moment ago stops renewing; a live one renews and the claim is refused)."""
+    deadline = time.monotonic() + 2 * STANDALONE_LEASE_S
+    said = False
+    while True:
+        try:
+            return store.claim(job_id, store.leases.holder, allowed=(*UNFINISHED, FAILED, INTERRUPTED))
+        except Conflict as exc:
+            holder = store.running_elsewhere(job_id)
+            if holder is None or time.monotonic() > deadline:
+                raise
+            if not said:
+                out.write(f"{exc}; waiting for its lease to expire\n")
+                said = True
+            time.sleep(0.5)
+
+
 def run_standalone(
     settings: Settings,
     spec: JobSpec,
@@ -83,7 +117,9 @@ def run_standalone(
 ) -> tuple[str, str]:
     """Run (or resume) ``spec`` here; returns ``(job id, final state)``."""
     trust = build_trust(settings)
-    store = JobStore(trust.database)
+    store = JobStore(
+        trust.database, LeaseBook(trust.database, runner_name("standalone"), ttl_s=STANDALONE_LEASE_S)
+    )
     try:
         dataplane = build_dataplane(settings, trust, placement=False, monitoring=False)
         service = dataplane.service
@@ -98,7 +134,10 @@ def run_standalone(
         else:
             status = store.create(spec, spec.model, "standalone")
             out.write(f"job {status.id}: {spec.workload} over {spec.source} -> {spec.sink.path}\n")
-        status = store.claim(status.id, runner_name("standalone"), allowed=(*UNFINISHED, FAILED, INTERRUPTED))
+        status, lease = _claim(store, status.id, out)
+        keeper = LeaseKeeper(store.leases)
+        keeper.keep(lease)
+        keeper.start()
         if count_first and status.items_total is None:
             total = sum(1 for _ in workload.items())
             store.set_total(status.id, total)
@@ -137,9 +176,13 @@ def run_standalone(
                 retry_s=settings.jobs_retry_s,
                 progress=ProgressBar(out, start_done=status.items_done + status.items_failed),
                 stopped=(INTERRUPTED, "interrupted; run the same spec again to resume"),
+                lease=lease,
+                lease_lost=lambda: keeper.lost(LEASE_KIND, status.id),
             )
             state = runner.run()
         finally:
+            keeper.stop()
+            keeper.release(LEASE_KIND, status.id)
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             with suppress(RuntimeError):

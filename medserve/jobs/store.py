@@ -2,6 +2,10 @@
 
 Every change is one transaction. A chunk's commit writes its row, its failures and the job's counters
 together, so the store never says a chunk is done without its failures or the other way round.
+
+Who runs a job is a ``job`` lease (:mod:`medserve.store.leases`), never a PID or a hostname: a runner
+holds the lease and renews it while it runs; its chunk commits are fenced by it. A job whose runner
+died (its lease expired) is taken over by the next replica that polls, from its last committed chunk.
 """
 
 from __future__ import annotations
@@ -14,11 +18,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, or_, select, update
 
 from medserve.jobs.spec import JobSpec, parse_spec
 from medserve.jobs.workload import ItemFailure
 from medserve.store.database import Database
+from medserve.store.leases import Lease, LeaseBook
 from medserve.store.tables import JobChunkRow, JobFailureRow, JobRow
 from medserve.values.errors import Conflict, JobNotFound
 
@@ -27,6 +32,7 @@ SUCCEEDED, FAILED, CANCELLED = "succeeded", "failed", "cancelled"
 INTERRUPTED = "interrupted"  # a stand-alone run stopped by Ctrl-C; ``job run`` or ``job resume`` goes on
 UNFINISHED = (QUEUED, RUNNING, PAUSED, INTERRUPTED)
 FINISHED = (SUCCEEDED, FAILED, CANCELLED)
+LEASE_KIND = "job"
 
 
 def _now() -> datetime:
@@ -40,23 +46,9 @@ def _utc(value: datetime | None) -> datetime | None:
 
 
 def runner_name(kind: str) -> str:
-    """``server:<pid>@<host>`` or ``standalone:<pid>@<host>``: who runs a job."""
+    """``server:<pid>@<host>`` or ``standalone:<pid>@<host>``: who runs a job (shown, and the lease
+    holder of a process that has no replica id)."""
     return f"{kind}:{os.getpid()}@{socket.gethostname()}"
-
-
-def runner_alive(runner: str) -> bool:
-    """Whether the process named by ``runner`` still runs (only knowable on this host)."""
-    kind, _, rest = runner.partition(":")
-    pid_text, _, host = rest.partition("@")
-    if not pid_text.isdigit() or host != socket.gethostname():
-        return bool(runner) and host != socket.gethostname()  # another host's: assume alive
-    try:
-        os.kill(int(pid_text), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @dataclass(frozen=True)
@@ -154,8 +146,12 @@ class CommittedChunk:
 
 
 class JobStore:
-    def __init__(self, database: Database) -> None:
+    """Jobs in ``database``; ``leases`` is the book of whoever runs jobs through this store (a replica's,
+    or by default one of this process alone)."""
+
+    def __init__(self, database: Database, leases: LeaseBook | None = None) -> None:
         self.database = database
+        self.leases = leases or LeaseBook(database, runner_name("process"), ttl_s=30.0)
 
     # -- jobs -------------------------------------------------------------------------------
     def create(self, spec: JobSpec, model: str, submitted_by: str) -> JobStatus:
@@ -214,17 +210,47 @@ class JobStore:
             row = session.scalars(query).first()
             return None if row is None else _status(row)
 
-    def claim(self, job_id: str, runner: str, *, allowed: Sequence[str] = UNFINISHED) -> JobStatus:
-        """Mark the job running by ``runner``; ``Conflict`` when it is in another state or another
-        live process runs it."""
+    def claim(
+        self, job_id: str, runner: str, *, allowed: Sequence[str] = UNFINISHED
+    ) -> tuple[JobStatus, Lease]:
+        """Take the job's lease and mark it running by ``runner``; ``Conflict`` when it is in another
+        state, asked to cancel, or another live runner holds its lease."""
+        lease = self.leases.acquire(LEASE_KIND, job_id)
+        if lease is None:
+            holder = self.leases.live_holder(LEASE_KIND, job_id) or "another runner"
+            raise Conflict(f"job {job_id} is running in {holder}")
+        try:
+            return self._mark_running(job_id, runner, lease, allowed), lease
+        except (Conflict, JobNotFound):
+            self.leases.release(lease)
+            raise
+
+    def claim_next(self, runner: str) -> tuple[JobStatus, Lease] | None:
+        """Lease the oldest job to run: queued, or left running or paused by a runner whose lease
+        expired (it died); None when there is none."""
+        candidates = (
+            select(JobRow.id)
+            .where(
+                or_(JobRow.state == QUEUED, JobRow.state.in_([RUNNING, PAUSED])),
+                JobRow.cancel_requested.is_(False),
+            )
+            .order_by(JobRow.created_at)
+        )
+        for lease in self.leases.claim(LEASE_KIND, candidates, 1):
+            try:
+                return self._mark_running(lease.key, runner, lease, UNFINISHED), lease
+            except (Conflict, JobNotFound):  # cancelled or ended between the claim and now
+                self.leases.release(lease)
+        return None
+
+    def _mark_running(self, job_id: str, runner: str, lease: Lease, allowed: Sequence[str]) -> JobStatus:
         with self.database.session() as session, session.begin():
+            self.leases.fence(session.connection(), lease)
             row = session.get(JobRow, job_id, with_for_update=True)
             if row is None:
                 raise JobNotFound(f"no job '{job_id}'")
             if row.state not in allowed:
                 raise Conflict(f"job {job_id} is {row.state}")
-            if row.state == RUNNING and row.runner and row.runner != runner and runner_alive(row.runner):
-                raise Conflict(f"job {job_id} is running in {row.runner}")
             if row.cancel_requested:
                 raise Conflict(f"job {job_id} was asked to cancel")
             now = _now()
@@ -233,13 +259,28 @@ class JobStore:
             row.finished_at = None
             return _status(row)
 
-    def set_state(self, job_id: str, state: str, *, error: str = "", runner: str | None = None) -> None:
+    def running_elsewhere(self, job_id: str) -> str | None:
+        """Who runs the job now (the holder of its live lease); None when nobody does."""
+        return self.leases.live_holder(LEASE_KIND, job_id)
+
+    def set_state(
+        self,
+        job_id: str,
+        state: str,
+        *,
+        error: str = "",
+        runner: str | None = None,
+        lease: Lease | None = None,
+    ) -> None:
+        """Set the job's state (fenced by ``lease`` when given)."""
         values: dict[str, Any] = {"state": state, "error": error[:4000], "updated_at": _now()}
         if state in FINISHED:
             values["finished_at"] = _now()
         if runner is not None:
             values["runner"] = runner
         with self.database.session() as session, session.begin():
+            if lease is not None:
+                self.leases.fence(session.connection(), lease)
             session.execute(update(JobRow).where(JobRow.id == job_id).values(**values))
 
     def add_busy(self, job_id: str, seconds: float) -> None:
@@ -263,7 +304,7 @@ class JobStore:
             row.cancel_requested = True
             row.updated_at = _now()
             if row.state in (QUEUED, INTERRUPTED) or (
-                row.state in (RUNNING, PAUSED) and not runner_alive(row.runner)
+                row.state in (RUNNING, PAUSED) and self.running_elsewhere(job_id) is None
             ):
                 row.state, row.finished_at = CANCELLED, _now()
             return _status(row)
@@ -280,35 +321,10 @@ class JobStore:
                 raise JobNotFound(f"no job '{job_id}'")
             if row.state in (SUCCEEDED, CANCELLED):
                 raise Conflict(f"job {job_id} has ended: {row.state}")
-            if row.state == RUNNING and runner_alive(row.runner):
-                raise Conflict(f"job {job_id} is running in {row.runner}")
+            if row.state == RUNNING and (holder := self.running_elsewhere(job_id)) is not None:
+                raise Conflict(f"job {job_id} is running in {holder}")
             row.state, row.runner, row.error, row.updated_at = QUEUED, "", "", _now()
             return _status(row)
-
-    def recover(self, runner_prefix: str) -> list[str]:
-        """Jobs left running or paused by a process of ``runner_prefix`` that is gone: queued again."""
-        with self.database.session() as session, session.begin():
-            rows = session.scalars(
-                select(JobRow).where(
-                    JobRow.state.in_([RUNNING, PAUSED]), JobRow.runner.like(f"{runner_prefix}%")
-                )
-            ).all()
-            requeued = []
-            for row in rows:
-                if not runner_alive(row.runner):
-                    row.state, row.runner, row.updated_at = QUEUED, "", _now()
-                    requeued.append(row.id)
-            return requeued
-
-    def next_queued(self) -> str | None:
-        query = (
-            select(JobRow.id)
-            .where(JobRow.state == QUEUED, JobRow.cancel_requested.is_(False))
-            .order_by(JobRow.created_at)
-            .limit(1)
-        )
-        with self.database.session() as session:
-            return session.scalar(query)
 
     # -- chunks and failures ----------------------------------------------------------------
     def committed(self, job_id: str) -> dict[int, CommittedChunk]:
@@ -330,10 +346,14 @@ class JobStore:
         part: str,
         failures: Sequence[ItemFailure],
         busy_s: float,
+        lease: Lease | None = None,
     ) -> None:
-        """The chunk, its failures and the job's counters, in one transaction."""
+        """The chunk, its failures and the job's counters, in one transaction (fenced by ``lease``:
+        :class:`LeaseLost` when another runner has taken the job over)."""
         now = _now()
         with self.database.session() as session, session.begin():
+            if lease is not None:
+                self.leases.fence(session.connection(), lease)
             session.add(
                 JobChunkRow(
                     job_id=job_id,

@@ -8,6 +8,10 @@ Lookups are cached in-process for ``cache_ttl`` seconds (default :data:`DEFAULT_
 hot path does not query the database on every request. Expiry is checked against the clock on
 every call; a revocation made by another process (the command line) takes effect within the TTL,
 one made through the same store at once.
+
+With replicas sharing one database this is the revocation bound of the fleet: a token revoked on one
+replica (or by the command line) keeps working on the others for at most ``cache_ttl`` seconds after
+the revocation commits (docs/SCALING.md); an expiry needs no cache flush and holds everywhere at once.
 """
 
 from __future__ import annotations

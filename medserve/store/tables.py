@@ -19,10 +19,15 @@ class Base(DeclarativeBase):
 
 
 class AuditRecordRow(Base):
-    """One audit record; ``prev_hash`` is the previous record's ``hash`` (the chain)."""
+    """One audit record; ``prev_hash`` is the previous record's ``hash`` in its chain.
+
+    ``chain`` names the chain: the replica that wrote the record (``""`` for the one chain of a server
+    with no ``replica_id``). Each chain is numbered and hash-linked on its own.
+    """
 
     __tablename__ = "audit_records"
 
+    chain: Mapped[str] = mapped_column(String(128), primary_key=True, default="", server_default="")
     seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     time: Mapped[str] = mapped_column(String(32))  # ISO 8601 UTC, microseconds, "Z"
     event: Mapped[str] = mapped_column(String(32), index=True)

@@ -62,6 +62,7 @@ ALLOWED: dict[str, set[str]] = {
     "imaging": {"values", "store", "clinical", "core", "security", "audit", "transport_out", "settings"},
     "streaming": {"values", "store", "clinical", "core", "security", "audit", "monitoring"},
     "planning": {"values", "store", "repository", "hardware"},
+    "cluster": {"values", "store"},
     "console": {"values", "store", "core", "hardware", "audit", "imaging", "jobs", "streaming", "planning"},
     "jobs": {
         "values",

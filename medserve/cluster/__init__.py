@@ -1,0 +1,1 @@
+"""Replicas sharing one database: who they are, where they answer, whether they serve."""
