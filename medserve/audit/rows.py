@@ -19,7 +19,8 @@ from medserve.audit.record import (
     check_values,
     record_tuple,
 )
-from medserve.store.database import Database, describe_error
+from medserve.store.database import Database
+from medserve.store.sql import describe_error
 from medserve.store.tables import AuditRecordRow
 from medserve.values.errors import InvalidInput, StoreUnavailable
 

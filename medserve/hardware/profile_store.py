@@ -19,7 +19,8 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from medserve.hardware.profile import ModelProfile, PointSource, PointStatus, ProfilePoint
-from medserve.store.database import Database, describe_error
+from medserve.store.database import Database
+from medserve.store.sql import describe_error
 from medserve.store.tables import ModelProfileRow
 from medserve.values.errors import StoreUnavailable
 
