@@ -274,3 +274,10 @@ def test_only_the_dataplane_and_its_builder_reach_the_registry() -> None:
         and pattern.search(path.read_text(encoding="utf-8"))
     )
     assert not wrong, wrong
+
+
+def test_test_modules_have_unique_names_across_the_tiers() -> None:
+    """pytest imports test modules by their basename: one name in both tiers stops the whole run."""
+    tests = PACKAGE.parent / "tests"
+    names = [path.name for path in tests.rglob("test_*.py")]
+    assert sorted({n for n in names if names.count(n) > 1}) == []
