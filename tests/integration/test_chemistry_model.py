@@ -20,7 +20,7 @@ from medserve.demo.compound_library import (
     write_example_chemistry,
 )
 from medserve.demo.models import solubility_predictor
-from medserve.demo.models.repository import write_config
+from medserve.demo.models.config_file import write_config
 from medserve.jobs.workload import Item, ItemFailure
 from medserve.jobs.workloads.chemistry import DESCRIPTOR_COLUMNS, VirtualScreeningWorkload
 from medserve.repository.config import load_model_config

@@ -13,7 +13,7 @@ import yaml
 
 from medserve.clinical.genomics.variant_features import FEATURE_COUNT
 from medserve.demo.models import variant_scorer
-from medserve.demo.models.repository import write_config
+from medserve.demo.models.config_file import write_config
 from medserve.demo.variants import (
     write_synthetic_calls,
 )

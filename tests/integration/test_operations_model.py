@@ -21,8 +21,8 @@ from medserve.demo.hospital_series import (
     write_example_operations,
 )
 from medserve.demo.models import occupancy_forecaster
+from medserve.demo.models.config_file import write_config
 from medserve.demo.models.occupancy_forecaster import OCCUPANCY_FORECASTER, held_out_metrics
-from medserve.demo.models.repository import write_config
 from medserve.jobs.workload import Item, ItemFailure
 from medserve.jobs.workloads.operations import RESULT_SCHEMA, OccupancyForecastWorkload
 from medserve.repository.config import parse_model_config

@@ -15,6 +15,7 @@ from typing import Any
 
 from medserve.demo.models._profile import TRAINING_THREADS, Profile
 from medserve.demo.models._spec import ExampleModel
+from medserve.demo.models.config_file import write_config
 
 
 @dataclass(frozen=True)
@@ -105,8 +106,6 @@ def record_build(
     config_path = model_path.parent.parent / "config.yaml"
     if not config_path.is_file():
         return
-    from medserve.demo.models.repository import write_config
-
     config = dict(example.config)
     config["metadata"] = {
         **dict(example.config.get("metadata", {})),

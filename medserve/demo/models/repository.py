@@ -23,17 +23,15 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
-
-import yaml
 
 from medserve.demo.models._profile import Profile, using_profile
 from medserve.demo.models._progress import announce
 from medserve.demo.models._spec import ExampleModel
 from medserve.demo.models._workers import build_in_workers, worker_count
 from medserve.demo.models.chest_xray import CHEST_XRAY_CLASSIFIER
+from medserve.demo.models.config_file import write_config
 from medserve.demo.models.ct_segmentation import CT_LESION_SEGMENTATION
 from medserve.demo.models.ecg_rhythm import ECG_RHYTHM_CLASSIFIER
 from medserve.demo.models.occupancy_forecaster import OCCUPANCY_FORECASTER
@@ -149,34 +147,6 @@ def _build_one(directory: Path, example: ExampleModel) -> None:
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
-
-
-def write_config(path: Path, example: ExampleModel) -> None:
-    """Write ``example``'s configuration as YAML to ``path``."""
-    text = yaml.dump(
-        _plain(example.config), Dumper=_ConfigDumper, sort_keys=False, width=100, allow_unicode=True
-    )
-    path.write_text(f"# {example.name}: written by medserve.demo.models\n{text}", encoding="utf-8")
-
-
-def _represent_list(dumper: Any, data: list[object]) -> Any:
-    """Lists of scalars (dims, labels, batch sizes) on one line; everything else in block style."""
-    flow = all(not isinstance(item, dict | list) for item in data)
-    return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flow)
-
-
-# Built with type() so that mypy accepts it with or without the PyYAML stubs installed.
-_ConfigDumper: Any = type("_ConfigDumper", (yaml.SafeDumper,), {})
-_ConfigDumper.add_representer(list, _represent_list)
-
-
-def _plain(value: object) -> object:
-    """Mappings and sequences as plain dicts and lists, for ``yaml.safe_dump``."""
-    if isinstance(value, Mapping):
-        return {str(key): _plain(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(item) for item in value]
-    return value
 
 
 def _replace(staging: Path, final: Path) -> None:
