@@ -173,7 +173,7 @@ class MedServer:
 
     async def _start_imaging(self) -> None:
         settings = self.settings
-        config = load_config(settings.imaging_config, settings.data_dir)
+        config = load_config(settings.imaging_config, self.storage_dir)
         destinations = [destination_from_config(d) for d in config.destinations]
         self.imaging = ImagingService(
             self.service,

@@ -6,6 +6,7 @@ set -euo pipefail
 
 PACKAGES=(
     curl            # the README's commands
+    haproxy         # tests/integration/test_fleet.py: the balancer in front of three replicas
     libb64-0d       # perf_analyzer's shared library (tests/integration/test_triton_tools.py)
     dicom3tools     # dciodvfy: tests/integration/test_dicom_conformance.py (every object medserve writes)
     dcmtk           # storescu, dcmcjpeg: tests/integration/test_dicom_transfer_syntaxes.py

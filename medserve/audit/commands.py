@@ -24,7 +24,7 @@ def verify_audit(
 ) -> Verification:
     """Verify every chain in the database; the first broken one is named. ``journal_dir`` is the
     journal of ``journal_chain`` (this data dir's replica), compared with that chain."""
-    names = sorted(set(chains(database)) | {journal_chain})
+    names = sorted(set(chains(database)) | ({journal_chain} if journal_dir is not None else set()))
     total = 0
     last: Verification | None = None
     for name in names:

@@ -26,6 +26,7 @@ from pydicom.pixels.decoders.base import get_decoder
 from pydicom.pixels.utils import get_expected_length
 from pydicom.uid import UID
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from medserve.clinical.dicom.routing import series_attributes
 from medserve.imaging.uploaders import with_uploader
@@ -151,49 +152,59 @@ class InstanceStore:
         relative = f"{study}/{series}/{sop}.dcm"
         _write_durably(self.root / relative, data)
         now = _now()
-        with self._lock, self.database.session() as session, session.begin():
-            instance = session.get(DicomInstanceRow, sop)
-            duplicate = instance is not None
-            if instance is None:
-                session.add(
-                    DicomInstanceRow(
-                        sop_uid=sop,
-                        series_uid=series,
-                        sop_class_uid=sop_class,
-                        transfer_syntax=syntax,
-                        path=relative,
-                        size=len(data),
-                        received_at=now,
-                    )
-                )
-            else:
-                instance.size, instance.transfer_syntax, instance.received_at = len(data), syntax, now
-            row = session.get(DicomSeriesRow, series)
-            if row is None:
-                session.add(
-                    DicomSeriesRow(
-                        series_uid=series,
-                        study_uid=study,
-                        modality=str(ds.get("Modality", "") or ""),
-                        attributes=with_uploader(series_attributes(ds), uploader)
-                        if uploader
-                        else series_attributes(ds),
-                        instances=1,
-                        state=RECEIVING,
-                        first_received_at=now,
-                        last_received_at=now,
-                        updated_at=now,
-                    )
-                )
-            else:
-                if not duplicate:
-                    row.instances += 1
-                if uploader:
-                    row.attributes = with_uploader(row.attributes, uploader)
-                if row.state != RECEIVING:
-                    row.reason = f"an instance arrived after the series was {row.state}: processed again"
-                    row.state = RECEIVING
-                row.last_received_at = row.updated_at = now
+        # Replicas sharing the database may receive instances of one series at once: the series row is
+        # locked while it is counted, and the loser of a race to create it (or the instance) retries.
+        for attempt in (1, 2):
+            try:
+                with self._lock, self.database.session() as session, session.begin():
+                    instance = session.get(DicomInstanceRow, sop)
+                    duplicate = instance is not None
+                    if instance is None:
+                        session.add(
+                            DicomInstanceRow(
+                                sop_uid=sop,
+                                series_uid=series,
+                                sop_class_uid=sop_class,
+                                transfer_syntax=syntax,
+                                path=relative,
+                                size=len(data),
+                                received_at=now,
+                            )
+                        )
+                    else:
+                        instance.size, instance.transfer_syntax, instance.received_at = len(data), syntax, now
+                    row = session.get(DicomSeriesRow, series, with_for_update=True)
+                    if row is None:
+                        session.add(
+                            DicomSeriesRow(
+                                series_uid=series,
+                                study_uid=study,
+                                modality=str(ds.get("Modality", "") or ""),
+                                attributes=with_uploader(series_attributes(ds), uploader)
+                                if uploader
+                                else series_attributes(ds),
+                                instances=1,
+                                state=RECEIVING,
+                                first_received_at=now,
+                                last_received_at=now,
+                                updated_at=now,
+                            )
+                        )
+                    else:
+                        if not duplicate:
+                            row.instances += 1
+                        if uploader:
+                            row.attributes = with_uploader(row.attributes, uploader)
+                        if row.state != RECEIVING:
+                            row.reason = (
+                                f"an instance arrived after the series was {row.state}: processed again"
+                            )
+                            row.state = RECEIVING
+                        row.last_received_at = row.updated_at = now
+                break
+            except IntegrityError:
+                if attempt == 2:
+                    raise
         return StoredInstance(
             study, series, sop, sop_class, syntax, str(ds.get("PatientID", "") or ""), duplicate
         )

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pydicom
-from sqlalchemy import select, update
+from sqlalchemy import exists, select, update
 
 from medserve.clinical.dicom import uid_redaction
 from medserve.clinical.dicom.results import ImagingResult
@@ -42,13 +42,16 @@ from medserve.imaging.pipelines import OutsideIntendedUse, PipelineSpec, intende
 from medserve.imaging.results_writer import patient_id_of, write_results
 from medserve.imaging.series_runner import run_series
 from medserve.store.database import Database
+from medserve.store.lease_keeper import LeaseKeeper
 from medserve.store.leases import LeaseBook
-from medserve.store.tables import DicomSeriesRow, ExportRow, ImagingResultRow
+from medserve.store.tables import DicomSeriesRow, ExportRow, ImagingResultRow, LeaseRow
 from medserve.values.access import Action, Caller
 from medserve.values.audit_event import AuditEvent
 from medserve.values.errors import InvalidInput, MedserveError, PermissionDenied
 
 log = logging.getLogger(__name__)
+
+SERIES_LEASE = "series"
 
 
 class StudyMismatch(InvalidInput):
@@ -93,8 +96,11 @@ class ImagingService:
             config.patient_identifier_system,
         )
         self.quiet_time_s = quiet_time_s
+        # replicas sharing the database process a series under a series lease (see process())
+        self.leases = leases or LeaseBook(database, f"process-{uuid.uuid4().hex[:12]}", ttl_s=30.0)
+        self._keeper = LeaseKeeper(self.leases)
         self.outbox = Outbox(
-            database, self.results_root, destinations, audit=self._audit_export, leases=leases
+            database, self.results_root, destinations, audit=self._audit_export, leases=self.leases
         )
         self._workers = max(1, workers)
         self._queue: asyncio.Queue[str] = asyncio.Queue()
@@ -103,6 +109,7 @@ class ImagingService:
 
     # -- life cycle -------------------------------------------------------------------------
     async def start(self) -> None:
+        self._keeper.start()
         requeue = await asyncio.to_thread(self._recover)
         for series_uid in requeue:
             self._enqueue(series_uid)
@@ -119,14 +126,23 @@ class ImagingService:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await asyncio.to_thread(self._keeper.stop)
 
     def _recover(self) -> list[str]:
-        """Series interrupted while processing are processed again; routed ones are queued."""
+        """Series interrupted while processing (nobody holds their series lease: the replica that
+        processed them died or restarted) are processed again; routed ones are queued. Runs at start
+        and on every pass of the series watch, so any replica takes over a dead one's series."""
+        live = exists().where(
+            LeaseRow.kind == SERIES_LEASE,
+            LeaseRow.key == DicomSeriesRow.series_uid,
+            LeaseRow.expires_at > _now(),
+        )
         with self.database.session() as session, session.begin():
             session.execute(
                 update(DicomSeriesRow)
-                .where(DicomSeriesRow.state == states.PROCESSING)
+                .where(DicomSeriesRow.state == states.PROCESSING, ~live)
                 .values(state=states.COMPLETE, reason="interrupted by a restart; processing again")
+                .execution_options(synchronize_session=False)
             )
             return list(
                 session.scalars(
@@ -188,6 +204,7 @@ class ImagingService:
             await asyncio.sleep(min(0.5, max(0.05, self.quiet_time_s / 4)))
             try:
                 routed = await asyncio.to_thread(self._route_quiet_series)
+                routed += await asyncio.to_thread(self._recover)
             except Exception:  # a database hiccup must not end the watch; series stay receiving
                 log.exception("series watch pass failed; retrying")
                 continue
@@ -257,6 +274,17 @@ class ImagingService:
                 log.exception("processing series %s failed unexpectedly", _ref(series_uid))
 
     async def process(self, series_uid: str) -> None:
+        """Process a routed series under its series lease (no-op when another replica holds it)."""
+        lease = await asyncio.to_thread(self.leases.acquire, SERIES_LEASE, series_uid)
+        if lease is None:
+            return
+        self._keeper.keep(lease)
+        try:
+            await self._process(series_uid)
+        finally:
+            await asyncio.to_thread(self._keeper.release, SERIES_LEASE, series_uid)
+
+    async def _process(self, series_uid: str) -> None:
         row = await asyncio.to_thread(self._claim, series_uid)
         if row is None:
             return

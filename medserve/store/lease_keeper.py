@@ -35,10 +35,15 @@ class LeaseKeeper:
             self._thread.start()
 
     def stop(self) -> None:
+        """Stop renewing and give up every lease still held (their work was stopped with it)."""
         self._stop.set()
         thread, self._thread = self._thread, None
         if thread is not None:
             thread.join(self.interval_s + 5)
+        with self._lock:
+            held = list(self._held)
+        for kind, key in held:
+            self.release(kind, key)
 
     def keep(self, lease: Lease) -> None:
         with self._lock:
