@@ -12,6 +12,8 @@ durably queued before the call returns.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
 import time
 import uuid
@@ -196,7 +198,7 @@ class InferenceService:
                         latency_us=(time.perf_counter_ns() - started) // 1000,
                         patient_ref=patient_ref,
                         study_ref=study_ref,
-                        detail=outcome,
+                        detail=outcome or facts.get("detail", ""),
                     )
                 )
 
@@ -388,10 +390,10 @@ class InferenceService:
         return [r for r in rows if r.name in visible]
 
     async def _audited_change(
-        self, event: str, name: str, caller: Caller, change: Callable[[], Awaitable[None]]
+        self, event: str, name: str, caller: Caller, change: Callable[[], Awaitable[None]], detail: str = ""
     ) -> None:
         """Authorise and run a repository change; its record names the versions serving after it."""
-        facts: dict[str, str] = {}
+        facts: dict[str, str] = {"detail": detail} if detail else {}
 
         async def run() -> None:
             try:
@@ -405,8 +407,16 @@ class InferenceService:
 
         await self.call(caller, name, run, event=event, action=Action.MANAGE, facts=facts)
 
-    async def load_model(self, name: str, caller: Caller) -> None:
-        await self._audited_change("model.load", name, caller, lambda: self.registry.load(name))
+    async def load_model(self, name: str, caller: Caller, config: dict[str, Any] | None = None) -> None:
+        """Load (or reload) ``name``; ``config``: Triton's model configuration as JSON, applied over its
+        config.yaml for this load (Triton's repository extension), named with its digest in the record."""
+        detail = ""
+        if config is not None:
+            digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+            detail = f"config override sha256:{digest[:16]} ({', '.join(sorted(config)) or 'empty'})"
+        await self._audited_change(
+            "model.load", name, caller, lambda: self.registry.load(name, config), detail=detail
+        )
 
     async def unload_model(self, name: str, caller: Caller) -> None:
         await self._audited_change("model.unload", name, caller, lambda: self.registry.unload(name))
