@@ -27,7 +27,7 @@ async def live_snapshot(parts: ConsoleParts, caller: Caller) -> dict[str, Any]:
         snapshot["alerts_open"] = len(parts.alerts.list(unacknowledged_only=True, limit=10_000))
     if parts.monitor is not None and caller.principal.may(Action.READ, MONITOR_MODEL):
         snapshot["beds"] = {
-            str(b.sequence_id): {"news2": b.news2, "risk": b.risk, "rhythm": b.rhythm}
+            str(b.sequence_id): {"news2": b.news2, "risk": b.risk, "rhythm": b.rhythm.replace("_", " ")}
             for b in parts.monitor.board.beds()
         }
     if parts.jobs is not None:

@@ -99,7 +99,7 @@ class LiveWindow:
         self,
         registry: CollectorRegistry,
         *,
-        min_interval_s: float = 1.0,
+        min_interval_s: float = 0.25,
         keep_s: float = 600.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:

@@ -21,17 +21,28 @@ def _bound(seconds: float) -> str:
     return f"{seconds * 1000:g}" if seconds < 1 else f"{seconds:g}s"
 
 
+def _shown(buckets: list[tuple[float, float]], least: int) -> list[tuple[float, float]]:
+    """The buckets from the first with a count to the last with one, widened to ``least`` buckets
+    (to the right, then to the left) so that a single busy bucket still reads as a histogram."""
+    busy = [i for i, (_, count) in enumerate(buckets) if count]
+    if not busy:
+        return buckets[:least]
+    first, last = busy[0], busy[-1] + 1
+    while last - first < least and (last < len(buckets) or first > 0):
+        if last < len(buckets):
+            last += 1
+        else:
+            first -= 1
+    return buckets[first:last]
+
+
 def latency_chart(figures: ModelFigures) -> str:
-    bars = [(f"≤{_bound(b)}", count) for b, count in figures.latency if count or not math.isinf(b)]
-    while len(bars) > 1 and bars[0][1] == 0:  # trim the empty fast end
-        bars.pop(0)
+    bars = [(f"≤{_bound(b)}", count) for b, count in _shown(figures.latency, 8)]
     return bar_chart(bars, f"{figures.model}: request latency (last {figures.window_s:.0f} s)", "ms (bucket)")
 
 
 def batch_chart(figures: ModelFigures) -> str:
-    bars = [(f"≤{'more' if math.isinf(b) else f'{b:g}'}", count) for b, count in figures.batch]
-    while len(bars) > 1 and bars[-1][1] == 0:
-        bars.pop()
+    bars = [(f"≤{'more' if math.isinf(b) else f'{b:g}'}", count) for b, count in _shown(figures.batch, 6)]
     return bar_chart(bars, f"{figures.model}: batch size per execution", "rows per batch (bucket)")
 
 

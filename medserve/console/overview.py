@@ -15,16 +15,17 @@ WINDOW_S = 60.0
 
 
 def _devices(parts: ConsoleParts) -> dict[str, dict[str, Any]]:
-    if parts.discovery is None:
+    found = parts.devices()
+    if found is None:
         return {}
-    return {d.id: {"name": d.name, "kind": d.kind, "cores": d.cores} for d in parts.discovery().devices}
+    return {d.id: {"name": d.name, "kind": d.kind, "cores": d.cores} for d in found.devices}
 
 
 async def overview(parts: ConsoleParts, caller: Caller) -> dict[str, Any]:
     models = visible_models(parts, caller)
     groups = device_groups(parts, caller, models)
     new, old, seconds = parts.live.pair(WINDOW_S)
-    described = await asyncio.to_thread(_devices, parts)
+    described = _devices(parts)
     devices = [
         {"figures": figures, **described.get(figures.device, {"name": "", "kind": "", "cores": None})}
         for figures in device_figures(new, old, seconds, groups)

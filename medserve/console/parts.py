@@ -8,6 +8,7 @@ own Prometheus registry.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,9 +49,24 @@ class ConsoleParts:
     alerts: AlertHub | None = None
     discovery: Callable[[], Discovery] | None = None
     live: LiveWindow = field(init=False)
+    _devices: Discovery | None = field(init=False, default=None)
+    _discovering: threading.Thread | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self.live = LiveWindow(self.registry)
+
+    def devices(self) -> Discovery | None:
+        """The machine's devices once discovered; the first call starts the discovery in the background
+        (it imports the optional engines, seconds on a small machine) and pages show ids until then."""
+        if self._devices is None and self.discovery is not None and self._discovering is None:
+            discover = self.discovery
+
+            def run() -> None:
+                self._devices = discover()
+
+            self._discovering = threading.Thread(target=run, name="console-device-discovery", daemon=True)
+            self._discovering.start()
+        return self._devices
 
 
 def visible_models(parts: ConsoleParts, caller: Caller) -> list[str]:

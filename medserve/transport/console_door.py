@@ -311,7 +311,12 @@ class ConsoleDoor:
                 except NeedsSignIn:
                     yield b"event: signed-out\ndata: {}\n\n"
                     return
-                snapshot = await live_snapshot(self.parts, caller)
+                try:
+                    snapshot = await live_snapshot(self.parts, caller)
+                except Exception:  # the stream goes on (a model reloading, a database hiccup)
+                    log.exception("console: the live figures could not be read")
+                    await asyncio.sleep(EVENT_INTERVAL_S)
+                    continue
                 yield (
                     b"event: live\ndata: "
                     + json.dumps(snapshot, allow_nan=False, default=str).encode()

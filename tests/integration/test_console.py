@@ -18,6 +18,7 @@ import pytest
 
 from tests.conftest import RunningServer, start_server, stop_server
 from tests.integration.test_access import make_token, medserve
+from tests.integration.test_jobs import spec_text, write_table
 
 pytestmark = pytest.mark.slow
 
@@ -78,7 +79,8 @@ def small_repository(example_repository: Path, tmp_path_factory: pytest.TempPath
 
 @pytest.fixture(scope="module")
 def console(small_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
-    running = _start(tmp_path_factory.mktemp("console"), small_repository)
+    # jobs stay queued here (no job runner), so a job can be cancelled before it starts
+    running = _start(tmp_path_factory.mktemp("console"), small_repository, MEDSERVE_JOBS_CONCURRENCY="0")
     yield running
     stop_server(running.server)
 
@@ -167,6 +169,32 @@ def test_admin_actions_work_and_are_audited_under_the_console_door(console: Cons
         assert "Chain verified" in client.get("/console/audit").text
 
 
+def test_jobs_are_cancelled_from_the_console_and_an_ended_one_refuses_to_resume(
+    console: Console, tmp_path: Path
+) -> None:
+    write_table(tmp_path / "table.csv", 20)
+    spec = spec_text(str(tmp_path / "table.csv"), str(tmp_path / "out.csv"))
+    headers = {"Authorization": f"Bearer {console.tokens['admin']}"}
+    created = httpx.post(f"http://{console.server.http_url}/jobs", content=spec, headers=headers)
+    assert created.status_code == 201, created.text
+    job = created.json()["id"]
+    with console.client() as client:
+        sign_in(client, console.tokens["admin"])
+        page = client.get("/console/jobs")
+        assert f'id="job-{job}"' in page.text and "queued" in page.text
+        answer = client.post(f"/console/jobs/{job}/cancel", data={"csrf": csrf_of(client)})
+        assert answer.status_code == 303
+        assert f"job {job}: cancel asked; now cancelled" in client.get("/console/jobs").text
+        again = client.post(f"/console/jobs/{job}/resume", data={"csrf": csrf_of(client)})
+        assert again.status_code == 409 and "has ended: cancelled" in again.text
+        events = [(row[2], row[4]) for row in audit_rows(client, event="job.cancel")]
+        assert ("job.cancel", "console") in events
+    with console.client() as viewer:
+        sign_in(viewer, console.tokens["viewer"])
+        refused = viewer.post(f"/console/jobs/{job}/resume", data={"csrf": csrf_of(viewer)})
+        assert refused.status_code == 403
+
+
 def test_sign_out_and_revocation_end_the_session(console: Console) -> None:
     token = make_token(console.data_dir, "short-lived", "viewer")
     with console.client() as client:
@@ -174,7 +202,10 @@ def test_sign_out_and_revocation_end_the_session(console: Console) -> None:
         assert client.get("/console").status_code == 200
         done = medserve(console.data_dir, "tokens", "revoke", token.split("_")[1])
         assert done.returncode == 0, done.stderr
-        answer = client.get("/console")
+        # a revocation by another process reaches the server's token cache within its TTL (5 s)
+        deadline = time.monotonic() + 15
+        while (answer := client.get("/console")).status_code == 200 and time.monotonic() < deadline:
+            time.sleep(0.5)
         assert answer.status_code == 303 and answer.headers["location"] == "/console/signin"
     with console.client() as client:
         sign_in(client, console.tokens["viewer"])
@@ -214,9 +245,7 @@ def impatient(small_repository: Path, tmp_path: Path) -> Iterator[Console]:
 def test_idle_sessions_end_and_the_event_stream_does_not_keep_them_alive(impatient: Console) -> None:
     with impatient.client() as client:
         sign_in(client, impatient.tokens["admin"])
-        body = {
-            "inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [1, 16], "data": list(range(16))}]
-        }
+        body = {"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [1, 16], "data": list(range(16))}]}
         body["inputs"].append(
             {"name": "INPUT1", "datatype": "FP32", "shape": [1, 16], "data": list(range(16))}
         )

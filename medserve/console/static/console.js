@@ -36,6 +36,10 @@
       window.location.assign("/console/signin");
     });
     source.onerror = function () { status.textContent = "reconnecting…"; };
+    // Close the stream when leaving the page: a browser may keep it open while it keeps the page
+    // (back-forward cache), and each open stream holds one of its few connections to the server.
+    window.addEventListener("pagehide", function () { source.close(); });
+    window.addEventListener("pageshow", function (event) { if (event.persisted) { connect(); } });
   }
   document.addEventListener("submit", function (event) {
     var message = event.target.getAttribute("data-confirm");
