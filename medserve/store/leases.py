@@ -71,6 +71,8 @@ class LeaseBook:
         self.database = database
         self.holder = holder
         self.ttl_s = ttl_s
+        #: Leases of this holder acquired before this moment belong to an earlier incarnation.
+        self.started_at = utcnow()
 
     # -- taking ---------------------------------------------------------------------------------
     def acquire(self, kind: str, key: str) -> Lease | None:
@@ -184,11 +186,16 @@ class LeaseBook:
             raise StoreUnavailable(f"releasing lease on {lease.kind}: {describe_error(exc)}") from exc
 
     def release_all(self) -> int:
-        """Give up every lease of this holder: a replica starting again under its old id holds
-        nothing yet, so its work from before the restart is free at once instead of after the expiry."""
+        """Give up every lease this holder took before this process started: a replica starting again
+        under its old id holds nothing of its predecessor's, so that work is free at once instead of
+        after the expiry. Leases this process already took (a component that started first) stay."""
         try:
             with self.database.engine.begin() as connection:
-                done = connection.execute(delete(LeaseRow).where(LeaseRow.holder == self.holder))
+                done = connection.execute(
+                    delete(LeaseRow).where(
+                        LeaseRow.holder == self.holder, LeaseRow.acquired_at < self.started_at
+                    )
+                )
         except SQLAlchemyError as exc:
             raise StoreUnavailable(f"releasing leases: {describe_error(exc)}") from exc
         return int(done.rowcount)
