@@ -54,9 +54,9 @@ def test_build_with_the_test_profile(tmp_path: Path, monkeypatch: pytest.MonkeyP
     build = metadata["build"]
     assert build["profile"] == "test" and build["steps"] == ct_segmentation.STEPS["test"]
     assert build["seed"] == ct_segmentation.SEED and build["threads"] == 1
-    assert build["floors"] == {"DICE": ">= 0.7", "lesion sensitivity": ">= 1.0"}
+    assert build["floors"] == {"DICE": ">= 0.7", "lesion sensitivity": ">= 0.9"}
     assert build["held_out"]["DICE"] == metadata["dice_held_out"] >= 0.7
-    assert build["held_out"]["lesion sensitivity"] == metadata["lesion_sensitivity_held_out"] == 1.0
+    assert build["held_out"]["lesion sensitivity"] == metadata["lesion_sensitivity_held_out"] >= 0.9
     assert metadata["training"]["steps"] == ct_segmentation.STEPS["test"]
     pytest.importorskip("medserve.repository.config").load_model_config(tmp_path / "ct_lesion_segmentation")
 

@@ -319,7 +319,8 @@ def test_cli_build_reports_progress_and_fails_below_a_floor(
     captured = capsys.readouterr()
     assert code == 1, captured
     lines = captured.err.splitlines()
-    assert lines[0] == f"examples: training 1 model(s) with the test profile in {tmp_path}"
+    assert lines[0] == f"examples: training 1 model(s) with the test profile in {tmp_path} (1 at a time)"
+    assert lines[1] == "chest_xray_classifier: building"
     assert "chest_xray_classifier: training 2 steps at 112 px, then 1 at 224 px" in lines
     assert re.fullmatch(
         r"medserve examples build: example model chest_xray_classifier \(profile test\) missed its quality "

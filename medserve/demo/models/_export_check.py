@@ -1,6 +1,7 @@
 """How every torch-built example leaves torch: one ONNX export with a dynamic batch dimension
 (``export_batched``), then the check that the graph is valid and its onnxruntime outputs match
-torch's (``verify_export``)."""
+torch's (``verify_export``); ``scoring_session`` is the onnxruntime session the builds score their
+held-out data with."""
 
 from __future__ import annotations
 
@@ -11,7 +12,19 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
+    import onnxruntime
     import torch
+
+
+def scoring_session(path: Path) -> onnxruntime.InferenceSession:
+    """An onnxruntime CPU session on one thread, like the training: the same figures on every machine,
+    and no spinning thread pool that a busy machine makes tens of times slower."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def export_batched(
@@ -41,7 +54,6 @@ def verify_export(
     """Raise ``RuntimeError`` unless ``path`` passes onnx.checker, has a dynamic batch dimension on
     every input and output, and gives torch's outputs on ``inputs`` within ``atol``."""
     import onnx
-    import onnxruntime
     import torch
 
     onnx.checker.check_model(str(path))
@@ -52,7 +64,7 @@ def verify_export(
             raise RuntimeError(f"{path}: '{value.name}' has a fixed batch dim {first.dim_value}")
     with torch.no_grad():
         expected = model(torch.from_numpy(inputs)).numpy()
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = scoring_session(path)
     (actual,) = session.run([output_name], {input_name: inputs})
     if actual.shape != expected.shape or not np.allclose(actual, expected, atol=atol, rtol=0):
         difference = float(np.max(np.abs(actual - expected))) if actual.shape == expected.shape else -1

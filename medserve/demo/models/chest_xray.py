@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 import numpy as np
 
 from medserve.demo.dicom_studies import XRAY_FINDINGS, chest_radiograph
-from medserve.demo.models._export_check import export_batched, verify_export
+from medserve.demo.models._export_check import export_batched, scoring_session, verify_export
 from medserve.demo.models._profile import Profile, current_profile, for_profile
 from medserve.demo.models._progress import BuildClock, TrainingProgress, announce, report_built
 from medserve.demo.models._quality import BuildRecord, Floor, check_floors, record_build
@@ -86,7 +86,9 @@ class Steps:
 
 STEPS: dict[Profile, Steps] = {"default": Steps(240, 24), "test": Steps(40, 4)}
 FULL_RES_COST = 4.0
-"""A 224 x 224 step costs about this many 112 x 112 steps (weighs the learning-rate decay and the ETA)."""
+"""A 224 x 224 step counts as this many 112 x 112 steps in the learning-rate decay."""
+FULL_RES_TIME = 2.6
+"""A 224 x 224 step takes about this many times as long as a 112 x 112 one (measured; for the ETA)."""
 BATCH_SIZE = 8
 LEARNING_RATE = 2e-3
 PREVALENCE = 0.5
@@ -99,6 +101,8 @@ FLOORS: dict[Profile, tuple[Floor, ...]] = {
     "default": (
         Floor("Cardiomegaly AUC", 0.9),
         Floor("Effusion AUC", 0.9),
+        Floor("Mass AUC", 0.6),
+        Floor("Nodule AUC", 0.6),
         Floor("Pneumothorax AUC", 0.8),
         Floor("mean AUC", 0.8),
     ),
@@ -106,13 +110,13 @@ FLOORS: dict[Profile, tuple[Floor, ...]] = {
 }
 """The build fails when a held-out figure misses one of its profile's floors."""
 MEASURED_HELD_OUT_AUC: dict[str, float] = {
-    "Cardiomegaly": 0.993,
-    "Effusion": 0.996,
-    "Mass": 0.726,
-    "Nodule": 0.729,
-    "Pneumothorax": 0.903,
+    "Cardiomegaly": 0.985,
+    "Effusion": 0.991,
+    "Mass": 0.680,
+    "Nodule": 0.769,
+    "Pneumothorax": 0.922,
 }
-"""What a default build measured (replaced in each build's config by the figures it measured)."""
+"""What a default build measured, mean 0.869 (each build records its own figures in its config)."""
 
 CONFIG: dict[str, Any] = {
     "runtime": "onnxruntime",
@@ -216,8 +220,8 @@ def train(seed: int = SEED, steps: Steps | None = None) -> tuple[torch.nn.Module
     loss_function = nn.BCEWithLogitsLoss()
     rng = np.random.default_rng(seed)
     progress = TrainingProgress(NAME, plan.total)
+    progress.weigh(plan.low_res + FULL_RES_TIME * plan.full_res)
     work_total = plan.low_res + FULL_RES_COST * plan.full_res
-    progress.weigh(work_total)
     work = 0.0
 
     def step(size: int) -> float:
@@ -235,13 +239,17 @@ def train(seed: int = SEED, steps: Steps | None = None) -> tuple[torch.nn.Module
     announce(NAME, f"training {plan.low_res} steps at {LOW_RES} px, then {plan.full_res} at {IMAGE_SIZE} px")
     model.train()
     with torch_threads():
-        for size, count, cost in ((LOW_RES, plan.low_res, 1.0), (IMAGE_SIZE, plan.full_res, FULL_RES_COST)):
+        phases = (
+            (LOW_RES, plan.low_res, 1.0, 1.0),
+            (IMAGE_SIZE, plan.full_res, FULL_RES_COST, FULL_RES_TIME),
+        )
+        for size, count, cost, time_cost in phases:
             total = 0.0
             for _ in range(count):
                 loss = step(size)
                 work += cost
                 total += loss
-                progress.advance(loss=loss, work=cost)
+                progress.advance(loss=loss, work=time_cost)
             _log.debug("%s: %d steps at %d px, mean loss %.4f", NAME, count, size, total / max(count, 1))
     return model.eval(), progress.seconds
 
@@ -292,9 +300,7 @@ def held_out_auc(
     path: Path, *, seed: int = HELD_OUT_SEED, images: int = HELD_OUT_IMAGES, batch_size: int = 8
 ) -> dict[str, float]:
     """AUC of the ONNX model at ``path`` for each trained finding, on fresh synthetic radiographs."""
-    import onnxruntime
-
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = scoring_session(path)
     rng = np.random.default_rng(seed)
     scores: list[np.ndarray] = []
     truths: list[np.ndarray] = []

@@ -32,7 +32,7 @@ import numpy as np
 from medserve.clinical.operations.forecast_features import FEATURE_COUNT, TARGETS, forecast_features
 from medserve.clinical.operations.forecast_origins import HORIZON_DAYS, WINDOW_DAYS
 from medserve.demo.hospital_series import hospital_series
-from medserve.demo.models._export_check import export_batched, verify_export
+from medserve.demo.models._export_check import export_batched, scoring_session, verify_export
 from medserve.demo.models._profile import current_profile
 from medserve.demo.models._progress import BuildClock, announce, report_built
 from medserve.demo.models._quality import BuildRecord, Floor, check_floors, record_build
@@ -240,10 +240,8 @@ def held_out_metrics(
     """Per target, in onnxruntime on fresh synthetic sites: ``coverage_80`` (share of the actual values
     inside the 10-90 % interval), ``mae`` of the median, ``seasonal_naive_mae`` and their ratio
     ``mae_ratio_to_seasonal_naive`` (all errors in real units)."""
-    import onnxruntime
-
     x, y, scales = training_set(sites, days, seed)
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = scoring_session(path)
     (forecast,) = session.run([OUTPUT_NAME], {INPUT_NAME: x})
     forecast = forecast.astype(np.float64) * scales[:, :, None, None]
     actual = y.astype(np.float64) * scales[:, :, None]

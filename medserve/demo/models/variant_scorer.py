@@ -40,7 +40,7 @@ from medserve.clinical.genomics.variant_features import (
 )
 from medserve.clinical.genomics.variant_record import split_alleles
 from medserve.clinical.genomics.vcf_reader import VcfSource
-from medserve.demo.models._export_check import export_batched, verify_export
+from medserve.demo.models._export_check import export_batched, scoring_session, verify_export
 from medserve.demo.models._profile import current_profile
 from medserve.demo.models._progress import BuildClock, announce, report_built
 from medserve.demo.models._quality import BuildRecord, Floor, check_floors, record_build
@@ -246,9 +246,7 @@ def held_out_auc(path: Path, *, seed: int = HELD_OUT_SEED, n: int = HELD_OUT_VAR
 
 
 def _scores(path: Path, x: np.ndarray) -> np.ndarray:
-    import onnxruntime
-
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = scoring_session(path)
     (scores,) = session.run([OUTPUT_NAME], {INPUT_NAME: x})
     return np.asarray(scores).reshape(-1)
 
