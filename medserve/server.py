@@ -226,6 +226,11 @@ class MedServer:
         """Start every door; ``checked`` is the :func:`preflight` already done (else it is done here)."""
         settings = self.settings
         self._preflight = checked = checked or preflight(settings)
+        # A replica started again under its old id holds nothing yet: the leases of its previous run
+        # are given up before any of its parts claims work, so that work resumes at once.
+        released = await asyncio.to_thread(self.leases.release_all)
+        if released:
+            log.info("released %d lease(s) held before a restart; their work resumes", released)
         tls = checked.tls
         log.info("using %s", describe_store(settings))
         if tls and tls.client_auth == "optional" and not grpc_requests_client_certificates(tls):

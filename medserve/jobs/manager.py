@@ -130,11 +130,13 @@ class JobManager:
 
     # -- running ----------------------------------------------------------------------------------
     async def start(self) -> None:
-        # Leases this replica held before a restart are free at once; those of a replica that died
-        # expire after their time to live. The poll then resumes either kind of job.
-        released = await asyncio.to_thread(self.store.leases.release_all)
-        if released:
-            log.info("released %d lease(s) held before a restart; their work resumes", released)
+        # Jobs this replica ran before a restart (the server gave their leases up as it started) and
+        # those of a replica that died (their leases expire) are resumed by the poll.
+        interrupted = await asyncio.to_thread(self.store.interrupted, self.runner)
+        if interrupted:
+            log.info(
+                "resuming %d job(s) interrupted by a restart: %s", len(interrupted), ", ".join(interrupted)
+            )
         self.keeper.start()
         if self.settings.concurrency > 0:
             self._poller = asyncio.create_task(self._poll())

@@ -259,6 +259,13 @@ class JobStore:
             row.finished_at = None
             return _status(row)
 
+    def interrupted(self, runner: str) -> list[str]:
+        """Jobs left running or paused by ``runner`` that no live lease covers (it was stopped hard)."""
+        query = select(JobRow.id).where(JobRow.state.in_([RUNNING, PAUSED]), JobRow.runner == runner)
+        with self.database.session() as session:
+            ids = list(session.scalars(query))
+        return [job_id for job_id in ids if self.running_elsewhere(job_id) is None]
+
     def running_elsewhere(self, job_id: str) -> str | None:
         """Who runs the job now (the holder of its live lease); None when nobody does."""
         return self.leases.live_holder(LEASE_KIND, job_id)

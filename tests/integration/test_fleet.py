@@ -45,7 +45,6 @@ from medserve.store.tables import ExportRow, JobChunkRow
 HAPROXY = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin:/usr/local/sbin")
 
 pytestmark = [
-    pytest.mark.slow,
     pytest.mark.skipif(
         not POSTGRES_URL, reason="MEDSERVE_TEST_POSTGRES_URL is not set (scripts/postgres.sh)"
     ),
