@@ -485,6 +485,7 @@ def test_the_imaging_service_loads_a_pipeline_model_as_a_job_does(
         if r.model == CT_MODEL and r.event in ("model.load", "inference")
     ]
     assert [(r.event, r.principal, r.door, r.status) for r in records] == [
-        ("model.load", "medserve", "pipeline:ct-lesions", "ok"),
-        ("inference", "medserve", "pipeline:ct-lesions", "ok"),
+        # A routed series runs as its uploader (the sending AE's principal), audited under the pipeline.
+        ("model.load", "aet:CT", "pipeline:ct-lesions", "ok"),
+        ("inference", "aet:CT", "pipeline:ct-lesions", "ok"),
     ]
