@@ -217,6 +217,7 @@ class MedServer:
             self.monitor,
             self.alerts,
             placer.discovery if placer is not None else None,
+            replica_stale_after_s=3 * self.settings.replica_heartbeat_s,
         )
 
     def _door(self, name: str) -> Door:

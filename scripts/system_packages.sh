@@ -12,6 +12,8 @@ PACKAGES=(
     dcmtk           # storescu, dcmcjpeg: tests/integration/test_dicom_transfer_syntaxes.py
     orthanc         # a PACS for DIMSE / DICOMweb interoperability checks (loopback, remote access off)
     orthanc-dicomweb  # Orthanc's DICOMweb plugin, for the same checks
+    chromium        # tests/integration/test_console_browser.py: the console in a real browser (headless)
+    chromium-driver # chromedriver, through which selenium drives it
 )
 
 missing=()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from medserve.cluster.registry import list_replicas
 from medserve.console.figures import device_figures, model_figures
 from medserve.console.parts import MONITOR_MODEL, ConsoleParts, device_groups, visible_models
 from medserve.imaging import instance_store as imaging_states
@@ -47,7 +48,9 @@ async def overview(parts: ConsoleParts, caller: Caller) -> dict[str, Any]:
     failed_jobs: list[Any] = []
     if parts.jobs is not None:
         failed_jobs = [j for j in await parts.jobs.recent(caller, 50) if j.state == "failed"][:5]
+    servers = await asyncio.to_thread(list_replicas, parts.database, parts.replica_stale_after_s)
     return {
+        "servers": [r for r in servers if r.state != "stopped"][:50],
         "replicas": [{"model": m, "groups": groups.get(m, [])} for m in models],
         "devices": devices,
         "models": per_model,

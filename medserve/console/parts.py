@@ -48,6 +48,8 @@ class ConsoleParts:
     monitor: PatientMonitor | None = None
     alerts: AlertHub | None = None
     discovery: Callable[[], Discovery] | None = None
+    replica_stale_after_s: float = 15.0
+    """A replica whose heartbeat is older than this is shown lost (three heartbeats by default)."""
     live: LiveWindow = field(init=False)
     _devices: Discovery | None = field(init=False, default=None)
     _discovering: threading.Thread | None = field(init=False, default=None)

@@ -19,6 +19,7 @@ from medserve.planning.inputs import PlanInputs
 from medserve.planning.servers import ServerType
 from medserve.planning.simulation import Batcher, SimulationResult, Stream, simulate
 from medserve.planning.workload import HOURS, Demand
+from medserve.values.errors import InvalidInput
 
 _MAX_SERVERS = 100_000
 
@@ -226,6 +227,14 @@ def size_option(inputs: PlanInputs, server: ServerType) -> FleetOption:
     if option.cost.unknown_energy:
         option.notes.append(f"no energy figures for {', '.join(option.cost.unknown_energy)}: not counted")
     return option
+
+
+def predict(inputs: PlanInputs, server: ServerType, hour: int, count: int = 1) -> SimulationResult:
+    """What ``count`` servers of type ``server`` do at ``hour`` of the day: the simulation the sizing
+    runs (per-demand latencies, device utilisation, mean batch), for checking it against a real run."""
+    if server.name in inputs.missing:
+        raise InvalidInput(f"server '{server.name}': {'; '.join(inputs.missing[server.name])}")
+    return _simulate_hour(inputs, server, hour, count)
 
 
 def plan_fleet(inputs: PlanInputs) -> list[FleetOption]:

@@ -366,9 +366,15 @@ def test_overview_shows_replicas_devices_alerts_and_errors(browser: WebDriver, s
     WebDriverWait(browser, 30).until(lambda d: text(d, "#live-state").startswith("live"))
     assert "ready" in text(browser, ".cards")
     assert int(text(browser, "[data-live='alerts_open']")) >= 1
-    replicas = {row[0]: row for row in rows(browser, "table:nth-of-type(2)")}
+    replicas = {row[0]: row for row in rows(browser, "#replicas")}
     assert set(MODELS) <= set(replicas) and replicas["simple"][1] == "1 on cpu"
-    assert any(row[0].startswith("cpu") for row in rows(browser, "table:nth-of-type(1)"))
+    assert any(row[0].startswith("cpu") for row in rows(browser, "#devices"))
+    servers = rows(browser, "#servers")
+    assert (
+        len(servers) == 1
+        and servers[0][1:3] == ["up", "yes"]
+        and set(MODELS) <= set(servers[0][6].split(", "))
+    )
     screenshot(browser, "overview")
     browser.find_element(By.LINK_TEXT, "ct_lesion_segmentation").click()  # the action: into a model
     assert text(browser, "h1") == "Model ct_lesion_segmentation"
