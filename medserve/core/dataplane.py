@@ -44,6 +44,7 @@ class Dataplane:
 
     async def close(self) -> None:
         await self.service.close()
+        self.service.readiness.close()
         if self.placer is not None:
             await asyncio.to_thread(self.placer.close)
 
@@ -78,6 +79,7 @@ def build_dataplane(
         observer=monitor if monitor is not None and settings.monitoring_max_per_s > 0 else None,
         observe_per_s=settings.monitoring_max_per_s,
     )
+    service.readiness.watch_store(trust.database.ping)  # a replica that cannot reach its store is not ready
     if monitor is not None:
         metrics.watch_trust(trust.audit, monitor)
     if settings.audit_disabled:

@@ -26,6 +26,7 @@ from medserve import __version__
 from medserve.core.collaborators import AuditSink, Authenticator, OutputObserver, Pipeline, Pseudonyms
 from medserve.core.model import ServedModel
 from medserve.core.model_info import ServedModelInfo
+from medserve.core.readiness import Readiness
 from medserve.core.registry import ModelRegistry
 from medserve.core.shared_memory import SystemSharedMemory
 from medserve.monitoring.tracing import child_span
@@ -84,7 +85,7 @@ class InferenceService:
         self._authenticator = authenticator
         self._pseudonyms = pseudonyms
         self._observer = observer
-        self._ready = False
+        self.readiness = Readiness()  # started, and the store answering once the server watches it
         self._pipelines: dict[str, Pipeline] = {}
         self.observe_per_s = observe_per_s
         self._observed: dict[str, tuple[int, int]] = {}
@@ -218,13 +219,17 @@ class InferenceService:
 
     # -- server -----------------------------------------------------------------------------
     def set_ready(self, ready: bool) -> None:
-        self._ready = ready
+        self.readiness.set(ready)
 
     def live(self) -> bool:
         return True
 
     def ready(self) -> bool:
-        return self._ready
+        """Ready as last checked (never waits); the health doors ask :meth:`check_ready`."""
+        return self.readiness.ready()
+
+    async def check_ready(self) -> bool:
+        return await self.readiness.check()
 
     def server_metadata(self, caller: Caller) -> dict[str, Any]:
         caller.principal.require(Action.READ)

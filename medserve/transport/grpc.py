@@ -168,7 +168,7 @@ class GrpcInferenceServicer:
     async def server_ready(
         self, request: pb.ServerReadyRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ServerReadyResponse:
-        return pb.ServerReadyResponse(ready=self._service.ready())
+        return pb.ServerReadyResponse(ready=await self._service.check_ready())
 
     async def model_ready(
         self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext[Any, Any]

@@ -50,7 +50,7 @@ class _ReadinessHealthServicer(health_aio.HealthServicer):  # type: ignore[misc]
         """Publish SERVING or NOT_SERVING (ignored once shutdown has begun)."""
         status = (
             health_pb2.HealthCheckResponse.SERVING
-            if self._service.ready()
+            if await self._service.check_ready()
             else health_pb2.HealthCheckResponse.NOT_SERVING
         )
         for name in self._names:

@@ -265,9 +265,10 @@ def build_app(
         return error_response("server is not live", 503)
 
     async def ready(request: Request) -> Response:
-        if service.ready():
+        if await service.check_ready():
             return Response(status_code=200)
-        return error_response("server is not ready", 503)
+        why = ": the store cannot be reached" if service.readiness.reason else ""
+        return error_response(f"server is not ready{why}", 503)
 
     async def model_metadata(request: Request) -> Response:
         caller = await authenticated(service, request)
