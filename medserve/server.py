@@ -32,6 +32,7 @@ from medserve.security.redaction import install as install_log_redaction
 from medserve.security.tls import (
     TlsHttpToolsProtocol,
     TlsWebSocketsProtocol,
+    dicom_server_context,
     grpc_requests_client_certificates,
     grpc_server_credentials,
     uvicorn_options,
@@ -63,7 +64,7 @@ from medserve.transport.http_trace_log import trace_log_routes
 from medserve.transport.jobs import jobs_routes
 from medserve.transport.stream import stream_routes
 from medserve.trust import Trust, build_trust, describe_store
-from medserve.values.access import Caller
+from medserve.values.access import Caller, Principal
 from medserve.values.audit_event import AuditEvent
 from medserve.values.errors import MedserveError
 
@@ -188,16 +189,24 @@ class MedServer:
         await self.imaging.start()
         if settings.dicom_port < 0:
             return
-        # a closed door by default: only the listed calling AE titles, each with its grants
+        # A closed door by default: only the calling AE titles named in the settings or added to the
+        # store's peers (`medserve dicom peers add`, read at each association), each with its grants.
         grants: dict[str, list[str]] = {title: ["*"] for title in settings.dicom_allowed_calling_aets}
         grants.update(settings.dicom_calling_aets)
-        principals = calling_ae_principals(grants)
+        fixed = calling_ae_principals(grants)
+        peers = self.trust.dicom_peers
+        dicom_tls = self._preflight.dicom_tls if self._preflight is not None else None
+
+        def principal_of(title: str) -> Principal | None:
+            return fixed.get(title) or peers.principal_for(title)
+
         self._scp = StorageSCP(
             settings.dicom_ae_title,
-            ingesting(self.imaging.ingest, asyncio.get_running_loop(), principals=principals),
+            ingesting(self.imaging.ingest, asyncio.get_running_loop(), principals=principal_of),
             host=settings.host,
             port=settings.dicom_port,
-            allowed_calling_aets=sorted(principals),
+            allowed_calling_aets=lambda: fixed.keys() | peers.titles(),
+            ssl_context=dicom_server_context(dicom_tls) if dicom_tls is not None else None,
         )
         try:
             await asyncio.to_thread(self._scp.start)
@@ -318,7 +327,7 @@ class MedServer:
             settings.host,
             settings.http_port,
             f"{settings.host}:{settings.grpc_port}" if settings.grpc_port >= 0 else "off",
-            f"{settings.host}:{self._scp.port} (AE {settings.dicom_ae_title})" if self._scp else "off",
+            _dicom_door(settings, self._scp),
         )
 
     async def stop(self) -> list[str]:
@@ -385,6 +394,12 @@ class MedServer:
             failed = await self.stop()
         if failed:
             raise ShutdownIncomplete(f"the shutdown's {', '.join(failed)} step(s) failed: see the log")
+
+
+def _dicom_door(settings: Settings, scp: StorageSCP | None) -> str:
+    if scp is None:
+        return "off"
+    return f"{settings.host}:{scp.port} (AE {settings.dicom_ae_title}{', TLS' if scp.tls else ''})"
 
 
 def serve(settings: Settings) -> None:

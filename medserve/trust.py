@@ -16,6 +16,7 @@ from medserve.audit.trail import AuditTrail
 from medserve.repository.lineage import Lineage
 from medserve.security.authenticate import Authenticator
 from medserve.security.certificates import CertificateGrants
+from medserve.security.dicom_peers import DicomPeers
 from medserve.security.pseudonym import Pseudonymizer, load_or_create_key
 from medserve.security.signing import TrustedKeys
 from medserve.security.tokens import TokenStore
@@ -35,6 +36,7 @@ class Trust:
     authenticator: Authenticator
     pseudonyms: Pseudonymizer
     lineage: Lineage
+    dicom_peers: DicomPeers
 
     def close(self, timeout_s: float = 10.0) -> None:
         self.audit.close(timeout_s)
@@ -84,4 +86,5 @@ def build_trust(settings: Settings) -> Trust:
     keys = TrustedKeys.load(settings.trusted_signing_keys) if settings.trusted_signing_keys else None
     lineage = Lineage(database, keys, settings.require_signatures)
     pseudonyms = Pseudonymizer(load_or_create_key(settings.data_dir / "pseudonym.key"))
-    return Trust(database, audit, tokens, certificates, authenticator, pseudonyms, lineage)
+    peers = DicomPeers(database)
+    return Trust(database, audit, tokens, certificates, authenticator, pseudonyms, lineage, peers)

@@ -132,7 +132,8 @@ def _simulate_ward(args: argparse.Namespace) -> int:
         token=args.token or os.environ.get("MEDSERVE_TOKEN", ""),
     )
     print(json.dumps(report.to_json(), indent=2) if args.json else format_report(report))
-    return 0
+    # A run in which every reply was an error tested nothing: say so in the exit status.
+    return 1 if report.errors and report.errors >= report.replies else 0
 
 
 def _devices(args: argparse.Namespace) -> int:
@@ -170,8 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_hardware_commands(commands)
     add_plan_command(commands)
     add_job_commands(commands)
-    add_cluster_commands(commands)
     add_imaging_commands(commands)
+    add_cluster_commands(commands)
 
     examples = commands.add_parser("examples", help="example models and data")
     example_commands = examples.add_subparsers(dest="examples_command", required=True, metavar="COMMAND")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import ssl
 import sys
 import urllib.error
 import urllib.request
@@ -51,6 +52,33 @@ def _audit(trust: Any, event: str, principal: str, detail: str) -> None:
 
 def _operator() -> str:
     return f"cli:{os.environ.get('USER', 'unknown')}"
+
+
+# -- DICOM peers ------------------------------------------------------------------------------
+def _peers_add(trust: Any, args: argparse.Namespace) -> int:
+    peer = trust.dicom_peers.add(args.ae_title, args.models, args.name)
+    granted = ", ".join(peer.models) if peer.models is not None else "all"
+    _audit(trust, "config.change", _operator(), f"DICOM peer {peer.ae_title} allowed, models {granted}")
+    print(f"DICOM peer {peer.ae_title}: may associate; its series may go to models: {granted}")
+    return 0
+
+
+def _peers_list(trust: Any, args: argparse.Namespace) -> int:
+    peers = trust.dicom_peers.list()
+    print(f"{'AE TITLE':<16}  {'ADDED (UTC)':<19}  {'NAME':<24}  MODELS")
+    for peer in peers:
+        models = ", ".join(peer.models) if peer.models is not None else "all"
+        added = peer.created_at.strftime("%Y-%m-%d %H:%M:%S")
+        print(f"{peer.ae_title:<16}  {added:<19}  {peer.name[:24]:<24}  {models}")
+    return 0
+
+
+def _peers_remove(trust: Any, args: argparse.Namespace) -> int:
+    if not trust.dicom_peers.remove(args.ae_title):
+        raise InvalidInput(f"no DICOM peer with AE title {args.ae_title!r} ('medserve dicom peers list')")
+    _audit(trust, "config.change", _operator(), f"DICOM peer {args.ae_title.strip()} removed")
+    print(f"DICOM peer {args.ae_title.strip()} removed: its next association is rejected")
+    return 0
 
 
 # -- tokens ---------------------------------------------------------------------------------
@@ -208,6 +236,24 @@ def _is_part10(path: Path) -> bool:
         return False
 
 
+def _client_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
+    """A client context for ``dicom send`` over TLS (``--tls-ca``), with a client certificate when given."""
+    if args.tls_ca is None:
+        if args.tls_cert or args.tls_key:
+            raise InvalidInput("--tls-cert and --tls-key need --tls-ca (the CA of the SCP's certificate)")
+        return None
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise InvalidInput("--tls-cert and --tls-key go together")
+    try:
+        context = ssl.create_default_context(cafile=str(args.tls_ca))
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        if args.tls_cert is not None:
+            context.load_cert_chain(args.tls_cert, args.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise InvalidInput(f"DICOM TLS files do not load: {exc}") from None
+    return context
+
+
 def _dicom_send(args: argparse.Namespace) -> int:
     from medserve.transport.dimse_scu import send_files
 
@@ -224,6 +270,7 @@ def _dicom_send(args: argparse.Namespace) -> int:
     if not files:
         print("no files to send", file=sys.stderr)
         return 2
+    tls = _client_tls(args)
     report = send_files(
         [str(f) for f in files],
         host,
@@ -231,6 +278,7 @@ def _dicom_send(args: argparse.Namespace) -> int:
         called_aet=args.called_aet,
         calling_aet=args.calling_aet,
         timeout=args.timeout,
+        tls=tls,
     )
     for result in report.results:
         if not result.ok:
@@ -364,10 +412,30 @@ def add_commands(commands: Any, models: argparse.ArgumentParser) -> None:
     deid.add_argument("--retain-uids", action="store_true", help="Retain UIDs Option")
     deid.add_argument("--retain-dates", action="store_true", help="Retain Longitudinal Temporal Information")
     deid.set_defaults(func=_dicom_deidentify)
+    peers = dicom_commands.add_parser(
+        "peers", help="calling AE titles allowed to send to the server's DICOM door (no restart needed)"
+    )
+    peer_commands = peers.add_subparsers(dest="peers_command", required=True, metavar="COMMAND")
+    peer_add = on_store(peer_commands.add_parser("add", help="allow a calling AE title to associate"))
+    peer_add.add_argument("ae_title", help="the sender's calling AE title (1-16 characters)")
+    peer_add.add_argument(
+        "--models", nargs="*", metavar="MODEL", help="models its series may be routed to (default: all)"
+    )
+    peer_add.add_argument("--name", default="", help="who or what sends as this title")
+    peer_add.set_defaults(func=_with_trust(_peers_add))
+    on_store(peer_commands.add_parser("list", help="list the allowed calling AE titles")).set_defaults(
+        func=_with_trust(_peers_list)
+    )
+    peer_remove = on_store(peer_commands.add_parser("remove", help="stop allowing a calling AE title"))
+    peer_remove.add_argument("ae_title", help="the calling AE title to remove")
+    peer_remove.set_defaults(func=_with_trust(_peers_remove))
     send = dicom_commands.add_parser("send", help="send DICOM files to a Storage SCP (C-STORE)")
     send.add_argument("files", nargs="+", type=Path, help="files, or folders searched for DICOM files")
     send.add_argument("--to", required=True, metavar="HOST:PORT", help="the SCP, e.g. 127.0.0.1:11112")
     send.add_argument("--called-aet", default="MEDSERVE", help="the SCP's AE title (default MEDSERVE)")
     send.add_argument("--calling-aet", default="MEDSERVE_SCU", help="this sender's AE title")
     send.add_argument("--timeout", type=float, default=30.0, help="seconds per network step (30)")
+    send.add_argument("--tls-ca", type=Path, metavar="PEM", help="DICOM TLS: CA bundle the SCP must chain to")
+    send.add_argument("--tls-cert", type=Path, metavar="PEM", help="DICOM TLS: client certificate")
+    send.add_argument("--tls-key", type=Path, metavar="PEM", help="DICOM TLS: client certificate's key")
     send.set_defaults(func=_dicom_send)

@@ -303,3 +303,14 @@ class ReplicaRow(Base):
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     stopped_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class DicomPeerRow(Base):
+    """A calling AE title allowed to associate with the DICOM Storage SCP, and the models it may feed."""
+
+    __tablename__ = "dicom_peers"
+
+    ae_title: Mapped[str] = mapped_column(String(16), primary_key=True)
+    models: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)  # None: every model
+    name: Mapped[str] = mapped_column(String(128), default="")  # who or what sends as this title
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -22,10 +22,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import socket
 import ssl
 import threading
 from collections.abc import Callable, Collection, Coroutine, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 from pydicom import Dataset
 from pydicom import uid as dicom_uid
@@ -35,11 +36,13 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from medserve.clinical.dicom import uid_redaction
 from medserve.imaging.service import StudyMismatch
+from medserve.security.dicom_peers import peer_principal
 from medserve.streaming.alerts import AlertNotFound
 from medserve.transport.dicom_status import StoreStatus, is_warning
 from medserve.transport.dimse_scu import no_delay
 from medserve.transport.status_table import StatusTable
-from medserve.values.access import Caller, Principal, Role
+from medserve.values.access import Caller, Principal
+from medserve.values.ae_title import check_ae_title
 from medserve.values.errors import (
     Conflict,
     DeadlineExceeded,
@@ -129,7 +132,6 @@ TRANSFER_SYNTAXES: tuple[str, ...] = (
 
 _UNCOMPRESSED = (dicom_uid.ExplicitVRLittleEndian, dicom_uid.ImplicitVRLittleEndian)
 _VERIFICATION = "1.2.840.10008.1.1"
-_AE_TITLE_MAX = 16
 
 
 def uid_hash(uid: object) -> str:
@@ -137,22 +139,31 @@ def uid_hash(uid: object) -> str:
     return hashlib.sha256(str(uid).encode("ascii", "replace")).hexdigest()[:12]
 
 
-def check_ae_title(value: str, field: str = "AE title") -> str:
-    """``value`` stripped, if it is a valid AE title (1-16 printable ASCII, no backslash); else raise."""
-    title = value.strip() if isinstance(value, str) else ""
-    if not title or len(title) > _AE_TITLE_MAX:
-        raise InvalidConfig(f"{field} must be 1 to {_AE_TITLE_MAX} characters, not {value!r}")
-    if "\\" in title or any(not (0x20 <= ord(ch) < 0x7F) for ch in title):
-        raise InvalidConfig(f"{field} {value!r} may hold only printable ASCII characters and no backslash")
-    return title
+class _HandshakeInThread:
+    """Stands in for the SCP's ``ssl.SSLContext``: wraps an accepted socket without the handshake.
+
+    pynetdicom wraps each accepted socket in its one accepting thread; a handshake there would let a
+    peer that connects and sends nothing (or plain DICOM) hold up every other connection. Deferred,
+    the handshake happens at the association thread's first read, and a peer that stalls in it is
+    dropped after the network timeout.
+    """
+
+    def __init__(self, context: ssl.SSLContext, ae: AE) -> None:
+        self._context = context
+        self._ae = ae
+
+    def wrap_socket(self, sock: socket.socket, server_side: bool = True) -> ssl.SSLSocket:
+        sock.settimeout(self._ae.network_timeout)
+        return self._context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
 
 
 class StorageSCP:
     """A DICOM Storage SCP: Verification and every storage SOP class, handing instances to ``accept``.
 
     ``allowed_calling_aets`` limits which calling AE titles may associate (``None``: any; empty:
-    none, a closed door); other callers are rejected during association negotiation and logged
-    with their AE title and address. ``ssl_context`` (a server-side
+    none, a closed door), or is a function giving the titles allowed now, asked at each association
+    (titles added at run time take effect without a restart); other callers are rejected during
+    association negotiation and logged with their AE title and address. ``ssl_context`` (a server-side
     context) turns on DICOM TLS. Timeouts are in seconds: ``acse_timeout`` for association
     messages, ``dimse_timeout`` for DIMSE messages, ``network_timeout`` for an idle connection.
     ``maximum_pdu`` is the largest P-DATA PDU this SCP receives (0: unlimited).
@@ -165,7 +176,7 @@ class StorageSCP:
         *,
         host: str = "0.0.0.0",
         port: int = 11112,
-        allowed_calling_aets: Collection[str] | None = None,
+        allowed_calling_aets: Collection[str] | Callable[[], Collection[str]] | None = None,
         maximum_pdu: int = 65536,
         maximum_associations: int = 10,
         acse_timeout: float = 30.0,
@@ -190,11 +201,11 @@ class StorageSCP:
                 raise InvalidConfig(f"DICOM {name} must be a positive number of seconds, not {value}")
         if not transfer_syntaxes:
             raise InvalidConfig("DICOM transfer syntaxes must not be empty")
-        self.allowed_calling_aets: frozenset[str] | None = (
-            None
-            if allowed_calling_aets is None
-            else frozenset(check_ae_title(t, "allowed calling AE title") for t in allowed_calling_aets)
-        )
+        if allowed_calling_aets is None or callable(allowed_calling_aets):
+            self._calling_aets: Callable[[], Collection[str]] | None = allowed_calling_aets
+        else:
+            fixed = frozenset(check_ae_title(t, "allowed calling AE title") for t in allowed_calling_aets)
+            self._calling_aets = lambda: fixed
         self.host = host
         self._port = port
         self._accept = accept
@@ -203,19 +214,25 @@ class StorageSCP:
         self._lock = threading.Lock()
         self._counts = {"received": 0, "succeeded": 0, "warnings": 0, "failed": 0, "errors": 0, "rejected": 0}
 
-        closed = self.allowed_calling_aets == frozenset()
-        ae = _ClosedAE(self.ae_title) if closed else AE(ae_title=self.ae_title)
+        ae = (
+            AE(ae_title=self.ae_title)
+            if self._calling_aets is None
+            else _GatedAE(self.ae_title, self._calling_aets)
+        )
         ae.maximum_pdu_size = maximum_pdu
         ae.maximum_associations = maximum_associations
         ae.acse_timeout = acse_timeout
         ae.dimse_timeout = dimse_timeout
         ae.network_timeout = network_timeout
-        if self.allowed_calling_aets:
-            ae.require_calling_aet = sorted(self.allowed_calling_aets)
         ae.add_supported_context(_VERIFICATION, list(_UNCOMPRESSED))
         for context in AllStoragePresentationContexts:
             ae.add_supported_context(str(context.abstract_syntax), list(transfer_syntaxes))
         self._ae = ae
+
+    @property
+    def tls(self) -> bool:
+        """Whether the SCP speaks DICOM TLS (and only TLS)."""
+        return self._ssl_context is not None
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -231,8 +248,9 @@ class StorageSCP:
                 (evt.EVT_REJECTED, self._on_rejected),
             ]
             uid_redaction.install()  # pynetdicom's and pydicom's log lines too carry no UID
+            tls = self._ssl_context
             self._server = self._ae.start_server(
-                (self.host, self._port), block=False, ssl_context=self._ssl_context, evt_handlers=handlers
+                (self.host, self._port), block=False, ssl_context=cast(Any, tls), evt_handlers=handlers
             )
         log.info(
             "DICOM storage SCP %s listening on %s:%d%s",
@@ -371,23 +389,30 @@ def _answer(status: int, comment: str) -> Dataset:
     return answer
 
 
-class _ClosedAE(AE):
-    """An AE that rejects every calling AE title (a DIMSE door with an empty allow-list).
+class _GatedAE(AE):
+    """An AE whose allowed calling AE titles are asked for at each association negotiation.
 
-    pynetdicom checks calling titles only when its list is not empty; this list holds one title of
-    17 characters, which no A-ASSOCIATE-RQ can carry (the field has 16 bytes).
+    pynetdicom checks calling titles only when its list is not empty: with no title allowed the
+    list holds one of 17 characters, which no A-ASSOCIATE-RQ can carry (the field has 16 bytes), so
+    every association is rejected. A failure to read the titles rejects the association too.
     """
 
-    def __init__(self, ae_title: str) -> None:
+    def __init__(self, ae_title: str, titles: Callable[[], Collection[str]]) -> None:
         super().__init__(ae_title=ae_title)
+        self._titles = titles
 
     @property
     def require_calling_aet(self) -> list[str]:
-        return ["-" * 17]
+        try:
+            allowed = sorted(self._titles())
+        except MedserveError as exc:
+            log.error("DICOM association refused: the allowed calling AE titles cannot be read: %s", exc)
+            allowed = []
+        return allowed or ["-" * 17]
 
     @require_calling_aet.setter
     def require_calling_aet(self, ae_titles: list[str]) -> None:
-        raise InvalidConfig("a closed DICOM door takes no calling AE titles")
+        raise InvalidConfig("the allowed calling AE titles are given when the SCP is made")
 
 
 def calling_ae_principals(grants: Mapping[str, Collection[str]]) -> dict[str, Principal]:
@@ -395,35 +420,40 @@ def calling_ae_principals(grants: Mapping[str, Collection[str]]) -> dict[str, Pr
 
     ``grants`` maps a title to the models it may have inferred on; ``"*"`` among them: every model.
     """
-    principals = {}
-    for title, models in grants.items():
-        title = check_ae_title(title, "allowed calling AE title")
-        granted = None if "*" in models else frozenset(models)
-        principals[title] = Principal(f"aet:{title}", Role.SERVICE, granted, f"aet:{title}")
-    return principals
+    return {
+        check_ae_title(title, "allowed calling AE title"): peer_principal(title.strip(), models)
+        for title, models in grants.items()
+    }
 
 
 def ingesting(
     ingest: Ingest,
     loop: asyncio.AbstractEventLoop,
     timeout_s: float = 120.0,
-    principals: Mapping[str, Principal] | None = None,
+    principals: Mapping[str, Principal] | Callable[[str], Principal | None] | None = None,
 ) -> AcceptStore:
     """The ``accept`` of a storage SCP that stores each instance through ``ingest``, run on ``loop``.
 
     The calling AE title names the principal: ``principals`` maps each allowed title to its own
-    (:func:`calling_ae_principals`; a title not in it is refused Not Authorised); ``None``: every
+    (:func:`calling_ae_principals`), or is a function giving a title's principal now; a title without
+    one is refused Not Authorised (the association let it in, then it was removed); ``None``: every
     title is a service principal granted every model. The peer hears Success once the instance is
     stored, else the status :data:`STATUS_CODES` gives the error, or Out of Resources when the store
     has not answered within ``timeout_s``.
     """
 
     def accept(encoded: bytes, calling_aet: str, peer: str) -> int | tuple[int, str]:
+        principal: Principal | None
         if principals is None:
-            principal = Principal(f"aet:{calling_aet}", Role.SERVICE, None, f"aet:{calling_aet}")
-        elif calling_aet in principals:
-            principal = principals[calling_aet]
+            principal = peer_principal(calling_aet, None)
+        elif callable(principals):
+            try:
+                principal = principals(calling_aet)
+            except MedserveError as exc:
+                return store_status_of(exc), str(exc)
         else:
+            principal = principals.get(calling_aet)
+        if principal is None:
             log.warning("C-STORE from AE %r at %s refused: the AE is not allowed", calling_aet, peer)
             return int(StoreStatus.NOT_AUTHORISED), f"calling AE title '{calling_aet}' is not allowed"
         future = asyncio.run_coroutine_threadsafe(ingest(encoded, Caller(principal, "dimse", "", peer)), loop)

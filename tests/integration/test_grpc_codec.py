@@ -273,7 +273,7 @@ def test_raw_entry_count_must_match_inputs() -> None:
     request = _raw_request(("a", "FP32", [1], b"\x00" * 4))
     request.inputs.add(name="b", datatype="FP32", shape=[1])
     message = _error(request)
-    assert "1 entries" in message and "2 input(s)" in message and "one entry per input" in message
+    assert "1 entries" in message and "2 input(s)" in message and "one entry per such input" in message
 
 
 def test_raw_and_typed_contents_together_are_refused() -> None:
