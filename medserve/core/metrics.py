@@ -12,6 +12,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from medserve.hardware.metrics import EnergyMetrics, PlacementMetrics
+from medserve.scheduling.queue import DROP_REASONS
 
 # Latency buckets from 100 µs to 60 s: clinical models range from tiny tabular ones to 3D volumes.
 _SECONDS_BUCKETS = (
@@ -146,6 +147,14 @@ class ServingMetrics:
             (*_LABELS, "class", "outcome"),
             registry=r,
         )
+        self.requests_dropped = Counter(
+            "medserve_requests_dropped",
+            "Inference requests that left the batcher's queue without running, by reason: deadline "
+            "(its deadline passed while queued), client_gone (the client disconnected or cancelled the "
+            "call while it was queued) or shed (a full queue made room for a more urgent request).",
+            (*_LABELS, "reason"),
+            registry=r,
+        )
         self.class_queue_depth = Gauge(
             "medserve_queue_depth_by_class",
             "Requests waiting in the batcher's queue, by priority class.",
@@ -202,6 +211,16 @@ class ServingMetrics:
             self.class_queue_depth.labels(model, version, name).set_function(reader(name))
             for outcome in CLASS_OUTCOMES:
                 self.requests_by_class.labels(model, version, name, outcome)
+
+    def dropper(self, model: str, version: str) -> Callable[[str], None]:
+        """The batcher's ``on_drop`` for one model version; its counters start at 0."""
+        for reason in DROP_REASONS:
+            self.requests_dropped.labels(model, version, reason)
+
+        def dropped(reason: str) -> None:
+            self.requests_dropped.labels(model, version, reason).inc()
+
+        return dropped
 
     def class_outcome(self, model: str, version: str, class_name: str, outcome: str) -> None:
         self.requests_by_class.labels(model, version, class_name, outcome).inc()

@@ -99,6 +99,7 @@ class ServedModel:
             faults=self.failover,
             meter=placer.energy if placer is not None else None,
             arbiter=arbiter,
+            on_drop=metrics.dropper(self.name, self.version),
         )
         self._seed_estimates()
         metrics.watch_queue(self.name, self.version, self.batcher.queue_depth)
@@ -144,13 +145,16 @@ class ServedModel:
         """Validate, queue by priority class and deadline, run (batched), and answer.
 
         The class and deadline come from the request parameters ``priority``, ``priority_class`` and
-        ``timeout`` (see :mod:`medserve.scheduling.priority`).
+        ``timeout`` and the client's deadline at the door, ``request.deadline_ns`` (see
+        :mod:`medserve.scheduling.priority`).
         """
         started = time.perf_counter_ns()
         request_class: PriorityClass | None = None
         deadline_ns: int | None = None
         try:
-            request_class, deadline_ns = resolve_request_class(request.parameters, self.classes, started)
+            request_class, deadline_ns = resolve_request_class(
+                request.parameters, self.classes, started, request.deadline_ns
+            )
             arrays, batch_size = validate_inputs(
                 self.name, self.loaded.inputs, self.config.max_batch_size, request.inputs
             )

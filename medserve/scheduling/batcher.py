@@ -19,7 +19,10 @@ meanwhile, at its recent rate), would make it miss a deadline it could meet alon
 measurement every request is admitted. Service times are measured as the event loop sees an execution
 (the hop to the worker thread included). The queue holds at most ``max_queue_size``
 requests: when full, a request of a lower class than the newcomer is shed to make room, else the
-newcomer is refused. A request whose deadline passes while queued is dropped with ``DeadlineExceeded``.
+newcomer is refused. A request whose deadline passes while queued is dropped with ``DeadlineExceeded``;
+one whose caller goes away (its awaiting task is cancelled: a client disconnected, a gRPC call was
+cancelled) leaves the queue at once, before it runs. ``on_drop`` hears each request that left the
+queue without running, with its reason (:data:`~medserve.scheduling.queue.DROP_REASONS`).
 
 Across models: with an ``arbiter`` (:mod:`medserve.scheduling.arbiter`, one per registry) a batch
 does not start on a device while another model has a more urgent request queued for it or executing on
@@ -42,8 +45,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
@@ -61,7 +65,7 @@ from medserve.scheduling.execution import (
 )
 from medserve.scheduling.pool import InstancePool, Slot
 from medserve.scheduling.priority import DEFAULT_CLASSES, PriorityClass
-from medserve.scheduling.queue import Pending, UrgencyQueue
+from medserve.scheduling.queue import DROP_SHED, Pending, UrgencyQueue
 from medserve.scheduling.slo import (
     ArrivalRates,
     ServiceTimes,
@@ -111,6 +115,7 @@ class DynamicBatcher:
         meter: Meter | None = None,
         arbiter: DeviceArbiter | None = None,
         clock: Clock = SYSTEM_CLOCK,
+        on_drop: Callable[[str], None] | None = None,
     ) -> None:
         self.pool = pool
         self.clock = clock
@@ -130,6 +135,7 @@ class DynamicBatcher:
         self._arrival = Wakeup(clock)  # a request was queued
         self._settled = Wakeup(clock)  # while closing: an execution ended or the queue emptied
         self._queue = UrgencyQueue(label, clock)
+        self._queue.on_drop = on_drop
         self._seq = itertools.count()
         self._arrivals = ArrivalRates()
         self._inflight: dict[int, tuple[int, int]] = {}  # execution token -> (start ns, batch size)
@@ -188,10 +194,16 @@ class DynamicBatcher:
         self._admit(pending, now)
         self._make_room(pending)
         self._queue.insert(pending)
+        future.add_done_callback(partial(self._settle, pending))
         self._arrival.notify()
         if self._arbiter is not None:
             self._arbiter.notify()
         return await future
+
+    def _settle(self, pending: Pending, future: asyncio.Future[ScheduledResult]) -> None:
+        """A cancelled caller (client gone) takes its request out of the queue at once."""
+        if future.cancelled():
+            self._queue.abandon(pending)
 
     def _busy_ns(self, now: int) -> list[int]:
         """The estimated remaining time of each running execution."""
@@ -249,6 +261,7 @@ class DynamicBatcher:
         retry = max(1.0, completion / 2e9) if completion is not None else 1.0
         if last.priority > pending.priority:
             self._queue.remove(len(self._queue) - 1)
+            self._queue.dropped(DROP_SHED)
             if not last.future.done():
                 last.future.set_exception(
                     Overloaded(

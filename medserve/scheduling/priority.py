@@ -4,7 +4,9 @@ A class has a priority (Triton's semantics: 1 is the highest, larger numbers are
 optional deadline counted from the request's arrival. A request picks its class with the Open Inference
 Protocol request parameters ``priority`` (an unsigned integer; 0 means the default class) or
 ``priority_class`` (a class name), and may tighten its deadline with ``timeout`` (microseconds, as in
-Triton; 0 means none). Its effective deadline is the earlier of the class deadline and the timeout.
+Triton; 0 means none). The door may add the client's own deadline (a gRPC deadline, the HTTP
+``Request-Timeout`` header). Its effective deadline is the earliest of the class deadline, the timeout
+and the client's deadline.
 """
 
 from __future__ import annotations
@@ -165,12 +167,17 @@ def _class_of(parameters: Mapping[str, Any], classes: PriorityClasses) -> Priori
 
 
 def resolve_request_class(
-    parameters: Mapping[str, Any], classes: PriorityClasses, arrival_ns: int | None = None
+    parameters: Mapping[str, Any],
+    classes: PriorityClasses,
+    arrival_ns: int | None = None,
+    client_deadline_ns: int | None = None,
 ) -> tuple[PriorityClass, int | None]:
     """The request's class and absolute deadline on the scheduler's clock (None: no deadline).
 
     ``arrival_ns`` (default: now on :data:`~medserve.scheduling.clock.SYSTEM_CLOCK`, i.e.
     ``time.perf_counter_ns``) is when the request arrived; deadlines count from it.
+    ``client_deadline_ns`` (absolute, on the same clock) is the deadline the client gave its door;
+    the earliest of it, the class deadline and the ``timeout`` parameter wins.
 
     Raises ``InvalidInput`` for parameters of the wrong type, negative numbers, a priority level or
     class name that is not configured, or a level and a name that disagree.
@@ -180,4 +187,7 @@ def resolve_request_class(
         arrival_ns = SYSTEM_CLOCK.now_ns()
     timeout_us = _unsigned(parameters, TIMEOUT, "microseconds; 0 means no timeout")
     budgets = [b for b in (cls.deadline_ns, timeout_us * 1000 if timeout_us else None) if b is not None]
-    return cls, (arrival_ns + min(budgets)) if budgets else None
+    deadlines = [arrival_ns + min(budgets)] if budgets else []
+    if client_deadline_ns is not None:
+        deadlines.append(client_deadline_ns)
+    return cls, min(deadlines) if deadlines else None

@@ -1,5 +1,12 @@
 """The queue of one model version's batcher: requests sorted by urgency, counted per class, each with
-a timer (on the batcher's clock) that drops it when its deadline passes while it waits."""
+a timer (on the batcher's clock) that drops it when its deadline passes while it waits.
+
+A request leaves the queue without running for one of :data:`DROP_REASONS`: its deadline passed
+(``deadline``), its caller went away (``client_gone``: the awaiting future was cancelled, as when an
+HTTP client disconnects or a gRPC call is cancelled or passes its deadline), or a full queue shed it
+for a more urgent request (``shed``, by the batcher). ``on_drop``, when set, hears each such drop
+with its reason.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +23,10 @@ from medserve.scheduling.clock import Clock, Timer
 from medserve.scheduling.priority import PriorityClass
 from medserve.scheduling.slo import Urgency
 from medserve.values.errors import DeadlineExceeded, MedserveError
+
+#: Why a queued request left the queue without running.
+DROP_DEADLINE, DROP_CLIENT_GONE, DROP_SHED = "deadline", "client_gone", "shed"
+DROP_REASONS = (DROP_DEADLINE, DROP_CLIENT_GONE, DROP_SHED)
 
 
 @dataclass(slots=True, eq=False)
@@ -49,6 +60,7 @@ class UrgencyQueue(Sequence[Pending]):
     def __init__(self, label: str, clock: Clock) -> None:
         self.label = label
         self.on_empty: Callable[[], None] | None = None
+        self.on_drop: Callable[[str], None] | None = None
         self._clock = clock
         self._items: list[Pending] = []
         self._by_class: dict[str, int] = {}
@@ -93,17 +105,37 @@ class UrgencyQueue(Sequence[Pending]):
             self.on_empty()
         return pending
 
+    def _index(self, pending: Pending) -> int | None:
+        index = self.position(pending.order)
+        if index < len(self._items) and self._items[index] is pending:
+            return index
+        return None
+
+    def dropped(self, reason: str) -> None:
+        """Count one request that left the queue without running, for ``reason``."""
+        if self.on_drop is not None:
+            self.on_drop(reason)
+
     def _expire(self, pending: Pending) -> None:
         """Timer: drop ``pending`` if it is still queued when its deadline passes."""
         pending.timer = None
-        index = self.position(pending.order)
-        if index < len(self._items) and self._items[index] is pending:
+        index = self._index(pending)
+        if index is not None:
             self.remove(index)
             self._fail_expired(pending, index)
 
+    def abandon(self, pending: Pending) -> None:
+        """Drop ``pending`` now if it is still queued: its caller has gone (its future was cancelled)."""
+        index = self._index(pending)
+        if index is not None:
+            self.remove(index)
+            self.dropped(DROP_CLIENT_GONE)
+
     def _fail_expired(self, pending: Pending, ahead: int) -> None:
         if pending.future.done():
+            self.dropped(DROP_CLIENT_GONE)
             return
+        self.dropped(DROP_DEADLINE)
         waited_ms = (self._clock.now_ns() - pending.enqueued_ns) / 1e6
         pending.future.set_exception(
             DeadlineExceeded(
@@ -120,6 +152,7 @@ class UrgencyQueue(Sequence[Pending]):
             pending = self._items[index]
             if pending.future.done():
                 self.remove(index)
+                self.dropped(DROP_CLIENT_GONE)
             elif pending.deadline_ns is not None and pending.deadline_ns <= now:
                 self.remove(index)
                 self._fail_expired(pending, index)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -86,6 +87,17 @@ def _retry_trailers(error: BaseException) -> tuple[tuple[str, str], ...]:
         return ()
     seconds = max(1.0, float(seconds))
     return (("retry-after", str(math.ceil(seconds))), ("grpc-retry-pushback-ms", str(int(seconds * 1000))))
+
+
+def client_deadline_ns(context: grpc.aio.ServicerContext[Any, Any], now_ns: int) -> int | None:
+    """The call's gRPC deadline as an absolute time on ``time.perf_counter_ns`` (``now_ns`` is now on
+    it), or None when the client set none. A request is due by it: the scheduler keeps the earliest of
+    it, the OIP ``timeout`` parameter and the priority class's deadline. A client that cancels the call
+    or passes the deadline cancels its handler, so the request leaves the batcher's queue unrun."""
+    remaining: float | None = context.time_remaining()
+    if remaining is None:
+        return None
+    return now_ns + round(max(0.0, float(remaining)) * 1e9)
 
 
 _Req = TypeVar("_Req", bound=Message)
@@ -192,6 +204,7 @@ class GrpcInferenceServicer:
     async def model_infer(
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ModelInferResponse:
+        arrived = time.perf_counter_ns()
         metadata = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
         with door_span("ModelInfer", "grpc", request.model_name, metadata) as span:
             parent = traceparent(span)
@@ -199,17 +212,22 @@ class GrpcInferenceServicer:
                 await context.send_initial_metadata((("traceparent", parent),))
             caller = await self._caller(context)
             bind_request(caller.request_id, caller.principal.name)
-            response = await self._service.infer(await self._decoded(request, caller), caller)
+            inference = await self._decoded(request, caller, client_deadline_ns(context, arrived))
+            response = await self._service.infer(inference, caller)
             return grpc_codec.encode_infer_response(response)
 
-    async def _decoded(self, request: pb.ModelInferRequest, caller: Caller) -> InferenceRequest:
-        """The request decoded; one that cannot be is audited as refused."""
+    async def _decoded(
+        self, request: pb.ModelInferRequest, caller: Caller, deadline_ns: int | None
+    ) -> InferenceRequest:
+        """The request decoded, with the call's deadline; one that cannot be is audited as refused."""
         caller.principal.require(Action.INFER, request.model_name)
         try:
-            return grpc_codec.decode_infer_request(request, self._max_elements)
+            inference = grpc_codec.decode_infer_request(request, self._max_elements)
         except errors.MedserveError as exc:
             await self._service.refuse(caller, request.model_name, exc)
             raise
+        inference.deadline_ns = deadline_ns
+        return inference
 
     async def model_stream_infer(
         self,
@@ -228,7 +246,7 @@ class GrpcInferenceServicer:
             await context.abort(status_code_for(error), str(error))
         answers: asyncio.Queue[pb.ModelStreamInferResponse] = asyncio.Queue()
         unread = asyncio.Semaphore(self._max_unread)
-        reader = asyncio.create_task(self._read_stream(requests, answers, caller, unread))
+        reader = asyncio.create_task(self._read_stream(requests, answers, caller, unread, context))
         get: asyncio.Task[pb.ModelStreamInferResponse] | None = None
         try:
             while True:
@@ -257,9 +275,10 @@ class GrpcInferenceServicer:
         answers: asyncio.Queue[pb.ModelStreamInferResponse],
         caller: Caller,
         unread: asyncio.Semaphore,
+        context: grpc.aio.ServicerContext[Any, Any],
     ) -> None:
         """Start one task per incoming request, each once an unread answer's place is free; return
-        once all are answered."""
+        once all are answered. Each request is due by the stream's deadline, if it has one."""
         async with asyncio.TaskGroup() as group:
             while True:
                 await unread.acquire()
@@ -268,19 +287,21 @@ class GrpcInferenceServicer:
                 except StopAsyncIteration:
                     unread.release()
                     return
-                group.create_task(self._answer(data, answers, caller))
+                deadline_ns = client_deadline_ns(context, time.perf_counter_ns())
+                group.create_task(self._answer(data, answers, caller, deadline_ns))
 
     async def _answer(
         self,
         data: bytes,
         answers: asyncio.Queue[pb.ModelStreamInferResponse],
         caller: Caller,
+        deadline_ns: int | None,
     ) -> None:
         request = pb.ModelInferRequest()
         try:
             _within(pb.ModelInferRequest, data, self.max_message_bytes)
             request = _parse(pb.ModelInferRequest, data)
-            response = await self._service.infer(await self._decoded(request, caller), caller)
+            response = await self._service.infer(await self._decoded(request, caller, deadline_ns), caller)
             answer = pb.ModelStreamInferResponse(infer_response=grpc_codec.encode_infer_response(response))
         except Exception as error:  # reported in the stream, which stays open
             _, message = _describe(error)

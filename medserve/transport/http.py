@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 import zlib
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
@@ -34,6 +35,7 @@ from medserve.protocol.rest_codec import (
 )
 from medserve.protocol.validation import clipped, safe_request_id
 from medserve.streaming.alerts import AlertNotFound
+from medserve.transport.http_deadline import client_deadline_ns, unless_disconnected
 from medserve.transport.openapi import openapi_route
 from medserve.transport.status_table import StatusTable
 from medserve.values.access import Action, Caller
@@ -301,11 +303,13 @@ def build_app(
             return response
 
     async def _infer(request: Request) -> Response:
+        arrived = time.perf_counter_ns()
         name, version = model_args(request)
         caller = await authenticated(service, request)
         bind_request(caller.request_id, caller.principal.name)
         try:  # every refusal is audited, with the caller
             caller.principal.require(Action.INFER, name)  # before the body is read
+            deadline_ns = client_deadline_ns(request.headers, arrived)
             raw_length = request.headers.get(HEADER_LENGTH)
             header_length = None
             if raw_length is not None:
@@ -320,10 +324,11 @@ def build_app(
                 metadata = service.model_metadata(name, version, caller)
                 decode = partial(decode_raw_request, body, metadata, version)
             inference = await run_in_threadpool(decode) if len(body) > OFF_LOOP_BYTES else decode()
+            inference.deadline_ns = deadline_ns
         except MedserveError as exc:
             await service.refuse(caller, name, exc)
             raise
-        result = await service.infer(inference, caller)
+        result = await unless_disconnected(request, service.infer(inference, caller))
         payload, json_length = encode_infer_response(result, inference)
         headers: dict[str, str] = {}
         media_type = _JSON

@@ -35,12 +35,18 @@ class RequestedOutput:
 
 @dataclass(slots=True)
 class InferenceRequest:
+    """One inference request. ``deadline_ns``: the client's own deadline as the door received it (a
+    gRPC deadline, the HTTP ``Request-Timeout`` header), absolute on ``time.perf_counter_ns``; None
+    when the client gave none. The scheduler keeps the earliest of it, the ``timeout`` parameter and
+    the priority class's deadline."""
+
     model_name: str
     model_version: str = ""
     id: str = ""
     inputs: list[Tensor] = field(default_factory=list)
     outputs: list[RequestedOutput] = field(default_factory=list)
     parameters: Parameters = field(default_factory=dict)
+    deadline_ns: int | None = None
 
 
 @dataclass(slots=True)
