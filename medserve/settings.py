@@ -250,6 +250,20 @@ class Settings(BaseSettings):
         "would be routed to a model the AE is not granted are refused. Unknown AEs are rejected at "
         "association and logged with the AE and the peer. In the environment, a JSON object.",
     )
+    dicom_tls_certfile: Path | None = Field(
+        default=None,
+        description="PEM certificate (chain) of the DICOM Storage SCP; with dicom_tls_keyfile the DIMSE "
+        "door speaks only TLS (TLS 1.2 or later, BCP 195 cipher suites; PS3.15 Secure Transport "
+        "Connection Profile). Plain TCP associations are refused.",
+    )
+    dicom_tls_keyfile: Path | None = Field(
+        default=None, description="PEM private key (unencrypted) of dicom_tls_certfile."
+    )
+    dicom_tls_client_ca: Path | None = Field(
+        default=None,
+        description="PEM CA bundle; when set, every DICOM peer must present a client certificate that "
+        "chains to it, or the TLS handshake fails (the calling AE title is still checked).",
+    )
     dicom_quiet_time_s: float = Field(
         default=5.0,
         gt=0,

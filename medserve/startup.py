@@ -117,6 +117,24 @@ def tls_config(settings: Settings) -> TlsConfig | None:
     )
 
 
+def dicom_tls_config(settings: Settings) -> TlsConfig | None:
+    """The DICOM door's TLS settings, checked (files exist and load); None without DICOM TLS."""
+    cert, key, ca = settings.dicom_tls_certfile, settings.dicom_tls_keyfile, settings.dicom_tls_client_ca
+    if cert is None and key is None:
+        if ca is not None:
+            raise InvalidConfig(
+                "dicom_tls_client_ca needs DICOM TLS: set dicom_tls_certfile and dicom_tls_keyfile"
+            )
+        return None
+    if cert is None or key is None:
+        raise InvalidConfig("DICOM TLS needs both dicom_tls_certfile and dicom_tls_keyfile")
+    try:
+        return TlsConfig(cert, key, ca, "none" if ca is None else "required")
+    except InvalidConfig as exc:
+        names = "dicom_tls_certfile, dicom_tls_keyfile, dicom_tls_client_ca"
+        raise InvalidConfig(f"DICOM {exc} (settings {names})") from None
+
+
 def check_data_dir(settings: Settings) -> None:
     """Create the data dir if needed and check that a file can be written in it."""
     folder = settings.data_dir
@@ -135,10 +153,12 @@ def check_data_dir(settings: Settings) -> None:
 
 @dataclass
 class Preflight:
-    """What :func:`preflight` checked and holds: the TLS settings and the bound HTTP socket."""
+    """What :func:`preflight` checked and holds: the TLS settings (HTTP and gRPC, DICOM) and the bound
+    HTTP socket."""
 
     tls: TlsConfig | None
     http_socket: socket.socket
+    dicom_tls: TlsConfig | None = None
 
     def close(self) -> None:
         self.http_socket.close()
@@ -147,6 +167,7 @@ class Preflight:
 def preflight(settings: Settings) -> Preflight:
     """Check everything that would stop the start later; bind the HTTP socket (the caller closes it)."""
     tls = tls_config(settings)
+    dicom_tls = dicom_tls_config(settings)
     check_data_dir(settings)
     http, *others = doors(settings)
     claimed: dict[int, Door] = {}
@@ -160,4 +181,4 @@ def preflight(settings: Settings) -> Preflight:
     for door in others:
         if (problem := bind_problem(door)) is not None:
             raise problem
-    return Preflight(tls, bind(http))
+    return Preflight(tls, bind(http), dicom_tls)

@@ -101,8 +101,36 @@ def uvicorn_options(cfg: TlsConfig) -> dict[str, Any]:
 
 
 def _context_factory(config: Config, default: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
-    context = default()
-    context.options |= ssl.OP_NO_RENEGOTIATION
+    return bcp195(default())
+
+
+#: TLS 1.2 cipher suites of BCP 195 (RFC 9325, section 4.2): ephemeral (EC)DH key exchange with an
+#: AEAD cipher, AES-GCM or ChaCha20-Poly1305; no CBC, no SHA-1, no anonymous or null suites. TLS 1.3
+#: suites are all AEAD and are left as OpenSSL offers them.
+BCP195_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20:!aNULL:!eNULL:!aDSS:!SHA1:!AESCCM"
+
+
+def bcp195(context: ssl.SSLContext) -> ssl.SSLContext:
+    """Hold a server context to BCP 195: TLS 1.2 or later, the AEAD suites above, no compression and
+    no renegotiation. The HTTPS and WebSocket door and the DICOM door both use it."""
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_ciphers(BCP195_CIPHERS)
+    context.options |= ssl.OP_NO_RENEGOTIATION | ssl.OP_NO_COMPRESSION
+    return context
+
+
+# --- DICOM (the DIMSE Storage SCP) ------------------------------------------------------------
+
+
+def dicom_server_context(cfg: TlsConfig) -> ssl.SSLContext:
+    """A server context for the DICOM door (PS3.15 B.9, the BCP 195 TLS Secure Transport Connection
+    Profile): the certificate and key, BCP 195 versions and suites, and with a client CA every peer
+    must present a certificate that chains to it (``client_auth`` other than ``"none"``)."""
+    context = bcp195(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER))
+    context.load_cert_chain(cfg.certfile, cfg.keyfile, password=_no_password)
+    if cfg.client_ca is not None and cfg.client_auth != "none":
+        context.load_verify_locations(cafile=cfg.client_ca)
+        context.verify_mode = ssl.CERT_REQUIRED
     return context
 
 

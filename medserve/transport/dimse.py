@@ -248,7 +248,7 @@ class StorageSCP:
                 (evt.EVT_REJECTED, self._on_rejected),
             ]
             uid_redaction.install()  # pynetdicom's and pydicom's log lines too carry no UID
-            tls = self._ssl_context
+            tls = None if self._ssl_context is None else _HandshakeInThread(self._ssl_context, self._ae)
             self._server = self._ae.start_server(
                 (self.host, self._port), block=False, ssl_context=cast(Any, tls), evt_handlers=handlers
             )
