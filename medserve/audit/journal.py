@@ -35,7 +35,6 @@ from medserve.audit.journal_files import (
     LOCK_NAME,
     cut_torn_tail,
     first_record,
-    fsync_directory,
     journal_name,
     journal_numbers,
     last_record,
@@ -46,6 +45,7 @@ from medserve.audit.record import GENESIS, AuditRecord, RecordValues, event_valu
 from medserve.audit.timestamps import UtcTimestamps
 from medserve.values.audit_event import AuditEvent
 from medserve.values.errors import StoreUnavailable
+from medserve.values.files import fsync_directory
 
 __all__ = ["Journal", "journal_name"]
 
@@ -218,7 +218,7 @@ class Journal:
         except OSError as exc:
             raise StoreUnavailable(f"audit journal {path} cannot be opened: {exc.strerror or exc}") from exc
         if created and self.fsync:
-            fsync_directory(self.directory)
+            fsync_directory(self.directory, strict=True)
         self._number = number
         self._size = 0 if created else os.fstat(self._fd).st_size
 

@@ -53,14 +53,6 @@ def seq_of(line: bytes) -> int | None:
     return int(digits) if digits.isdigit() else None
 
 
-def fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def cut_torn_tail(path: Path, fsync: bool) -> None:
     """Cut an incomplete last line (never acknowledged) so the next line starts cleanly."""
     with path.open("r+b") as handle:

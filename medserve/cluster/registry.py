@@ -24,16 +24,11 @@ from medserve.store.database import Database
 from medserve.store.sql import describe_error
 from medserve.store.tables import ReplicaRow
 from medserve.values.errors import InvalidConfig, MedserveError, StoreUnavailable
+from medserve.values.times import as_utc
 
 log = logging.getLogger("medserve.cluster")
 
 UP, STOPPED, LOST = "up", "stopped", "lost"
-
-
-def _utc(value: datetime | None) -> datetime | None:
-    if value is None:
-        return None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -72,7 +67,7 @@ def list_replicas(database: Database, stale_after_s: float = 15.0) -> list[Repli
         raise StoreUnavailable(f"replicas cannot be read: {describe_error(exc)}") from exc
     replicas = []
     for row in rows:
-        beat = _utc(row.heartbeat_at) or now
+        beat = as_utc(row.heartbeat_at) or now
         age = (now - beat).total_seconds()
         state = STOPPED if row.stopped_at is not None else UP if age <= stale_after_s else LOST
         replicas.append(
@@ -83,7 +78,7 @@ def list_replicas(database: Database, stale_after_s: float = 15.0) -> list[Repli
                 list(row.models or []),
                 bool(row.ready) and state == UP,
                 state,
-                _utc(row.started_at) or now,
+                as_utc(row.started_at) or now,
                 beat,
                 max(0.0, age),
             )

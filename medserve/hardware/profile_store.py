@@ -23,6 +23,7 @@ from medserve.store.database import Database
 from medserve.store.sql import describe_error
 from medserve.store.tables import ModelProfileRow
 from medserve.values.errors import StoreUnavailable
+from medserve.values.times import as_utc
 
 #: the p99 tracker's quantile
 _TAIL = 0.99
@@ -177,7 +178,7 @@ class ProfileStore:
             version=newest.version,
             artifact_digest=newest.artifact_digest,
             fingerprint=newest.fingerprint,
-            measured_at=_utc(newest.measured_at),
+            measured_at=as_utc(newest.measured_at),
             points=tuple(points),
         )
 
@@ -249,7 +250,3 @@ class ProfileStore:
         except SQLAlchemyError as exc:
             raise StoreUnavailable(f"cannot update the live profile: {describe_error(exc)}") from exc
         return updated
-
-
-def _utc(value: datetime) -> datetime:
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)

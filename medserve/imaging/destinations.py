@@ -31,6 +31,7 @@ from typing import ClassVar, Literal
 
 from medserve.values.digest import sha256_file
 from medserve.values.errors import InvalidInput, MedserveError
+from medserve.values.files import fsync_directory
 
 ItemKind = Literal["dicom", "fhir"]
 ITEM_KINDS: tuple[str, ...] = ("dicom", "fhir")
@@ -143,7 +144,7 @@ class FolderDestination(Destination):
                 os.fsync(out.fileno())
             os.replace(tmp, target)
             tmp = None
-            _fsync_dir(folder)
+            fsync_directory(folder)
         except OSError as exc:
             retryable = exc.errno not in (13, 1, 30)  # EACCES, EPERM, EROFS need an operator
             raise ExportFailed(
@@ -154,17 +155,3 @@ class FolderDestination(Destination):
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)
         return f"written to folder: {relative}"
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename in ``folder`` durable (POSIX; a no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

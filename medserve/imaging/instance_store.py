@@ -33,6 +33,7 @@ from medserve.imaging.uploaders import with_uploader
 from medserve.store.database import Database
 from medserve.store.tables import DicomInstanceRow, DicomSeriesRow
 from medserve.values.errors import InvalidInput
+from medserve.values.files import fsync_directory
 
 log = logging.getLogger(__name__)
 
@@ -229,8 +230,4 @@ def _write_durably(path: Path, data: bytes) -> None:
     finally:
         with contextlib.suppress(FileNotFoundError):
             temporary.unlink()
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    fsync_directory(path.parent, strict=True)

@@ -26,6 +26,7 @@ from medserve.store.database import Database
 from medserve.store.leases import Lease, LeaseBook
 from medserve.store.tables import JobChunkRow, JobFailureRow, JobRow
 from medserve.values.errors import Conflict, JobNotFound
+from medserve.values.times import as_utc
 
 QUEUED, RUNNING, PAUSED = "queued", "running", "paused"
 SUCCEEDED, FAILED, CANCELLED = "succeeded", "failed", "cancelled"
@@ -37,12 +38,6 @@ LEASE_KIND = "job"
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def _utc(value: datetime | None) -> datetime | None:
-    if value is None:
-        return None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def runner_name(kind: str) -> str:
@@ -129,9 +124,9 @@ def _status(row: JobRow) -> JobStatus:
         row.chunks_done,
         float(row.busy_s),
         row.error,
-        _utc(row.created_at) or _now(),
-        _utc(row.started_at),
-        _utc(row.finished_at),
+        as_utc(row.created_at) or _now(),
+        as_utc(row.started_at),
+        as_utc(row.finished_at),
         bool(row.cancel_requested),
         dict(row.spec),
     )

@@ -26,6 +26,7 @@ from medserve.security.signing import TrustedKeys, signature_path
 from medserve.store.database import Database
 from medserve.store.tables import ModelPinRow, ModelVersionRow
 from medserve.values.errors import InvalidConfig, InvalidInput, ModelLoadError, StoreUnavailable
+from medserve.values.times import as_utc
 
 log = logging.getLogger(__name__)
 
@@ -92,12 +93,8 @@ def read_validation(path: Path) -> list[dict[str, Any]] | None:
     return records
 
 
-def _utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
 def _iso(value: datetime) -> str:
-    return _utc(value).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return as_utc(value).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def _refuse_changed(prefix: str, recorded: str, first_loaded_at: str, found: str) -> None:

@@ -16,11 +16,12 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
-from medserve.security.tokens import DEFAULT_CACHE_TTL, TtlCache, as_utc, normalise_grants, utcnow
+from medserve.security.tokens import DEFAULT_CACHE_TTL, TtlCache, normalise_grants
 from medserve.store.database import Database
 from medserve.store.tables import ClientCertificateRow
 from medserve.values.access import Principal, Role
 from medserve.values.errors import InvalidInput, StoreUnavailable, Unauthenticated
+from medserve.values.times import as_utc, utcnow
 
 _MAX_CN = 256
 

@@ -21,12 +21,13 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
-from medserve.security.tokens import DEFAULT_CACHE_TTL, TtlCache, as_utc, normalise_grants, utcnow
+from medserve.security.tokens import DEFAULT_CACHE_TTL, TtlCache, normalise_grants
 from medserve.store.database import Database
 from medserve.store.tables import DicomPeerRow
 from medserve.values.access import Principal, Role
 from medserve.values.ae_title import check_ae_title
 from medserve.values.errors import InvalidInput, StoreUnavailable
+from medserve.values.times import as_utc, utcnow
 
 _MAX_NAME = 128
 _ALL = "*"

@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Generic, TypeVar
 
 from sqlalchemy import select, update
@@ -36,6 +36,7 @@ from medserve.store.database import Database
 from medserve.store.tables import ApiTokenRow
 from medserve.values.access import Principal, Role
 from medserve.values.errors import InvalidInput, StoreUnavailable, Unauthenticated
+from medserve.values.times import as_utc, utcnow
 
 PREFIX = "msv_"
 ID_LENGTH = 12
@@ -49,17 +50,6 @@ _MAX_MODEL_NAME = 256
 _DURATION = re.compile(r"([1-9][0-9]{0,6})\s*([smhdw])")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 _MAX_DURATION = timedelta(days=36525)
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def as_utc(value: datetime | None) -> datetime | None:
-    """``value`` as an aware UTC datetime; naive values (SQLite) are taken as UTC."""
-    if value is None:
-        return None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def parse_duration(text: str) -> timedelta:

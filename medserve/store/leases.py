@@ -31,6 +31,7 @@ from medserve.store.database import Database
 from medserve.store.sql import describe_error, lock_for_write
 from medserve.store.tables import LeaseRow
 from medserve.values.errors import InvalidConfig, StoreUnavailable
+from medserve.values.times import as_utc
 
 #: The advisory lock key (PostgreSQL) a claim would use if it could not skip locked rows; SQLite's
 #: ``BEGIN IMMEDIATE`` serialises claims instead.
@@ -39,10 +40,6 @@ LEASE_LOCK_KEY = 0x6D656473_0003
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-def _utc(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -138,7 +135,7 @@ class LeaseBook:
         row = connection.execute(statement).first()
         if row is None or row.holder != self.holder:
             return None
-        return Lease(kind, key, self.holder, int(row.token), _utc(row.expires_at))
+        return Lease(kind, key, self.holder, int(row.token), as_utc(row.expires_at))
 
     # -- keeping --------------------------------------------------------------------------------
     def renew(self, leases: list[Lease]) -> tuple[list[Lease], list[Lease]]:

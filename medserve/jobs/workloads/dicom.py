@@ -45,7 +45,6 @@ here; the generic ``parquet`` and ``csv`` sinks hold the rows.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import os
 import shutil
@@ -68,6 +67,7 @@ from medserve.imaging.series_runner import run_series
 from medserve.jobs.scoring import CoreScorer
 from medserve.jobs.workload import Item, ItemFailure, SourceError, WithRoom
 from medserve.values.errors import InvalidConfig, InvalidInput
+from medserve.values.files import fsync_directory
 
 RESULT_KINDS = ("seg", "sr", "fhir")
 """What ``write`` may choose from."""
@@ -119,15 +119,6 @@ def _write_option(value: Any) -> tuple[str, ...]:
             f"option 'write': unknown result kind(s) {', '.join(unknown)}; known: {', '.join(RESULT_KINDS)}"
         )
     return tuple(kind for kind in RESULT_KINDS if kind in kinds)
-
-
-def _fsync_directory(path: Path) -> None:
-    with contextlib.suppress(OSError):  # not every file system lets a folder be opened for sync
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 class DicomStudiesWorkload:
@@ -303,11 +294,11 @@ class DicomStudiesWorkload:
                     kept.append(path.name)
                 else:
                     path.unlink()
-            _fsync_directory(staging)
+            fsync_directory(staging)
             if final.exists():
                 os.replace(final, retired)
             os.replace(staging, final)
-            _fsync_directory(study_dir)
+            fsync_directory(study_dir)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         shutil.rmtree(retired, ignore_errors=True)
