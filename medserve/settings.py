@@ -212,6 +212,13 @@ class Settings(BaseSettings):
         description="Model monitoring: at most this many responses a second per model enter the "
         "distributions (a uniform-in-time sample; 0 turns monitoring off).",
     )
+    monitoring_share_s: float = Field(
+        default=10.0,
+        ge=0,
+        description="Model monitoring: every this many seconds the replica writes its monitoring state "
+        "to the store, where the monitoring endpoint of any replica merges it with the others' "
+        "(0: not shared, each replica answers for its own traffic).",
+    )
     monitor_max_sessions: int = Field(
         default=1000,
         ge=1,

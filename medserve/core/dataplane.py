@@ -23,8 +23,10 @@ from medserve.core.service import InferenceService
 from medserve.hardware.placer import HardwarePlacer
 from medserve.hardware.profile_store import ProfileStore
 from medserve.monitoring.drift import ModelMonitor
+from medserve.monitoring.fleet import FleetMonitor
 from medserve.repository.repository import ModelRepository
 from medserve.settings import Settings
+from medserve.store.identity import replica_id
 from medserve.trust import Trust
 
 log = logging.getLogger("medserve")
@@ -41,10 +43,14 @@ class Dataplane:
     """Output and input statistics per model (``None`` without monitoring)."""
     placer: HardwarePlacer | None = None
     """Placement at load, device failover, energy metering, live profiles (``None`` without placement)."""
+    fleet_monitor: FleetMonitor | None = None
+    """The monitor shared with the other replicas through the store (``None`` without monitoring)."""
 
     async def close(self) -> None:
         await self.service.close()
         self.service.readiness.close()
+        if self.fleet_monitor is not None:
+            await asyncio.to_thread(self.fleet_monitor.stop)
         if self.placer is not None:
             await asyncio.to_thread(self.placer.close)
 
@@ -71,12 +77,16 @@ def build_dataplane(
         placer=placer,
     )
     monitor = ModelMonitor(window_s=settings.monitoring_window_s) if monitoring else None
+    shared = None
+    if monitor is not None:  # the endpoint answers for every replica sharing the store
+        rid = replica_id(settings.replica_id, settings.data_dir)
+        shared = FleetMonitor(monitor, trust.database, rid, share_every_s=settings.monitoring_share_s)
     service = InferenceService(
         registry,
         trust.authenticator,
         audit=None if settings.audit_disabled else trust.audit,
         pseudonyms=trust.pseudonyms,
-        observer=monitor if monitor is not None and settings.monitoring_max_per_s > 0 else None,
+        observer=shared if shared is not None and settings.monitoring_max_per_s > 0 else None,
         observe_per_s=settings.monitoring_max_per_s,
     )
     service.readiness.watch_store(trust.database.ping)  # a replica that cannot reach its store is not ready
@@ -84,4 +94,6 @@ def build_dataplane(
         metrics.watch_trust(trust.audit, monitor)
     if settings.audit_disabled:
         log.warning("AUDIT IS DISABLED (audit_disabled=true): no inference is recorded. Benchmarks only.")
-    return Dataplane(service, metrics, monitor, placer)
+    if shared is not None:
+        shared.start()
+    return Dataplane(service, metrics, monitor, placer, shared)

@@ -31,6 +31,7 @@ from medserve.monitoring.scores import (
     psi,
     psi_of_counts,
 )
+from medserve.monitoring.state import merge_states, tracker_state
 from medserve.monitoring.statistics import CATEGORICAL, OutputStats, RunningStats, input_batch, output_batch
 from medserve.monitoring.windows import Tracker
 from medserve.values.errors import InvalidConfig, ModelNotFound
@@ -68,7 +69,6 @@ class ModelMonitor:
         self.max_values_per_tensor = max_values_per_tensor
         self._trackers: dict[tuple[str, str], Tracker] = {}
         self._lock = threading.Lock()
-        self._rng = np.random.default_rng()
         self._report = WindowReport(bins)
 
     # -- recording ------------------------------------------------------------------------------
@@ -103,7 +103,7 @@ class ModelMonitor:
                 stats = window.outputs.get(name)
                 if stats is None:
                     stats = window.outputs[name] = OutputStats(kind, self.bins, cap)
-                stats.add(batch, self._rng)
+                stats.add(batch)
 
     def set_reference(self, model: str, version: str | None = None) -> None:
         """Pin the newest window with data of ``model`` (of one ``version``, or all) as reference."""
@@ -157,28 +157,54 @@ class ModelMonitor:
     def snapshot(self, model: str, now: float | None = None) -> dict[str, Any]:
         """A JSON-able view of ``model``: windows, reference and drift scores per version."""
         t = time.time() if now is None else now
-        report = self._report
         with self._lock:
-            versions = []
-            for (name, version), tracker in sorted(self._select(model, None).items()):
-                reference = tracker.reference(self.reference_windows, t, self.bins)
-                versions.append(
-                    {
-                        "version": version,
-                        "late_observations": tracker.late,
-                        "reference": report.reference(tracker, reference),
-                        "windows": [report.window(w, reference) for w in tracker.windows],
-                        "drift": [s.to_dict() for s in self._drift(name, version, tracker, t)],
-                    }
-                )
+            return self.snapshot_of(model, self._select(model, None), t)
+
+    def states(self, model: str | None = None) -> dict[tuple[str, str], dict[str, Any]]:
+        """Each model version's state (of every model, or of ``model``) as JSON-able data
+        (:mod:`.state`), to share with other replicas."""
+        with self._lock:
             return {
-                "model": model,
-                "window_s": self.window_s,
-                "bins": self.bins,
-                "reference_windows": self.reference_windows,
-                "thresholds": {kind: dict(levels) for kind, levels in THRESHOLDS.items()},
-                "versions": versions,
+                key: tracker_state(tracker, self.window_s)
+                for key, tracker in self._trackers.items()
+                if model is None or key[0] == model
             }
+
+    def merged(self, states: list[dict[str, Any]]) -> Tracker:
+        """One tracker of several replicas' states of one model version (of this ``window_s``)."""
+        return merge_states(
+            states,
+            bins=self.bins,
+            capacity=self.max_values_per_tensor,
+            keep=self.keep_windows,
+            reference=self.reference_windows,
+        )
+
+    def snapshot_of(
+        self, model: str, trackers: Mapping[tuple[str, str], Tracker], now: float
+    ) -> dict[str, Any]:
+        """The snapshot of ``model`` from the given trackers (this monitor's, or merged ones)."""
+        report = self._report
+        versions = []
+        for (name, version), tracker in sorted(trackers.items()):
+            reference = tracker.reference(self.reference_windows, now, self.bins)
+            versions.append(
+                {
+                    "version": version,
+                    "late_observations": tracker.late,
+                    "reference": report.reference(tracker, reference),
+                    "windows": [report.window(w, reference) for w in tracker.windows],
+                    "drift": [s.to_dict() for s in self._drift(name, version, tracker, now)],
+                }
+            )
+        return {
+            "model": model,
+            "window_s": self.window_s,
+            "bins": self.bins,
+            "reference_windows": self.reference_windows,
+            "thresholds": {kind: dict(levels) for kind, levels in THRESHOLDS.items()},
+            "versions": versions,
+        }
 
     def _drift(self, model: str, version: str, tracker: Tracker, now: float) -> list[DriftScore]:
         """The scores of one version (under the lock)."""

@@ -1,10 +1,10 @@
 """Histograms of output statistics, on edges that every window of a model version shares.
 
-Probability outputs have ``bins`` equal bins on [0, 1]. A real-valued output's histogram is drawn from
-its reservoir sample on fixed edges taken from the reference: ``bins`` equal bins between the
-reference's minimum and maximum, plus one bin below and one above, so every window is compared on the
-same edges; the sample's counts are scaled to the window's number of values. Categorical outputs
-have counts per value.
+Probability outputs have ``bins`` equal bins on [0, 1]. A real-valued output's histogram is read from
+its KLL sketch on fixed edges taken from the reference: ``bins`` equal bins between the reference's
+minimum and maximum, plus one bin below and one above, so every window is compared on the same edges;
+each bin's share is within the sketch's rank error (``KLL_PMF_ERROR``) of the true share. Categorical
+outputs have counts per value.
 """
 
 from __future__ import annotations
@@ -35,11 +35,14 @@ def real_counts(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
 
 
 def scaled_real_counts(stats: OutputStats, edges: np.ndarray) -> np.ndarray:
-    """The sample's bin counts scaled to the window's number of values."""
-    sample = stats.sample()
-    if sample.size == 0:
+    """Counts in [below, bin 1 .. bin n, above] estimated from the sketch (bins as :func:`real_counts`:
+    left-closed, the last inner bin closed on both sides)."""
+    sketch = stats.sketch
+    if sketch is None or sketch.is_empty():
         return np.zeros(edges.size + 1)
-    return real_counts(sample, edges) * (stats.running.count / sample.size)
+    splits = edges.astype(np.float64)
+    splits[-1] = np.nextafter(splits[-1], np.inf)  # a value equal to the last edge is in the last bin
+    return np.asarray(sketch.get_pmf(splits.tolist(), False), dtype=np.float64) * float(sketch.n)
 
 
 def category_counts(stats: OutputStats) -> dict[str, int]:

@@ -33,7 +33,7 @@ class WindowReport:
             result["histogram"] = (
                 None
                 if edges is None
-                else real_histogram_dict(scaled_real_counts(stats, edges), edges, int(stats.sample().size))
+                else real_histogram_dict(scaled_real_counts(stats, edges), edges, stats.sketched())
             )
         else:
             result["counts"] = category_counts(stats)
@@ -62,9 +62,7 @@ class WindowReport:
             if ref.kind == PROBABILITY and isinstance(counts, np.ndarray):
                 entry["histogram"] = unit_histogram_dict(counts, self.unit_edges)
             elif ref.kind == REAL:
-                sample_size = sum(
-                    int(w.outputs[name].sample().size) for w in reference.windows if name in w.outputs
-                )
+                sample_size = sum(w.outputs[name].sketched() for w in reference.windows if name in w.outputs)
                 entry["histogram"] = (
                     None
                     if not isinstance(counts, np.ndarray) or ref.edges is None

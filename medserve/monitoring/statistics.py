@@ -5,10 +5,18 @@
 * per floating output whose values all lay in [0, 1] when first seen (class probabilities), a histogram
   of ``bins`` equal bins on [0, 1]; later values outside [0, 1] go to the edge bins and are counted as
   ``out_of_range``;
-* per other floating output, the same running statistics and a uniform reservoir sample of up to
-  ``capacity`` values (its histogram is drawn from that sample, see :mod:`.histograms`);
+* per other floating output, the same running statistics and a KLL quantile sketch (Apache
+  DataSketches, ``kll_doubles_sketch`` with ``k`` = :data:`KLL_K`) of its values; its histogram on any
+  edges is read from the sketch (see :mod:`.histograms`), each bin's share within the sketch's rank
+  error (:data:`KLL_PMF_ERROR`, 99 % confidence);
 * per integer or boolean output, counts per value for up to :data:`MAX_CATEGORIES` distinct values,
   the rest counted as ``other``.
+
+Every statistic merges: :meth:`OutputStats.merge` and :meth:`RunningStats.merge` combine two windows
+(of two replicas) into what one process would have recorded from both streams: exactly for counts,
+histograms on fixed bins and category counts (while the categories fit :data:`MAX_CATEGORIES`), to
+floating-point rounding for the running moments, and within the sketch's error bound for the KLL
+sketches (a merged KLL sketch has the error of one sketch of all the values).
 
 A tensor with more than ``max_values`` values is read with a stride, so one observation costs the same
 whatever the tensor size. Probability histograms pool all values of the tensor (all classes together).
@@ -21,8 +29,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from datasketches import kll_doubles_sketch
 
 MAX_CATEGORIES = 64
+#: The KLL sketches' size parameter: about 3 k values kept, whatever the number summarised.
+KLL_K = 200
+#: The KLL sketch's bound on the error of each bin's share of a histogram (99 % confidence).
+KLL_PMF_ERROR: float = kll_doubles_sketch.get_normalized_rank_error(KLL_K, True)
 
 #: The kinds of output statistics.
 PROBABILITY = "probability"
@@ -105,24 +118,43 @@ class OutputStats:
     running: RunningStats = field(default_factory=RunningStats)
     histogram: np.ndarray | None = None  # PROBABILITY: counts of the bins on [0, 1]
     out_of_range: int = 0
-    reservoir: np.ndarray | None = None  # REAL: uniform sample of the sampled values
-    seen: int = 0
+    sketch: kll_doubles_sketch | None = None  # REAL: quantile sketch of the sampled values
     categories: dict[int, int] = field(default_factory=dict)
     other: int = 0
 
-    def add(self, batch: TensorBatch, rng: np.random.Generator) -> None:
+    def add(self, batch: TensorBatch) -> None:
         self.running.merge(batch.running)
         if self.kind == CATEGORICAL:
-            for value, count in (batch.categories or {}).items():
-                if value in self.categories or len(self.categories) < MAX_CATEGORIES:
-                    self.categories[value] = self.categories.get(value, 0) + count
-                else:
-                    self.other += count
+            self._add_categories(batch.categories or {})
         elif batch.values is not None and batch.values.size:
             if self.kind == PROBABILITY:
                 self._add_probabilities(batch.values)
             else:
-                self._add_sample(batch.values.astype(np.float32), rng)
+                if self.sketch is None:
+                    self.sketch = kll_doubles_sketch(KLL_K)
+                self.sketch.update(np.ascontiguousarray(batch.values, dtype=np.float64))
+
+    def merge(self, other: OutputStats) -> None:
+        """Add ``other`` (the same output in the same window, seen by another replica)."""
+        self.running.merge(other.running)
+        if other.histogram is not None:
+            if self.histogram is None:
+                self.histogram = np.zeros(self.bins, dtype=np.int64)
+            self.histogram += other.histogram
+        self.out_of_range += other.out_of_range
+        if other.sketch is not None:
+            if self.sketch is None:
+                self.sketch = kll_doubles_sketch(KLL_K)
+            self.sketch.merge(other.sketch)
+        self._add_categories(other.categories)
+        self.other += other.other
+
+    def _add_categories(self, categories: dict[int, int]) -> None:
+        for value, count in categories.items():
+            if value in self.categories or len(self.categories) < MAX_CATEGORIES:
+                self.categories[value] = self.categories.get(value, 0) + count
+            else:
+                self.other += count
 
     def _add_probabilities(self, values: np.ndarray) -> None:
         if self.histogram is None:
@@ -131,24 +163,9 @@ class OutputStats:
         index = np.clip((values * self.bins).astype(np.int64), 0, self.bins - 1)
         self.histogram += np.bincount(index, minlength=self.bins)
 
-    def _add_sample(self, values: np.ndarray, rng: np.random.Generator) -> None:
-        if self.reservoir is None:
-            self.reservoir = np.empty(self.capacity, dtype=np.float32)
-        filled = min(self.seen, self.capacity)
-        take = min(self.capacity - filled, values.size)
-        self.reservoir[filled : filled + take] = values[:take]
-        rest = values[take:]
-        if rest.size:  # algorithm R, vectorised: item k (1-based) replaces slot j < capacity
-            positions = self.seen + take + np.arange(1, rest.size + 1)
-            slots = (rng.random(rest.size) * positions).astype(np.int64)
-            chosen = slots < self.capacity
-            self.reservoir[slots[chosen]] = rest[chosen]
-        self.seen += values.size
-
-    def sample(self) -> np.ndarray:
-        if self.reservoir is None:
-            return np.empty(0, dtype=np.float32)
-        return self.reservoir[: min(self.seen, self.capacity)]
+    def sketched(self) -> int:
+        """How many values the sketch summarises (0 without one)."""
+        return 0 if self.sketch is None else int(self.sketch.n)
 
 
 def _sampled(array: np.ndarray, max_values: int) -> np.ndarray:

@@ -305,6 +305,20 @@ class ReplicaRow(Base):
     stopped_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
+class MonitoringStateRow(Base):
+    """A replica's model monitoring state of one model version (windows of mergeable statistics and
+    sketches, :mod:`medserve.monitoring.state`), rewritten every few seconds; the monitoring endpoint
+    merges every replica's recent rows."""
+
+    __tablename__ = "monitoring_states"
+
+    replica: Mapped[str] = mapped_column(String(128), primary_key=True)
+    model: Mapped[str] = mapped_column(String(256), primary_key=True)
+    version: Mapped[str] = mapped_column(String(64), primary_key=True)
+    state: Mapped[dict[str, Any]] = mapped_column(JSON)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
 class DicomPeerRow(Base):
     """A calling AE title allowed to associate with the DICOM Storage SCP, and the models it may feed."""
 
