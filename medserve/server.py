@@ -285,7 +285,13 @@ class MedServer:
         routes += shared_memory_routes(self.service) + trace_log_routes(self.service)
         if settings.console_enabled:
             routes += console_routes(self._console_parts(), settings.console_idle_timeout_s)
-        app = build_app(self.service, self.metrics, settings.max_request_bytes, routes)
+        app = build_app(
+            self.service,
+            self.metrics,
+            settings.max_request_bytes,
+            routes,
+            max_json_request_bytes=settings.max_json_request_bytes,
+        )
         config = uvicorn.Config(
             app,
             host=settings.host,
@@ -294,6 +300,7 @@ class MedServer:
             http=limited_protocol(TlsHttpToolsProtocol if tls else HttpToolsProtocol, http_limits(settings)),
             timeout_keep_alive=max(1, round(settings.http_keepalive_timeout_s)),
             ws=TlsWebSocketsProtocol if tls else "auto",
+            ws_max_size=min(settings.max_json_request_bytes, settings.max_request_bytes),
             **(uvicorn_options(tls) if tls else {}),
             lifespan="off",
             access_log=False,

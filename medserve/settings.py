@@ -79,6 +79,15 @@ class Settings(BaseSettings):
         description="Largest request body (HTTP) or message (gRPC) accepted; larger ones get "
         "HTTP 413 / RESOURCE_EXHAUSTED before they are read whole.",
     )
+    max_json_request_bytes: int = Field(
+        default=8 * 1024 * 1024,
+        ge=1024,
+        description="Largest JSON an inference door decodes: a JSON infer body, the JSON header of a "
+        "binary-extension request, the JSON-only REST requests and a WebSocket message. Decoding JSON "
+        "takes many times its size in memory, so this is well below max_request_bytes (the smaller of "
+        "the two applies); larger ones get HTTP 413 naming this setting. Tensors sent in binary count "
+        "against max_request_bytes only.",
+    )
     http_max_header_bytes: int = Field(
         default=64 * 1024,
         ge=1024,

@@ -98,6 +98,8 @@ STATUS_CODES: StatusTable[int] = StatusTable(
 )
 
 _JSON = "application/json"
+#: the setting that bounds JSON bodies, named in their 413 answers
+JSON_LIMIT_SETTING = "max_json_request_bytes"
 
 
 def status_of(exc: MedserveError) -> int:
@@ -170,18 +172,19 @@ def guarded(handler: Handler, table: StatusTable[int] = STATUS_CODES) -> Handler
     return wrapper
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request, limit: int, setting: str = "") -> bytes:
     """The body, refused with 413 as soon as it is known to pass ``limit``; decompressed if encoded
-    (a large body in a worker thread, off the event loop)."""
+    (a large body in a worker thread, off the event loop). ``setting`` names the limit in the answer."""
+    named = f" ({setting})" if setting else ""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit} bytes")
+        raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit} bytes{named}")
     chunks: list[bytes] = []
     total = 0
     async for chunk in request.stream():
         total += len(chunk)
         if total > limit:
-            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes{named}")
         chunks.append(chunk)
     body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
     encoding = request.headers.get("content-encoding", "identity").lower()
@@ -192,18 +195,18 @@ async def read_body(request: Request, limit: int) -> bytes:
             f"Content-Encoding '{clipped(encoding)}' is not supported (use gzip or deflate)"
         )
     if len(body) > OFF_LOOP_BYTES // 16:  # a small compressed body may inflate to the limit
-        return await run_in_threadpool(_inflate, body, encoding, limit)
-    return _inflate(body, encoding, limit)
+        return await run_in_threadpool(_inflate, body, encoding, limit, named)
+    return _inflate(body, encoding, limit, named)
 
 
-def _inflate(body: bytes, encoding: str, limit: int) -> bytes:
+def _inflate(body: bytes, encoding: str, limit: int, named: str = "") -> bytes:
     inflater = zlib.decompressobj(wbits=31 if encoding == "gzip" else 15)
     try:
         data = inflater.decompress(body, limit + 1)
     except zlib.error as exc:
         raise InvalidInput(f"request body is not valid {encoding} data: {exc}") from None
     if len(data) > limit or inflater.unconsumed_tail:
-        raise PayloadTooLarge(f"decompressed request body exceeds the limit of {limit} bytes")
+        raise PayloadTooLarge(f"decompressed request body exceeds the limit of {limit} bytes{named}")
     return data
 
 
@@ -251,8 +254,16 @@ def build_app(
     metrics: ServingMetrics,
     max_request_bytes: int,
     extra_routes: Sequence[BaseRoute] = (),
+    max_json_request_bytes: int | None = None,
 ) -> Starlette:
-    """The Starlette application of the REST door."""
+    """The Starlette application of the REST door. JSON (an infer body, a binary request's JSON
+    header, the JSON-only requests) is held to ``max_json_request_bytes`` as well: decoding it takes
+    many times its size in memory."""
+    json_limit = min(max_request_bytes, max_json_request_bytes or max_request_bytes)
+    json_setting = JSON_LIMIT_SETTING if json_limit < max_request_bytes else "max_request_bytes"
+
+    async def read_json_body(request: Request) -> bytes:
+        return await read_body(request, json_limit, json_setting)
 
     def model_args(request: Request) -> tuple[str, str]:
         params = request.path_params
@@ -318,7 +329,15 @@ def build_app(
                         f"{HEADER_LENGTH} must be a non-negative integer, got '{clipped(raw_length)}'"
                     )
                 header_length = int(raw_length)
-            body = await read_body(request, max_request_bytes)
+                if header_length > json_limit:
+                    raise PayloadTooLarge(
+                        f"the JSON header of {header_length} bytes ({HEADER_LENGTH}) exceeds the limit of "
+                        f"{json_limit} bytes ({json_setting})"
+                    )
+            if header_length is None:  # all JSON: tensors in binary (the binary data extension) go further
+                body = await read_json_body(request)
+            else:
+                body = await read_body(request, max_request_bytes, "max_request_bytes")
             decode = partial(decode_infer_request, body, header_length, name, version, max_request_bytes)
             if header_length == 0:  # Triton's raw binary request: the body is the one input's bytes
                 metadata = service.model_metadata(name, version, caller)
@@ -345,7 +364,7 @@ def build_app(
 
     async def repository_index(request: Request) -> Response:
         caller = await authenticated(service, request)
-        body = await read_body(request, max_request_bytes)
+        body = await read_json_body(request)
         doc = loads(body, "repository index request") if body.strip() else {}
         ready_only = bool(doc.get("ready", False)) if isinstance(doc, dict) else False
         rows = service.repository_index(ready_only, caller)
@@ -355,7 +374,7 @@ def build_app(
 
     async def load(request: Request) -> Response:
         caller = await authenticated(service, request)
-        body = await read_body(request, max_request_bytes)
+        body = await read_json_body(request)
         doc = loads(body, "load request") if body.strip() else {}
         parameters = doc.get("parameters", {}) if isinstance(doc, dict) else {}
         config = load_config_override(parameters if isinstance(parameters, dict) else None)
@@ -364,13 +383,13 @@ def build_app(
 
     async def unload(request: Request) -> Response:
         caller = await authenticated(service, request)
-        await read_body(request, max_request_bytes)
+        await read_json_body(request)
         await service.unload_model(request.path_params["model"], caller)
         return json_response({})
 
     async def rollback(request: Request) -> Response:
         caller = await authenticated(service, request)
-        body = await read_body(request, max_request_bytes)
+        body = await read_json_body(request)
         doc = loads(body, "rollback request") if body.strip() else {}
         if not isinstance(doc, dict):
             raise InvalidInput("rollback request must be a JSON object")
