@@ -150,8 +150,9 @@ class Settings(BaseSettings):
     trace_level: Literal["OFF", "TIMESTAMPS", "TENSORS"] = Field(
         default="OFF",
         description="Triton trace level at start-up: OFF traces only requests whose client sent a sampled "
-        "W3C traceparent; TIMESTAMPS also traces one request in trace_rate. Changed at run time through "
-        "/v2/trace/setting.",
+        "W3C traceparent; TIMESTAMPS also traces one request in trace_rate; TENSORS also records the "
+        "traced requests' tensors (shapes, first values: patient data, warned at start). Changed at run "
+        "time through /v2/trace/setting.",
     )
     trace_rate: int = Field(
         default=1000, ge=1, description="With trace_level on: trace one request in this many."

@@ -29,7 +29,7 @@ from medserve.core.model_info import ServedModelInfo
 from medserve.core.readiness import Readiness
 from medserve.core.registry import ModelRegistry
 from medserve.core.shared_memory import SystemSharedMemory
-from medserve.monitoring.tracing import child_span
+from medserve.monitoring.tracing import child_span, record_tensors
 from medserve.values.access import Action, Caller
 from medserve.values.audit_event import AuditEvent
 from medserve.values.digest import tensors_digest
@@ -297,6 +297,7 @@ class InferenceService:
             raise
 
         async def run() -> InferenceResponse:
+            record_tensors(name, "TENSOR_QUEUE_INPUT", request.inputs)  # with trace level TENSORS
             if pipeline is not None:
                 if request.model_version not in ("", "1"):
                     raise ModelNotFound(f"pipeline '{name}' has only version '1'")
@@ -310,6 +311,7 @@ class InferenceService:
                 response = await model.infer(request)
                 if self._observer is not None:
                     self._observe(model.name, model.version, request, response)
+            record_tensors(name, "TENSOR_BACKEND_OUTPUT", response.outputs)
             if audited:
                 output_digest[0] = await digest_of(response.outputs)
             if output_regions:

@@ -1,6 +1,12 @@
 """Request tracing: OpenTelemetry spans from door to queue, batch, engine and audit, with W3C
 ``traceparent`` in and out, and Triton's trace extension settings (level, rate, count).
 
+With ``trace_level`` ``TENSORS`` (as in Triton) a traced request's ``medserve.inference`` span also
+carries its tensors: one ``TENSOR_QUEUE_INPUT`` event per input and one ``TENSOR_BACKEND_OUTPUT`` event
+per output, each with the tensor's name, datatype, shape, element count and its first
+:data:`TENSOR_VALUES` values (BYTES elements: their lengths only, never their text). That is patient
+data in a clinical deployment: a warning is logged whenever the level is set to ``TENSORS``.
+
 A request is traced when its client sent a sampled ``traceparent`` (the hospital's router traces it:
 its spans go on under that trace) or when the trace settings pick it (``trace_level`` not ``OFF``,
 one request in ``trace_rate``, while ``trace_count`` lasts). A traced request's door span is the parent
@@ -12,9 +18,10 @@ only when an endpoint is configured (off by default); tests read them with the S
 from __future__ import annotations
 
 import itertools
+import logging
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -26,7 +33,9 @@ from opentelemetry.trace import Span, SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from medserve.values.errors import InvalidInput
+from medserve.values.types import Tensor
 
+log = logging.getLogger(__name__)
 _PROPAGATOR = TraceContextTextMapPropagator()
 _TRACER_NAME = "medserve"
 
@@ -40,6 +49,8 @@ DEFAULTS: dict[str, list[str]] = {
     "trace_mode": ["opentelemetry"],
 }
 LEVELS = ("OFF", "TIMESTAMPS", "TENSORS")
+#: How many leading elements of each tensor a ``TENSORS`` trace records.
+TENSOR_VALUES = 16
 
 
 class TraceSettings:
@@ -69,6 +80,13 @@ class TraceSettings:
             if key not in DEFAULTS:
                 raise InvalidInput(f"unknown trace setting '{key[:64]}'; known: {', '.join(DEFAULTS)}")
             checked[key] = _checked(key, value) if value else None
+        if "TENSORS" in (checked.get("trace_level") or ()):
+            log.warning(
+                "trace level TENSORS%s: traced requests record their input and output tensors (shapes "
+                "and the first %d values) in their spans; do not use it with patient data",
+                f" for model '{model}'" if model else "",
+                TENSOR_VALUES,
+            )
         with self._lock:
             target = self._models.setdefault(model, {}) if model else self._global
             for key, value in checked.items():
@@ -219,3 +237,36 @@ def record_execution(
     )
     engine.end(end_time=min(engine_start + infer_ns, finished_ns) + to_wall)
     batch.end(end_time=finished_ns + to_wall)
+
+
+def record_tensors(model: str, activity: str, tensors: Iterable[Tensor]) -> None:
+    """With trace level ``TENSORS`` for ``model``, add one ``activity`` event per tensor to the current
+    span (a traced request's); nothing otherwise. Values are bounded to :data:`TENSOR_VALUES`."""
+    span = trace.get_current_span()
+    if not span.get_span_context().is_valid or "TENSORS" not in TRACE_SETTINGS.settings(model)["trace_level"]:
+        return
+    for tensor in tensors:
+        span.add_event(activity, attributes=tensor_attributes(tensor))
+
+
+def tensor_attributes(tensor: Tensor) -> dict[str, Any]:
+    """A tensor's name, datatype, shape, element count and first values as span attributes."""
+    flat = tensor.data.reshape(-1)[:TENSOR_VALUES]
+    attributes: dict[str, Any] = {
+        "medserve.tensor.name": tensor.name,
+        "medserve.tensor.datatype": tensor.datatype,
+        "medserve.tensor.shape": [int(d) for d in tensor.shape],
+        "medserve.tensor.elements": int(tensor.data.size),
+        "medserve.tensor.truncated": int(tensor.data.size) > TENSOR_VALUES,
+    }
+    if tensor.datatype == "BYTES":  # free text is where identifiers hide: lengths only
+        attributes["medserve.tensor.byte_lengths"] = [len(v.encode() if isinstance(v, str) else v) for v in flat]
+    elif tensor.datatype == "BOOL":
+        attributes["medserve.tensor.values"] = [bool(v) for v in flat]
+    elif tensor.datatype in ("FP16", "BF16", "FP32", "FP64"):
+        attributes["medserve.tensor.values"] = [float(v) for v in flat.astype("float64")]
+    elif tensor.datatype == "UINT64":  # past int64, which OTLP attributes carry
+        attributes["medserve.tensor.values"] = [str(int(v)) for v in flat]
+    else:
+        attributes["medserve.tensor.values"] = [int(v) for v in flat]
+    return attributes
