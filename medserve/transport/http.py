@@ -21,6 +21,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from medserve.core.metrics import ServingMetrics
+from medserve.core.refusals import audit_refusal, begin_request, end_request, remember_caller
 from medserve.core.service import InferenceService
 from medserve.logs import bind_request
 from medserve.monitoring.tracing import door_span, traceparent
@@ -35,7 +36,7 @@ from medserve.protocol.rest_codec import (
 )
 from medserve.protocol.validation import clipped, safe_request_id
 from medserve.streaming.alerts import AlertNotFound
-from medserve.transport.http_deadline import client_deadline_ns, unless_disconnected
+from medserve.transport.http_deadline import RECEIVED_NS, client_deadline_ns, unless_disconnected
 from medserve.transport.openapi import openapi_route
 from medserve.transport.status_table import StatusTable
 from medserve.values.access import Action, Caller
@@ -142,13 +143,15 @@ async def authenticated(service: InferenceService, connection: HTTPConnection, d
         authorization = f"Bearer {connection.query_params['access_token']}"
     tls = connection.scope.get("extensions", {}).get("tls", {})
     client = connection.client
-    return await service.authenticate(
+    caller = await service.authenticate(
         authorization,
         tls.get("client_cert_cn") if isinstance(tls, dict) else None,
         door=door,
         peer=f"{client.host}:{client.port}" if client else "",
         request_id=safe_request_id(connection.headers.get("x-request-id", "")),
     )
+    remember_caller(caller)  # a refusal after this names the caller in its audit record
+    return caller
 
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -158,18 +161,41 @@ def guarded(handler: Handler, table: StatusTable[int] = STATUS_CODES) -> Handler
     """``handler`` with every ``MedserveError`` answered ``{"error": ...}`` under its status in ``table``."""
 
     async def wrapper(request: Request) -> Response:
+        token = begin_request()
         try:
             return await handler(request)
         except MedserveError as exc:
-            return error_response(str(exc), table.of(exc), getattr(exc, "retry_after_s", None))
+            status = table.of(exc)
+            await audit_http_refusal(request, exc, status)
+            return error_response(str(exc), status, getattr(exc, "retry_after_s", None))
         except ClientDisconnect:  # nobody is left to answer: not a server fault
             log.info("client left during %s %s before its body was read", request.method, request.url.path)
             return error_response("client disconnected", 400)
         except Exception as exc:  # a bug must not take the server down; the client hears of it
             log.exception("unexpected error serving %s %s", request.method, request.url.path)
             return error_response(f"internal error: {type(exc).__name__}: {exc}", 500)
+        finally:
+            end_request(token)
 
     return wrapper
+
+
+async def audit_http_refusal(request: Request, exc: BaseException, code: int, status: str = "") -> None:
+    """Audit a refusal of this door (once: not one the dataplane already recorded). The application's
+    ``state.audit_record`` is where records go; an application without one audits nothing here."""
+    record = getattr(request.app.state, "audit_record", None)
+    if record is None:
+        return
+    client = request.client
+    await audit_refusal(
+        record,
+        exc,
+        door="http",
+        what=f"HTTP {code} {request.method} {clipped(request.url.path)}",
+        model=str(request.path_params.get("model", ""))[:256],
+        peer=f"{client.host}:{client.port}" if client else "",
+        status=status,
+    )
 
 
 async def read_body(request: Request, limit: int, setting: str = "") -> bytes:
@@ -314,7 +340,7 @@ def build_app(
             return response
 
     async def _infer(request: Request) -> Response:
-        arrived = time.perf_counter_ns()
+        arrived = request.scope.get(RECEIVED_NS) or time.perf_counter_ns()
         name, version = model_args(request)
         caller = await authenticated(service, request)
         bind_request(caller.request_id, caller.principal.name)
@@ -435,10 +461,14 @@ def build_app(
         ]
 
     async def not_found(request: Request, exc: Exception) -> Response:
-        return error_response(f"no route for {request.method} {request.url.path}", 404)
+        message = f"no route for {request.method} {request.url.path}"
+        await audit_http_refusal(request, LookupError(message), 404, "NoRoute")
+        return error_response(message, 404)
 
     async def not_allowed(request: Request, exc: Exception) -> Response:
-        response = error_response(f"method {request.method} is not allowed on {request.url.path}", 405)
+        message = f"method {request.method} is not allowed on {request.url.path}"
+        await audit_http_refusal(request, LookupError(message), 405, "MethodNotAllowed")
+        response = error_response(message, 405)
         allow = (getattr(exc, "headers", None) or {}).get("Allow")
         if allow:
             response.headers["Allow"] = allow
@@ -450,4 +480,5 @@ def build_app(
         routes=[*routes, openapi_route(lambda: app.routes)],
         exception_handlers={404: not_found, 405: not_allowed},
     )
+    app.state.audit_record = service.record  # refusals the dataplane did not audit (see guarded)
     return app

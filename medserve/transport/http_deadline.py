@@ -1,7 +1,7 @@
 """The HTTP door's view of a client's deadline and presence.
 
 - ``Request-Timeout`` (request header): how many seconds the client waits for the answer, a positive
-  decimal number (``2``, ``0.25``), counted from when the request reaches the application. It becomes
+  decimal number (``2``, ``0.25``), counted from when the door had the request's headers. It becomes
   the request's ``deadline_ns``; the scheduler keeps the earliest of it, the OIP ``timeout``
   parameter and the priority class's deadline. A value that is not such a number is answered 400,
   naming the header.
@@ -31,12 +31,12 @@ REQUEST_TIMEOUT = "Request-Timeout"
 MAX_REQUEST_TIMEOUT_S = 86_400.0
 
 
-def client_deadline_ns(headers: Headers, arrived_ns: int) -> int | None:
-    """The absolute deadline (on the clock of ``arrived_ns``, ``time.perf_counter_ns``) the
-    ``Request-Timeout`` header gives, or None without the header; ``InvalidInput`` names a bad value."""
-    raw = headers.get(REQUEST_TIMEOUT)
-    if raw is None:
-        return None
+#: The ASGI scope key the door sets to when it had the request's headers (``time.perf_counter_ns``).
+RECEIVED_NS = "medserve.received_ns"
+
+
+def timeout_seconds(raw: str) -> float:
+    """The seconds a ``Request-Timeout`` value gives; ``InvalidInput`` names the header otherwise."""
     text = raw.strip()
     try:
         seconds = float(text) if text and text.replace(".", "", 1).isdigit() else math.nan
@@ -47,7 +47,16 @@ def client_deadline_ns(headers: Headers, arrived_ns: int) -> int | None:
             f"header {REQUEST_TIMEOUT} must be a number of seconds greater than 0 and at most "
             f"{MAX_REQUEST_TIMEOUT_S:.0f} (e.g. '2.5'), got '{clipped(raw)}'"
         )
-    return arrived_ns + round(seconds * 1e9)
+    return seconds
+
+
+def client_deadline_ns(headers: Headers, arrived_ns: int) -> int | None:
+    """The absolute deadline (on the clock of ``arrived_ns``, ``time.perf_counter_ns``) the
+    ``Request-Timeout`` header gives, or None without the header; ``InvalidInput`` names a bad value."""
+    raw = headers.get(REQUEST_TIMEOUT)
+    if raw is None:
+        return None
+    return arrived_ns + round(timeout_seconds(raw) * 1e9)
 
 
 async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:

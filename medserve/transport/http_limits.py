@@ -13,6 +13,10 @@ that holds a door:
 - a body that goes ``body_timeout_s`` without a byte is closed (the app hears a disconnect);
 - beyond ``max_connections`` open connections a new one is answered 503 and closed at once, with a
   warning logged at most once a minute.
+
+Each request's scope carries when its headers were read (``medserve.received_ns``, on
+``time.perf_counter_ns``): its ``Request-Timeout`` counts from then, so the time it waited for the
+event loop before the application ran is part of it.
 """
 
 from __future__ import annotations
@@ -20,10 +24,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from medserve.transport.http_deadline import RECEIVED_NS
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +46,8 @@ class HttpLimits:
     body_timeout_s: float = 30.0
     keepalive_timeout_s: float = 5.0
     max_connections: int = 512
+    #: told of each header block refused with 431 (the reason and the peer), to audit it
+    on_header_refused: Callable[[str, str], None] | None = None
 
 
 def _answer(status: int, reason: str, message: str) -> bytes:
@@ -142,6 +151,8 @@ class _LimitedHttpToolsProtocol(HttpToolsProtocol):
         message = f"request header block exceeds the limit of {self.limits.max_header_bytes} bytes"
         self.transport.write(_answer(431, "Request Header Fields Too Large", message))
         self.transport.close()
+        if self.limits.on_header_refused is not None:
+            self.limits.on_header_refused(message, peer)
 
     # ---------------------------------------------------------------- parser callbacks
 
@@ -167,6 +178,7 @@ class _LimitedHttpToolsProtocol(HttpToolsProtocol):
         if self._too_large:
             return  # no app task: data_received answers 431
         self._arm("body", self.limits.body_timeout_s)
+        self.scope[RECEIVED_NS] = time.perf_counter_ns()  # type: ignore[literal-required]
         super().on_headers_complete()
 
     def on_body(self, body: bytes) -> None:
