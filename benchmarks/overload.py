@@ -263,8 +263,8 @@ async def run_model(args: argparse.Namespace, model: str, pid: int, http: int) -
     deadline_s = args.deadline if args.deadline is not None else MODELS[model][1]
     concurrency = args.concurrency or MODELS[model][2]
     client = Client(http, request_bytes(model, deadline_s), deadline_s, args.max_connections)
-    log(f"{model}: warm-up {args.warmup:g} s")
-    await client.closed_loop(concurrency, args.warmup)
+    log(f"{model}: warm-up {args.warmup:g} s")  # twice the clients: the engine meets its largest batches
+    await client.closed_loop(2 * concurrency, args.warmup)
     log(f"{model}: closed loop of {concurrency} for {args.capacity_seconds:g} s")
     closed = await client.closed_loop(concurrency, args.capacity_seconds)
     rss_start = rss_bytes(pid)
@@ -374,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--loads", nargs="+", type=float, default=[5.0, 10.0], help="multiples of capacity")
     parser.add_argument("--seconds", type=float, default=20, help="open-loop seconds per point (120: long)")
     parser.add_argument("--capacity-seconds", type=float, default=10)
-    parser.add_argument("--warmup", type=float, default=3)
+    parser.add_argument("--warmup", type=float, default=5)
     parser.add_argument("--settle", type=float, default=2, help="seconds after a point before reading RSS")
     parser.add_argument("--concurrency", type=int, help="closed-loop clients (default: per model)")
     parser.add_argument("--deadline", type=float, help="client deadline in s (default: per model)")

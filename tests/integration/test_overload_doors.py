@@ -174,6 +174,26 @@ async def test_a_grpc_call_whose_deadline_passes_in_the_queue_is_dropped_unrun(d
     assert doors.dropped("deadline") + doors.dropped("client_gone") == 1
 
 
+async def test_a_grpc_stream_s_deadline_refuses_a_request_that_cannot_make_it(doors: Doors) -> None:
+    async with httpx.AsyncClient(timeout=30) as client:
+        queued = await backlog(client, doors, range(4))  # about 1 s of work ahead
+        triton = grpcclient.InferenceServerClient(doors.grpc)
+
+        async def requests() -> AsyncIterator[dict[str, Any]]:
+            yield {"model_name": "simple", "inputs": grpc_inputs(83), "priority": 4, "request_id": "late"}
+
+        started = time.monotonic()
+        answers = [pair async for pair in triton.stream_infer(requests(), stream_timeout=0.6)]
+        elapsed = time.monotonic() - started
+        await triton.close()
+        ((result, error),) = answers  # answered in the stream, which then closed normally
+        assert result is None and error is not None
+        assert "saturated: this 'bulk' request has" in str(error.message())
+        assert elapsed < 0.5
+        await asyncio.gather(*queued)
+    assert 83.0 not in SlowSimple.ran
+
+
 async def test_the_request_timeout_header_is_honoured(doors: Doors) -> None:
     async with httpx.AsyncClient(timeout=30) as client:
         queued = await backlog(client, doors, range(4))
