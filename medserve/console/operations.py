@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+from pathlib import Path
 from typing import Any
 
 from medserve.console.parts import ConsoleParts
@@ -40,38 +41,53 @@ def _imaging(parts: ConsoleParts) -> Any:
 
 
 async def imaging(parts: ConsoleParts, caller: Caller) -> dict[str, Any]:
+    """The studies with only the series the caller may see, as ``/dicom/studies`` lists them."""
     caller.principal.require(Action.READ)
-    studies = await asyncio.to_thread(_imaging(parts).studies)
+    studies = await asyncio.to_thread(_imaging(parts).visible_studies, caller.principal)
     return {"studies": studies[-50:][::-1], "manage": caller.principal.may(Action.MANAGE)}
 
 
-async def result(parts: ConsoleParts, caller: Caller, result_id: str) -> dict[str, Any]:
-    """A result and its series' other results: the SEG to view, the SR's findings."""
+async def _visible_result(
+    parts: ConsoleParts, caller: Caller, result_id: str, kind: str = ""
+) -> tuple[Path, dict[str, Any]]:
+    """The file of result ``result_id`` (of ``kind`` when given) and its series as ``/dicom/series``
+    shows it to the caller: a result of a series the caller may not see is not found, one of a
+    model it has no grant for is refused."""
     caller.principal.require(Action.READ)
     service = _imaging(parts)
     found = await asyncio.to_thread(service.result_file, result_id)
-    if found is None:
-        raise ModelNotFound(f"no imaging result {result_id}")
-    _, _, series_uid = found
-    studies = await asyncio.to_thread(service.studies, None, series_uid)
-    series = studies[0]["series"][0] if studies else {}
-    results = series.get("results", [])
+    missing = ModelNotFound(f"no {'segmentation' if kind == 'seg' else 'imaging'} result {result_id}")
+    if found is None or (kind and found[0] != kind):
+        raise missing
+    _, path, series_uid = found
+    studies = await asyncio.to_thread(service.visible_studies, caller.principal, None, series_uid)
+    if not studies:
+        raise missing
+    series: dict[str, Any] = studies[0]["series"][0]
+    mine = next((r for r in series["results"] if r["id"] == result_id), None)
+    if mine is None:
+        raise missing
+    caller.principal.require(Action.READ, str(mine["model"]))
+    readable = [r for r in series["results"] if caller.principal.may(Action.READ, str(r["model"]))]
+    return path, {**series, "results": readable}
+
+
+async def result(parts: ConsoleParts, caller: Caller, result_id: str) -> dict[str, Any]:
+    """A result and its series' other results the caller may read: the SEG to view, the SR's findings."""
+    _, series = await _visible_result(parts, caller, result_id)
+    results = series["results"]
     seg = next((r for r in results if r["kind"] == "seg"), None)
     sr = next((r for r in results if r["kind"] == "sr"), None)
     findings = []
     if sr is not None:
-        sr_file = await asyncio.to_thread(service.result_file, sr["id"])
+        sr_file = await asyncio.to_thread(_imaging(parts).result_file, sr["id"])
         if sr_file is not None and sr_file[1].is_file():
             findings = await asyncio.to_thread(sr_findings, sr_file[1])
     return {"id": result_id, "series": series, "seg": seg, "sr": sr, "findings": findings}
 
 
 async def slice_image(parts: ConsoleParts, caller: Caller, result_id: str, index: int | None) -> SliceImage:
-    caller.principal.require(Action.READ)
+    path, series = await _visible_result(parts, caller, result_id, "seg")
     service = _imaging(parts)
-    found = await asyncio.to_thread(service.result_file, result_id)
-    if found is None or found[0] != "seg":
-        raise ModelNotFound(f"no segmentation result {result_id}")
-    _, path, series_uid = found
-    sources = await asyncio.to_thread(service.store.instance_paths, series_uid)
+    sources = await asyncio.to_thread(service.store.instance_paths, series["series_instance_uid"])
     return await asyncio.to_thread(render_seg_slice, path, sources, index)

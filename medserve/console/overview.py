@@ -41,7 +41,7 @@ async def overview(parts: ConsoleParts, caller: Caller) -> dict[str, Any]:
         alerts = parts.alerts.list(unacknowledged_only=True, limit=10)
     failed_series = 0
     if parts.imaging is not None:
-        studies = await asyncio.to_thread(parts.imaging.studies)
+        studies = await asyncio.to_thread(parts.imaging.visible_studies, caller.principal)
         failed_series = sum(
             1 for study in studies for s in study["series"] if s["state"] == imaging_states.FAILED
         )

@@ -45,7 +45,7 @@ from medserve.store.database import Database
 from medserve.store.lease_keeper import LeaseKeeper
 from medserve.store.leases import LeaseBook
 from medserve.store.tables import DicomSeriesRow, ExportRow, ImagingResultRow, LeaseRow
-from medserve.values.access import Action, Caller
+from medserve.values.access import Action, Caller, Principal
 from medserve.values.audit_event import AuditEvent
 from medserve.values.errors import InvalidInput, MedserveError, PermissionDenied
 
@@ -391,6 +391,18 @@ class ImagingService:
             if row is None:
                 return None
             return row.kind, self.results_root / row.path, row.series_uid
+
+    def visible_studies(
+        self, principal: Principal, study_uid: str | None = None, series_uid: str | None = None
+    ) -> list[dict[str, Any]]:
+        """:meth:`studies` cut to the series ``principal`` may see (:func:`uploaders.visible_studies`):
+        what every door that lists studies, series or results shows."""
+
+        def model_of(pipeline: str) -> str | None:
+            spec = self.pipelines.get(pipeline)
+            return spec.model if spec is not None else None
+
+        return uploaders.visible_studies(self.studies(study_uid, series_uid), principal, model_of)
 
     def studies(self, study_uid: str | None = None, series_uid: str | None = None) -> list[dict[str, Any]]:
         """Received studies with their series, routing, results and exports (for the status API)."""

@@ -37,7 +37,6 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from medserve.imaging.service import ImagingService, StudyMismatch
-from medserve.imaging.uploaders import visible_studies
 from medserve.protocol.rest_codec import dumps
 from medserve.transport import http
 from medserve.transport.dicom_status import StoreStatus
@@ -193,15 +192,11 @@ def dicomweb_routes(imaging: ImagingService, max_request_bytes: int) -> list[Bas
             response.headers.append("Warning", f'299 medserve "{_header_safe(text)}"')
         return response
 
-    def model_of(pipeline: str) -> str | None:
-        spec = imaging.pipelines.get(pipeline)
-        return spec.model if spec is not None else None
-
     async def visible(caller: Caller, *uids: str | None) -> list[dict[str, Any]]:
         """The studies (of ``uids``: study, series) with only the series the caller may see."""
         caller.principal.require(Action.READ)
-        found = await _in_thread(imaging.studies, *uids)
-        return visible_studies(found, caller.principal, model_of)
+        found: list[dict[str, Any]] = await _in_thread(imaging.visible_studies, caller.principal, *uids)
+        return found
 
     async def studies(request: Request) -> Response:
         caller = await authenticated(service, request)

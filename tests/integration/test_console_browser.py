@@ -5,7 +5,8 @@ deteriorating bed, a job that succeeds with item failures and one that fails, st
 traffic); the browser signs in with the keyboard, visits every page, performs one action on each and
 saves a screenshot of it
 (``MEDSERVE_SCREENSHOTS_DIR``, e.g. ``docs/console``). Assertions are on content and behaviour, and
-on keyboard reach and text contrast, never on pixels.
+on keyboard reach and text contrast, never on pixels. On the same server, tokens granted some models
+read the imaging pages over plain HTTP: they show what ``/dicom/studies`` shows those tokens.
 
 Skipped with the reason when chromium, chromium-driver or selenium is missing (``.ci/run`` installs
 them: ``apt-get install chromium chromium-driver``, ``pip install selenium``)."""
@@ -37,6 +38,7 @@ from medserve.hardware.profiler import profile_model
 from medserve.security.tokens import TokenStore
 from medserve.store.database import Database, default_url
 from tests.conftest import RunningServer, free_port, start_server, stop_server
+from tests.integration.test_console import sign_in
 from tests.integration.test_jobs import spec_text, write_table
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -82,6 +84,7 @@ class Stack:
     base: str
     jobs: dict[str, str]
     ct_series: str
+    data_dir: Path
 
     def api(self) -> httpx.Client:
         return httpx.Client(base_url=self.base, headers={"Authorization": f"Bearer {self.token}"}, timeout=60)
@@ -256,7 +259,7 @@ def stack(example_repository: Path, tmp_path_factory: pytest.TempPathFactory) ->
             }
             for _ in range(40):
                 assert api.post("/v2/models/simple/infer", json=body).status_code == 200
-        yield Stack(server, token, base, jobs, truth["series_instance_uid"])
+        yield Stack(server, token, base, jobs, truth["series_instance_uid"], root / "data")
     finally:
         stop_server(server)
         refusing.shutdown()
@@ -458,6 +461,45 @@ def test_the_result_viewer_shows_the_seg_overlay_and_the_sr_findings(
     WebDriverWait(browser, 60).until(
         lambda d: d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", image)
     )
+
+
+def test_imaging_pages_show_a_token_what_its_grants_show_on_the_api(stack: Stack) -> None:
+    """A token granted only another model sees neither the CT series, its results nor their exports
+    on the Imaging page, as on ``/dicom/studies``, and the viewer answers its results as not found; a
+    token granted the CT model sees them all."""
+    database = Database(default_url(stack.data_dir))
+    try:
+        store = TokenStore(database)
+        other, _ = store.create("viewer", ["simple"], "test-simple-only", timedelta(hours=1))
+        reader, _ = store.create("viewer", ["ct_lesion_segmentation"], "test-ct-reader", timedelta(hours=1))
+    finally:
+        database.dispose()
+    with stack.api() as admin:
+        results = admin.get(f"/dicom/series/{stack.ct_series}").json()["results"]
+    kinds = {r["kind"]: r["id"] for r in results}
+    exports = [e["id"] for r in results for e in r["exports"]]
+    assert {"seg", "sr"} <= set(kinds) and exports
+    for token, granted in ((other, False), (reader, True)):
+        listed = httpx.get(f"{stack.base}/dicom/studies", headers={"Authorization": f"Bearer {token}"})
+        assert listed.status_code == 200 and (stack.ct_series in listed.text) == granted
+        with httpx.Client(base_url=stack.base, follow_redirects=False, timeout=60) as client:
+            assert sign_in(client, token).status_code == 303
+            page = client.get("/console/imaging")
+            assert page.status_code == 200
+            assert (stack.ct_series in page.text) == granted, page.text
+            assert all((f"/console/imaging/results/{i}" in page.text) == granted for i in kinds.values())
+            assert all((f'id="export-{e}"' in page.text) == granted for e in exports)
+            for kind in ("seg", "sr"):
+                viewer = client.get(f"/console/imaging/results/{kinds[kind]}")
+                if granted:
+                    assert viewer.status_code == 200 and stack.ct_series in viewer.text
+                else:
+                    assert viewer.status_code == 404 and stack.ct_series not in viewer.text, viewer.text
+            picture = client.get(f"/console/imaging/results/{kinds['seg']}/slice.png")
+            if granted:
+                assert picture.status_code == 200 and picture.content.startswith(b"\x89PNG")
+            else:
+                assert picture.status_code == 404 and not picture.content.startswith(b"\x89PNG")
 
 
 def test_ward_shows_beds_trends_and_acknowledges_an_alert(browser: WebDriver, stack: Stack) -> None:
