@@ -22,6 +22,7 @@ from medserve import __version__
 from medserve.cluster.registry import ReplicaRegistry
 from medserve.console.parts import ConsoleParts
 from medserve.core.dataplane import build_dataplane
+from medserve.core.refusals import audit_refusal
 from medserve.imaging.config import load_config
 from medserve.imaging.service import ImagingService
 from medserve.jobs.manager import JobManager, JobSettings
@@ -101,7 +102,9 @@ class ShutdownIncomplete(MedserveError):
     """A step of the ordered shutdown failed (the log has its traceback); the later steps still ran."""
 
 
-def http_limits(settings: Settings) -> HttpLimits:
+def http_limits(
+    settings: Settings, on_header_refused: Callable[[str, str], None] | None = None
+) -> HttpLimits:
     """The HTTP door's connection limits from the settings."""
     return HttpLimits(
         max_header_bytes=settings.http_max_header_bytes,
@@ -109,6 +112,7 @@ def http_limits(settings: Settings) -> HttpLimits:
         body_timeout_s=settings.http_body_timeout_s,
         keepalive_timeout_s=settings.http_keepalive_timeout_s,
         max_connections=settings.max_connections,
+        on_header_refused=on_header_refused,
     )
 
 
@@ -131,6 +135,7 @@ class MedServer:
         self.imaging: ImagingService | None = None
         self._scp: StorageSCP | None = None
         self._preflight: Preflight | None = None
+        self._refusals: set[asyncio.Task[None]] = set()  # audit records of refused header blocks
         # replicas sharing the database: this one's id, the leases it works under, shared storage
         self.replica_id = replica_id(settings.replica_id, settings.data_dir)
         self.leases = LeaseBook(trust.database, self.replica_id, ttl_s=settings.lease_ttl_s)
@@ -229,6 +234,20 @@ class MedServer:
             replica_stale_after_s=3 * self.settings.replica_heartbeat_s,
         )
 
+    def _header_refused(self, reason: str, peer: str) -> None:
+        """Audit a header block the HTTP door refused with 431 (no request, so no principal)."""
+        refusal = audit_refusal(
+            self.service.record,
+            LookupError(reason),
+            door="http",
+            what="HTTP 431",
+            peer=peer,
+            status="HeaderTooLarge",
+        )
+        task = asyncio.get_running_loop().create_task(refusal)
+        self._refusals.add(task)
+        task.add_done_callback(self._refusals.discard)
+
     def _door(self, name: str) -> Door:
         return next(door for door in doors(self.settings) if door.name == name)
 
@@ -297,7 +316,10 @@ class MedServer:
             host=settings.host,
             port=settings.http_port,
             loop="none",
-            http=limited_protocol(TlsHttpToolsProtocol if tls else HttpToolsProtocol, http_limits(settings)),
+            http=limited_protocol(
+                TlsHttpToolsProtocol if tls else HttpToolsProtocol,
+                http_limits(settings, self._header_refused),
+            ),
             timeout_keep_alive=max(1, round(settings.http_keepalive_timeout_s)),
             ws=TlsWebSocketsProtocol if tls else "auto",
             ws_max_size=min(settings.max_json_request_bytes, settings.max_request_bytes),

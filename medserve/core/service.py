@@ -27,6 +27,7 @@ from medserve.core.collaborators import AuditSink, Authenticator, OutputObserver
 from medserve.core.model import ServedModel
 from medserve.core.model_info import ServedModelInfo
 from medserve.core.readiness import Readiness
+from medserve.core.refusals import audited_status
 from medserve.core.registry import ModelRegistry
 from medserve.core.shared_memory import SystemSharedMemory
 from medserve.monitoring.tracing import child_span, record_tensors
@@ -62,10 +63,6 @@ STUDY_PARAMETERS = ("study_instance_uid", "study_uid", "accession_number")
 
 def _first(parameters: dict[str, Any], names: tuple[str, ...]) -> object:
     return next((parameters[k] for k in names if parameters.get(k) not in (None, "")), "")
-
-
-def _status(exc: BaseException) -> str:
-    return type(exc).__name__ if isinstance(exc, MedserveError) else "internal_error"
 
 
 class InferenceService:
@@ -115,7 +112,7 @@ class InferenceService:
                     event="auth.failure",
                     door=door,
                     request_id=request_id,
-                    status="Unauthenticated",
+                    status=audited_status(exc),
                     detail=f"{exc} (peer {peer or 'unknown'})",
                 )
             )
@@ -168,7 +165,7 @@ class InferenceService:
                 result = await work()
             return result
         except BaseException as exc:
-            status = _status(exc)
+            status = audited_status(exc)
             outcome = str(exc)[:500] if isinstance(exc, MedserveError) else ""
             raise
         finally:
@@ -212,7 +209,7 @@ class InferenceService:
                 door=caller.door,
                 model=model,
                 request_id=caller.request_id,
-                status=_status(exc),
+                status=audited_status(exc),
                 detail=str(exc)[:500],
             )
         )

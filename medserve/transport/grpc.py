@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import grpc
 from google.protobuf.message import DecodeError, Message
 
+from medserve.core.refusals import Record, audit_refusal, begin_request, end_request, remember_caller
 from medserve.logs import bind_request
 from medserve.monitoring.tracing import door_span, traceparent
 from medserve.protocol import grpc_codec
@@ -126,18 +127,37 @@ def _within(request_type: type[Message], data: bytes, max_message_bytes: int) ->
 
 
 def _guarded(
-    handler: _Unary[_Req, _Resp], request_type: type[_Req], max_message_bytes: int = DEFAULT_MAX_ELEMENTS
+    handler: _Unary[_Req, _Resp],
+    request_type: type[_Req],
+    max_message_bytes: int = DEFAULT_MAX_ELEMENTS,
+    record: Record | None = None,
 ) -> _Unary[bytes, _Resp]:
     """Wrap a unary handler so the request is parsed in it and errors become gRPC statuses (abort is
-    outside the ``try``)."""
+    outside the ``try``); a refusal the dataplane did not audit is audited here through ``record``."""
+    method = request_type.DESCRIPTOR.name.removesuffix("Request")
 
     async def call(data: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> _Resp:
+        token = begin_request()
+        request: _Req | None = None
         try:
             _within(request_type, data, max_message_bytes)
-            return await handler(_parse(request_type, data), context)
+            request = _parse(request_type, data)
+            return await handler(request, context)
         except Exception as error:  # mapped to a status below, never swallowed
             code, message = _describe(error)
             trailers = _retry_trailers(error)
+            if record is not None and isinstance(error, errors.MedserveError):
+                model = getattr(request, "model_name", None) or getattr(request, "name", "")
+                await audit_refusal(
+                    record,
+                    error,
+                    door="grpc",
+                    what=f"gRPC {code.name} {method}",
+                    model=str(model)[:256],
+                    peer=context.peer() or "",
+                )
+        finally:
+            end_request(token)
         await context.abort(code, message, trailing_metadata=trailers)
         raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
 
@@ -164,13 +184,15 @@ class GrpcInferenceServicer:
         metadata = {key: value for key, value in (context.invocation_metadata() or ())}
         authorization = metadata.get("authorization")
         request_id = metadata.get("x-request-id", "")
-        return await self._service.authenticate(
+        caller = await self._service.authenticate(
             authorization if isinstance(authorization, str) else None,
             grpc_client_cert_cn(context),
             door="grpc",
             peer=context.peer() or "",
             request_id=safe_request_id(request_id) if isinstance(request_id, str) else "",
         )
+        remember_caller(caller)  # a refusal after this names the caller in its audit record
+        return caller
 
     async def server_live(
         self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -220,8 +242,8 @@ class GrpcInferenceServicer:
         self, request: pb.ModelInferRequest, caller: Caller, deadline_ns: int | None
     ) -> InferenceRequest:
         """The request decoded, with the call's deadline; one that cannot be is audited as refused."""
-        caller.principal.require(Action.INFER, request.model_name)
-        try:
+        try:  # a refusal to a caller not granted the model is an audited inference refusal too
+            caller.principal.require(Action.INFER, request.model_name)
             inference = grpc_codec.decode_infer_request(request, self._max_elements)
         except errors.MedserveError as exc:
             await self._service.refuse(caller, request.model_name, exc)
@@ -374,7 +396,7 @@ def inference_handler(servicer: GrpcInferenceServicer) -> grpc.GenericRpcHandler
     }
     handlers: dict[str, grpc.RpcMethodHandler] = {
         method: grpc.unary_unary_rpc_method_handler(
-            _guarded(handler, request_type, servicer.max_message_bytes),
+            _guarded(handler, request_type, servicer.max_message_bytes, servicer._service.record),
             response_serializer=_serialize,
         )
         for method, (handler, request_type) in unary.items()

@@ -183,7 +183,8 @@ def guarded(handler: Handler, table: StatusTable[int] = STATUS_CODES) -> Handler
 async def audit_http_refusal(request: Request, exc: BaseException, code: int, status: str = "") -> None:
     """Audit a refusal of this door (once: not one the dataplane already recorded). The application's
     ``state.audit_record`` is where records go; an application without one audits nothing here."""
-    record = getattr(request.app.state, "audit_record", None)
+    scope = getattr(request, "scope", None) or {}
+    record = getattr(getattr(scope.get("app"), "state", None), "audit_record", None)
     if record is None:
         return
     client = request.client

@@ -1,0 +1,193 @@
+"""Every refusal leaves an audit record with its status, its reason and the principal when one is known:
+400, 401, 403, 404, 413, 415, 431 and 501 on REST, and INVALID_ARGUMENT, UNAUTHENTICATED,
+PERMISSION_DENIED, NOT_FOUND, RESOURCE_EXHAUSTED and UNIMPLEMENTED on gRPC, each made against a server
+with authentication on and read back with ``medserve audit export``."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+import pytest
+from conftest import RunningServer, start_server, stop_server
+from test_access import make_token, medserve
+
+from medserve.protocol.grpc_messages import pb
+
+MAX_REQUEST = 64 * 1024
+MAX_HEADER = 4096
+
+
+@dataclass
+class Secured:
+    server: RunningServer
+    data_dir: Path
+    tokens: dict[str, str]
+
+
+@pytest.fixture(scope="module")
+def secured(example_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
+    root = tmp_path_factory.mktemp("refusals")
+    data_dir = root / "data"
+    tokens = {
+        "admin": make_token(data_dir, "admin", "admin"),
+        "viewer": make_token(data_dir, "viewer", "viewer"),
+        "service": make_token(data_dir, "service", "service", "identity_fp32"),
+    }
+    server = start_server(
+        example_repository,
+        root / "server.log",
+        env={
+            "MEDSERVE_AUTH_DISABLED": "false",
+            "MEDSERVE_LOAD_MODELS": "false",
+            "MEDSERVE_MAX_REQUEST_BYTES": str(MAX_REQUEST),
+            "MEDSERVE_HTTP_MAX_HEADER_BYTES": str(MAX_HEADER),
+        },
+    )
+    load = f"http://{server.http_url}/v2/repository/models/identity_fp32/load"
+    headers = {"Authorization": f"Bearer {tokens['admin']}"}
+    httpx.post(load, headers=headers, timeout=60).raise_for_status()
+    yield Secured(server, data_dir, tokens)
+    stop_server(server)
+
+
+def rest(secured: Secured, method: str, path: str, token: str | None, request_id: str, **kw: Any) -> int:
+    headers = {"X-Request-Id": request_id, **kw.pop("headers", {})}
+    if token:
+        headers["Authorization"] = f"Bearer {secured.tokens[token]}"
+    url = f"http://{secured.server.http_url}{path}"
+    return httpx.request(method, url, headers=headers, timeout=30, **kw).status_code
+
+
+def grpc_call(
+    secured: Secured, method: str, message: Any, response: Any, token: str | None, request_id: str
+) -> grpc.StatusCode:
+    metadata = [("x-request-id", request_id)]
+    if token:
+        metadata.append(("authorization", f"Bearer {secured.tokens[token]}"))
+    with grpc.insecure_channel(secured.server.grpc_url) as channel:
+        stub = channel.unary_unary(
+            f"/inference.GRPCInferenceService/{method}",
+            request_serializer=lambda m: m if isinstance(m, bytes) else m.SerializeToString(),
+            response_deserializer=response.FromString,
+        )
+        try:
+            stub(message, metadata=metadata, timeout=30)
+        except grpc.RpcError as error:
+            return error.code()  # type: ignore[no-any-return]
+    return grpc.StatusCode.OK
+
+
+def infer_body(count: int = 4) -> dict[str, Any]:
+    return {"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [1, count], "data": [1.0] * count}]}
+
+
+def records_until(secured: Secured, found: Callable[[list[dict[str, Any]]], bool]) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + 30
+    records: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        done = medserve(secured.data_dir, "audit", "export")
+        records = [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
+        if found(records):
+            break
+        time.sleep(0.5)
+    return records
+
+
+def test_every_refusal_is_audited_with_status_reason_and_principal(secured: Secured) -> None:
+    infer = "/v2/models/identity_fp32/infer"
+    assert rest(secured, "POST", infer, "service", "r-400", content=b"{not json") == 400
+    assert rest(secured, "POST", infer, None, "r-401", json=infer_body()) == 401
+    assert rest(secured, "POST", infer, "viewer", "r-403-infer", json=infer_body()) == 403
+    assert rest(secured, "GET", "/v2/models/simple", "service", "r-403-metadata") == 403
+    assert rest(secured, "GET", "/v2/models/no_such_model", "admin", "r-404") == 404
+    assert rest(secured, "GET", "/v3/nothing", "admin", "r-404-route") == 404
+    assert rest(secured, "POST", infer, "service", "r-413", json=infer_body(20000)) == 413
+    assert (
+        rest(secured, "POST", infer, "service", "r-415", content=b"x", headers={"Content-Encoding": "br"})
+        == 415
+    )
+    assert rest(secured, "POST", "/v2/cudasharedmemory/region/r/register", "admin", "r-501", json={}) == 501
+    with socket.create_connection(("127.0.0.1", secured.server.http_port), timeout=10) as raw:
+        raw.sendall(b"GET /v2 HTTP/1.1\r\nHost: x\r\nX-Padding: " + b"a" * (2 * MAX_HEADER) + b"\r\n\r\n")
+        assert raw.recv(100).startswith(b"HTTP/1.1 431")
+
+    bad = pb.ModelInferRequest(model_name="identity_fp32")
+    bad.inputs.add(name="INPUT0", datatype="NOPE", shape=[1, 1])
+    good = pb.ModelInferRequest(model_name="identity_fp32")
+    good.inputs.add(name="INPUT0", datatype="FP32", shape=[1, 1])
+    good.raw_input_contents.append(b"\x00" * 4)
+    reply = pb.ModelInferResponse
+    assert (
+        grpc_call(secured, "ModelInfer", bad, reply, "service", "g-400") == grpc.StatusCode.INVALID_ARGUMENT
+    )
+    assert grpc_call(secured, "ModelInfer", good, reply, None, "g-401") == grpc.StatusCode.UNAUTHENTICATED
+    denied = grpc_call(secured, "ModelInfer", good, reply, "viewer", "g-403-infer")
+    assert denied == grpc.StatusCode.PERMISSION_DENIED
+    simple = pb.ModelMetadataRequest(name="simple")
+    metadata_reply = pb.ModelMetadataResponse
+    denied = grpc_call(secured, "ModelMetadata", simple, metadata_reply, "service", "g-403-metadata")
+    assert denied == grpc.StatusCode.PERMISSION_DENIED
+    missing = pb.ModelMetadataRequest(name="no_such_model")
+    assert (
+        grpc_call(secured, "ModelMetadata", missing, metadata_reply, "admin", "g-404")
+        == grpc.StatusCode.NOT_FOUND
+    )
+    huge = pb.ModelInferRequest(model_name="identity_fp32")
+    huge.inputs.add(name="INPUT0", datatype="FP32", shape=[1, 20000])
+    huge.raw_input_contents.append(b"\x00" * 80000)
+    too_big = grpc_call(secured, "ModelInfer", huge, reply, "service", "g-413")
+    assert too_big == grpc.StatusCode.RESOURCE_EXHAUSTED
+    cuda = pb.CudaSharedMemoryRegisterRequest(name="r", device_id=0, byte_size=16)
+    cuda_reply = pb.CudaSharedMemoryRegisterResponse
+    unsupported = grpc_call(secured, "CudaSharedMemoryRegister", cuda, cuda_reply, "admin", "g-501")
+    assert unsupported == grpc.StatusCode.UNIMPLEMENTED
+
+    records = records_until(
+        secured,
+        lambda found: sum(r["request_id"] == "g-501" or r["status"] == "HeaderTooLarge" for r in found) == 2,
+    )
+    by_id: dict[str, list[dict[str, Any]]] = {}
+    for record in records:
+        by_id.setdefault(record["request_id"], []).append(record)
+
+    def one(request_id: str, event: str, status: str, principal: str, reason: str) -> dict[str, Any]:
+        found = by_id.get(request_id, [])
+        assert len(found) == 1, (request_id, found)  # audited once, not twice
+        (record,) = found
+        assert (record["event"], record["status"], record["principal"]) == (event, status, principal), record
+        assert reason in record["detail"], record
+        return record
+
+    for door, prefix in (("http", "r"), ("grpc", "g")):
+        one(f"{prefix}-400", "inference", "InvalidInput", "test-service", "")
+        one(f"{prefix}-401", "auth.failure", "Unauthenticated", "", "")
+        one(f"{prefix}-403-infer", "inference", "PermissionDenied", "test-viewer", "may not infer")
+        one(f"{prefix}-403-metadata", "request.refused", "PermissionDenied", "test-service", "simple")
+        record = one(f"{prefix}-404", "request.refused", "ModelNotFound", "test-admin", "no_such_model")
+        assert record["door"] == door and record["model"] == "no_such_model"
+        one(f"{prefix}-501", "request.refused", "Unsupported", "test-admin", "CUDA shared memory")
+    one("r-413", "inference", "PayloadTooLarge", "test-service", str(MAX_REQUEST))
+    one("r-415", "inference", "UnsupportedMediaType", "test-service", "br")
+    (route,) = [r for r in records if r["status"] == "NoRoute"]
+    assert route["event"] == "request.refused" and "HTTP 404 GET /v3/nothing" in route["detail"]
+    # refused before any credentials were read: no principal, the reason and the peer
+    (header,) = [r for r in records if r["status"] == "HeaderTooLarge"]
+    assert (
+        header["event"] == "request.refused"
+        and header["principal"] == ""
+        and str(MAX_HEADER) in header["detail"]
+    )
+    assert "127.0.0.1" in header["detail"]
+    (message,) = [r for r in records if r["status"] == "PayloadTooLarge" and r["door"] == "grpc"]
+    assert message["event"] == "request.refused" and "grpc_max_message_bytes" in message["detail"]
+    assert message["model"] == ""  # the message was too large to be read
+    verified = medserve(secured.data_dir, "audit", "verify")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
