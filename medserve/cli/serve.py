@@ -9,7 +9,7 @@ from typing import Any
 from medserve.cli.store import CONFIG_ENV, add_config_option, config_file
 
 #: Settings that have a flag of their own (the flag is ``--`` + the name with dashes).
-FLAGS = ("repository", "host", "http_port", "grpc_port", "dicom_port", "data_dir", "log_level")
+FLAGS = ("repository", "host", "http_port", "grpc_port", "dicom_port", "data_dir", "log_level", "log_format")
 
 
 def _shown(value: Any) -> str:
@@ -53,6 +53,7 @@ def _serve(args: argparse.Namespace) -> int:
         dicom_port=args.dicom_port,
         data_dir=args.data_dir,
         log_level=args.log_level,
+        log_format=args.log_format,
     )
     from medserve.server import serve  # after the settings, so a bad one is said before any import
 
@@ -91,5 +92,10 @@ def add_command(commands: Any) -> None:
     add_config_option(serve)
     serve.add_argument(
         "--log-level", choices=["debug", "info", "warning", "error"], help="logging level (default info)"
+    )
+    serve.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        help="log line format (default text; json: one object a line with request id, trace id, principal)",
     )
     serve.set_defaults(func=_serve)
