@@ -326,6 +326,7 @@ class MedServer:
             **(uvicorn_options(tls) if tls else {}),
             lifespan="off",
             access_log=False,
+            log_config=None,  # uvicorn's lines go through medserve's handler and format (text or JSON)
             # uvicorn's DEBUG level dumps WebSocket frames, i.e. patient data: never below INFO.
             log_level="info" if settings.log_level == "debug" else settings.log_level,
             timeout_graceful_shutdown=int(settings.shutdown_timeout_s) or None,

@@ -236,6 +236,7 @@ class GrpcInferenceServicer:
             bind_request(caller.request_id, caller.principal.name)
             inference = await self._decoded(request, caller, client_deadline_ns(context, arrived))
             response = await self._service.infer(inference, caller)
+            logger.debug("inference of %s answered: %d output(s)", request.model_name, len(response.outputs))
             return grpc_codec.encode_infer_response(response)
 
     async def _decoded(

@@ -375,6 +375,7 @@ def build_app(
             await service.refuse(caller, name, exc)
             raise
         result = await unless_disconnected(request, service.infer(inference, caller))
+        log.debug("inference of %s answered: %d output(s)", name, len(result.outputs))  # names the request
         payload, json_length = encode_infer_response(result, inference)
         headers: dict[str, str] = {}
         media_type = _JSON

@@ -163,3 +163,28 @@ def test_no_token_of_the_run_in_any_log_line(full_run: Callable[[str], Run], log
         for what, secret in secrets.items():
             assert secret not in line, f"line {number} holds the {what} token: {line}"
     assert "<redacted>" in run.output or "access_token" not in run.output
+
+
+def test_json_log_lines_of_a_running_server(full_run: Callable[[str], Run]) -> None:
+    """Every line the server writes parses as one JSON object (uvicorn's own lines and an engine's
+    error included); the lines written while serving a request name its id, trace and principal."""
+    run = full_run("json")
+    lines = [line for line in run.output.splitlines() if line.strip()]
+    fields = {"time", "level", "logger", "message", "request_id", "trace_id", "principal"}
+    parsed = []
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            pytest.fail(f"line {number} is not JSON: {line}")
+        assert isinstance(record, dict) and fields <= set(record), line
+        parsed.append(record)
+    assert any(r["logger"].startswith("uvicorn") for r in parsed)  # uvicorn's lines too
+    requests = [r for r in parsed if r["request_id"]]
+    for record in requests:
+        assert record["principal"], record
+        assert len(record["trace_id"]) == 32 and int(record["trace_id"], 16), record
+    answered = {r["request_id"]: r for r in requests if r["message"].startswith("inference of identity_fp32")}
+    assert set(answered) >= {"log-rest", "log-grpc"}, requests
+    assert answered["log-rest"]["trace_id"] == TRACE_ID  # the client's traceparent
+    assert {answered[k]["principal"] for k in ("log-rest", "log-grpc")} == {"test-service"}
