@@ -153,8 +153,8 @@ class OnnxRuntime(Runtime):
                 f"unknown onnxruntime option(s) {sorted(unknown)}; known: {sorted(_KNOWN_OPTIONS)}"
             )
         so = ort.SessionOptions()
-        # the engine's errors reach the caller (InferenceFailed) and the log through medserve; its own
-        # coloured lines on standard error would break the one-record-a-line log (JSON)
+        # the engine's errors reach the caller and the audit trail as InferenceFailed; its own coloured
+        # lines on standard error would break the one-record-a-line log (JSON)
         so.log_severity_level = 4
         so.intra_op_num_threads = int(self.options.get("intra_op_threads", 0))
         so.inter_op_num_threads = int(self.options.get("inter_op_threads", 0))
