@@ -129,6 +129,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     dicom = free_port()
     env = {
         "MEDSERVE_DICOM_PORT": str(dicom),
+        "MEDSERVE_DICOM_CALLING_AETS": '{"MEDSERVE_SCU": ["*"]}',  # the sender's AE title, every model
         "MEDSERVE_DICOM_QUIET_TIME_S": str(args.quiet_s),
         "MEDSERVE_IMAGING_CONFIG": str(work / "imaging.yaml"),
         "MEDSERVE_IMAGING_WORKERS": str(args.workers),
@@ -139,7 +140,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         # warm-up: one study of each kind
         warm = [synthetic.write_study("CR", work / "warm-cr", seed=999)[0]]
         warm_ct = synthetic.write_study("CT", work / "warm-ct", seed=998)
-        send_files([str(p) for p in warm + warm_ct], "127.0.0.1", dicom)
+        report = send_files([str(p) for p in warm + warm_ct], "127.0.0.1", dicom)
+        if not report.ok:
+            raise RuntimeError(report.summary())
         wait_done(
             http,
             [
