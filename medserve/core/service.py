@@ -48,12 +48,16 @@ a worker thread, the inputs while the model runs, so that a large request does n
 (and every other client) for the time of its hash."""
 
 #: Open Inference Protocol / Triton extensions this server implements.
-EXTENSIONS = (
+EXTENSIONS = (  # those docs/COMPATIBILITY.md marks supported; not cuda_shared_memory
     "binary_tensor_data",
     "classification",
     "model_repository",
     "statistics",
     "model_configuration",
+    "system_shared_memory",
+    "trace",
+    "logging",
+    "parameters",
 )
 
 #: Request parameters that name a patient or a study; audit records keep only their pseudonyms.
