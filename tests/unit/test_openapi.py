@@ -28,7 +28,10 @@ async def _nothing(request: Any) -> Response:
 def _every_door() -> list[BaseRoute]:
     """The routes of every door, built as server.py builds them (the objects behind them are never
     called while routes are built)."""
-    service: Any = SimpleNamespace(shared_memory=None)
+    async def record(*_args: Any, **_kwargs: Any) -> None:  # the audit trail; no request is made here
+        return None
+
+    service: Any = SimpleNamespace(shared_memory=None, record=record)
     routes = stream_routes(service, SimpleNamespace(), SimpleNamespace())  # type: ignore[arg-type]
     imaging: Any = SimpleNamespace(
         service=service, database=None, store=SimpleNamespace(root=None), results_root=None, pipelines={}
