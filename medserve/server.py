@@ -12,6 +12,7 @@ import json
 import logging
 import signal
 import socket
+import time
 from collections.abc import Awaitable, Callable, Generator
 from functools import partial
 
@@ -50,9 +51,11 @@ from medserve.startup import (
 )
 from medserve.store.identity import replica_id
 from medserve.store.leases import LeaseBook
+from medserve.streaming.alert_delivery import AlertOutbox
 from medserve.streaming.alerts import AlertHub
 from medserve.streaming.monitor import MonitorSettings, PatientMonitor
 from medserve.streaming.pipeline import MonitorPipeline
+from medserve.transport.alert_webhook import webhook_senders
 from medserve.transport.console import console_routes
 from medserve.transport.destination_config import destination_from_config
 from medserve.transport.dicomweb import dicomweb_routes
@@ -130,6 +133,7 @@ class MedServer:
         self._http_task: asyncio.Task[None] | None = None
         self._grpc: object | None = None
         self.alerts: AlertHub | None = None
+        self.alert_outbox: AlertOutbox | None = None
         self.monitor: PatientMonitor | None = None
         self._expiry: asyncio.Task[None] | None = None
         self.imaging: ImagingService | None = None
@@ -156,7 +160,14 @@ class MedServer:
     def _start_monitor(self) -> None:
         settings = self.settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        self.alerts = AlertHub(settings.data_dir / "alerts.jsonl")
+        if settings.alert_webhooks:  # each alert to each webhook, once for the fleet (under leases)
+            outbox = AlertOutbox(self.trust.database, webhook_senders(settings.alert_webhooks), self.leases)
+            self.alert_outbox = outbox
+        deliver = self.alert_outbox.enqueue if self.alert_outbox is not None else None
+        self.alerts = AlertHub(settings.data_dir / "alerts.jsonl", deliver=deliver)
+        if self.alert_outbox is not None:
+            self.alert_outbox.enqueue_recent(self.alerts.list(limit=10_000), since=time.time() - 3600)
+            self.alert_outbox.start()
         self.monitor = PatientMonitor(
             self.service,
             self.alerts,
@@ -392,6 +403,8 @@ class MedServer:
         if self.imaging is not None:
             await step("imaging", self.imaging.stop)
         await step("models", self.dataplane.close)
+        if self.alert_outbox is not None:
+            await step("alert deliveries", self.alert_outbox.stop)
         if self.alerts is not None:
             self.alerts.close()
         stopped = AuditEvent(event="server.stop", principal="medserve", door="system")

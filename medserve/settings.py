@@ -229,6 +229,12 @@ class Settings(BaseSettings):
         "to the store, where the monitoring endpoint of any replica merges it with the others' "
         "(0: not shared, each replica answers for its own traffic).",
     )
+    alert_webhooks: dict[str, str] = Field(
+        default_factory=dict,
+        description="Alert destinations: name -> URL of a webhook that gets each ward alert as a JSON "
+        "POST (Idempotency-Key: the alert id), delivered once by the fleet under leases; retried with "
+        "backoff while the receiver is down.",
+    )
     monitor_max_sessions: int = Field(
         default=1000,
         ge=1,

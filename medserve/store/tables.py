@@ -319,6 +319,31 @@ class MonitoringStateRow(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
 
 
+class AlertDeliveryRow(Base):
+    """One ward alert to one alert destination (a webhook), delivered under an ``alert`` lease.
+
+    ``state``: pending → sent, or failed (refused in a way a resend cannot fix) with ``last_error``.
+    ``payload`` is the alert as published (``Alert.to_json()``).
+    """
+
+    __tablename__ = "alert_deliveries"
+    __table_args__ = (
+        UniqueConstraint("alert_id", "destination", name="uq_alert_deliveries_alert_destination"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    alert_id: Mapped[str] = mapped_column(String(64), index=True)
+    destination: Mapped[str] = mapped_column(String(128))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    receipt: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
 class DicomPeerRow(Base):
     """A calling AE title allowed to associate with the DICOM Storage SCP, and the models it may feed."""
 

@@ -6,10 +6,11 @@ none. The journal holds two kinds of line: an alert (``Alert.to_json()``) and an
 (``{"ack": id, "by": ..., "at": ...}``); a new hub replays both in order. A journal much longer than
 what is kept is rewritten (atomically) when the hub opens it.
 
-Subscribers each get a bounded queue: a slow one loses its oldest undelivered alerts (counted in
-``AlertSubscription.dropped`` and ``AlertHub.dropped``) and never slows a publisher. The hub is meant
-to be used from one event loop; ``publish`` from another thread is safe too (pushes are handed to
-each subscriber's loop).
+A ``deliver`` hook receives each published alert after it is persisted (the alert destinations'
+outbox, :mod:`.alert_delivery`). Subscribers each get a bounded queue: a slow one loses its oldest
+undelivered alerts (counted in ``AlertSubscription.dropped`` and ``AlertHub.dropped``) and never slows
+a publisher. The hub is meant to be used from one event loop; ``publish`` from another thread is safe
+too (pushes are handed to each subscriber's loop).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import json
 import logging
 import os
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -95,10 +96,17 @@ class AlertSubscription(AsyncIterator[Alert]):
 class AlertHub:
     """Stores, persists and fans out alerts; see the module docstring."""
 
-    def __init__(self, path: Path | None = None, max_kept: int = 10000, subscriber_queue: int = 256) -> None:
+    def __init__(
+        self,
+        path: Path | None = None,
+        max_kept: int = 10000,
+        subscriber_queue: int = 256,
+        deliver: Callable[[Alert], None] | None = None,
+    ) -> None:
         if max_kept < 1 or subscriber_queue < 1:
             raise ValueError("max_kept and subscriber_queue must be at least 1")
         self._path = path
+        self._deliver = deliver  # hands each published alert to the alert destinations' outbox
         self._max_kept = max_kept
         self._subscriber_queue = subscriber_queue
         self._alerts: dict[str, Alert] = {}  # insertion order = publication order
@@ -188,6 +196,8 @@ class AlertHub:
             self._append(alert.to_json())
             self._keep(alert)
             subscribers = list(self._subscribers)
+        if self._deliver is not None:
+            self._deliver(alert)
         for subscriber in subscribers:
             subscriber._push(alert)
 

@@ -71,6 +71,7 @@ SIDES: dict[str, tuple[str, str]] = {
     "medserve.values.errors.DeadlineExceeded": (SERVER, "the server could not run it in time"),
     "medserve.values.errors.StoreUnavailable": (SERVER, "the database cannot be reached"),
     "medserve.imaging.destinations.ExportFailed": (SERVER, "a downstream receiver refused or was away"),
+    "medserve.streaming.alert_delivery.AlertDeliveryFailed": (SERVER, "an alert webhook refused or was away"),
     "medserve.startup.StartupFailure": (SERVER, "the server cannot start (port, data dir)"),
     "medserve.server.ShutdownIncomplete": (SERVER, "the server could not stop cleanly"),
     "medserve.demo.ward_simulator.WardUnreachable": (SERVER, "the server did not answer the simulator"),
