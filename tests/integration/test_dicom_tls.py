@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import free_port, start_server, stop_server
 from pydicom.data import get_testdata_file
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
@@ -23,7 +24,6 @@ from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[at
 from medserve.security.devcerts import DevCertificates, make_dev_certificates
 from medserve.security.tls import TlsConfig, dicom_server_context
 from medserve.transport.dimse import StorageSCP
-from tests.conftest import free_port, start_server, stop_server
 
 CT = Path(get_testdata_file("CT_small.dcm", download=False))
 CLIENT = "ct-room-1"
@@ -146,6 +146,21 @@ def test_only_tls_1_2_or_later_with_bcp195_suites(tls_scp: StorageSCP, certs: De
     cbc.set_ciphers("ECDHE-ECDSA-AES128-SHA256:ECDHE-ECDSA-AES128-SHA:ECDHE-RSA-AES128-SHA256")
     with pytest.raises((ssl.SSLError, ConnectionError)):
         _handshake(tls_scp.port, cbc)
+
+
+def test_the_https_door_holds_to_the_same_bcp195_policy(certs: DevCertificates) -> None:
+    """One policy for both doors: HTTPS too refuses TLS 1.1 and CBC suites and takes TLS 1.2 with AEAD."""
+    from test_tls import serve_http
+
+    with serve_http(TlsConfig(certs.server_cert, certs.server_key)) as port:
+        tls12 = client_context(certs)
+        tls12.maximum_version = ssl.TLSVersion.TLSv1_2
+        assert _handshake(port, tls12) == "TLSv1.2"
+        cbc = client_context(certs)
+        cbc.maximum_version = ssl.TLSVersion.TLSv1_2
+        cbc.set_ciphers("ECDHE-ECDSA-AES128-SHA256:ECDHE-ECDSA-AES256-SHA384")
+        with pytest.raises((ssl.SSLError, ConnectionError)):
+            _handshake(port, cbc)
 
 
 def test_a_client_certificate_is_required_with_a_client_ca(
