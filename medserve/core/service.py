@@ -379,13 +379,14 @@ class InferenceService:
         except (ValueError, TypeError, ArithmeticError) as exc:  # monitoring must never fail a request
             log.warning("model monitoring skipped a response of %s: %s", model, type(exc).__name__)
 
-    def model_monitoring(self, name: str, caller: Caller) -> dict[str, Any]:
-        """Output distributions and input statistics over time windows, with drift scores."""
+    async def model_monitoring(self, name: str, caller: Caller) -> dict[str, Any]:
+        """Output distributions and input statistics over time windows, with drift scores (of every
+        replica: read from the store in a worker thread, never on the event loop)."""
         caller.principal.require(Action.READ, name)
         if self._observer is None:
             raise Unsupported("model monitoring is not enabled on this server")
         try:
-            return self._observer.snapshot(name)
+            return await asyncio.to_thread(self._observer.snapshot, name)
         except ModelNotFound:
             self.registry.get(name)  # not loaded: ModelNotFound; loaded but not yet used: no windows
             return {"model": name, "versions": []}

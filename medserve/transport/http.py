@@ -431,7 +431,7 @@ def build_app(
 
     async def monitoring(request: Request) -> Response:
         caller = await authenticated(service, request)
-        return json_response(service.model_monitoring(request.path_params["model"], caller))
+        return json_response(await service.model_monitoring(request.path_params["model"], caller))
 
     async def prometheus(request: Request) -> Response:
         principal = (await authenticated(service, request)).principal
