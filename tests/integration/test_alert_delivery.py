@@ -36,6 +36,7 @@ class Receiver:
 
     def __init__(self, delay_s: float = 0.01, hold: frozenset[str] = frozenset()) -> None:
         self.acknowledged: Counter[str] = Counter()
+        self.paths: Counter[str] = Counter()  # acknowledged deliveries per request path
         self.attempts: list[tuple[str, str]] = []  # (alert id in the body, Idempotency-Key)
         self.held = threading.Event()
         self._release = threading.Event()
@@ -55,6 +56,7 @@ class Receiver:
                 time.sleep(delay_s)
                 with receiver._lock:
                     receiver.acknowledged[body["id"]] += 1
+                    receiver.paths[self.path] += 1
                 self.send_response(200)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
@@ -111,7 +113,7 @@ async def test_two_workers_on_one_database_deliver_each_alert_once(
     outboxes = [
         AlertOutbox(
             Database(migrated_database.url),
-            [WebhookAlertSender("pager", receiver.url)],
+            [WebhookAlertSender("pager", f"{receiver.url}?by={replica}")],  # one destination
             LeaseBook(migrated_database, replica, ttl_s=5),
             poll_s=0.01,
             batch=4,
@@ -136,6 +138,8 @@ async def test_two_workers_on_one_database_deliver_each_alert_once(
     assert sorted(receiver.acknowledged) == [f"alert-{i:03d}" for i in range(30)]
     assert set(receiver.acknowledged.values()) == {1}, receiver.acknowledged.most_common(3)
     assert len(receiver.attempts) == 30
+    # both workers took part (the URL tells which one sent)
+    assert set(receiver.paths) == {"/alerts?by=replica-a", "/alerts?by=replica-b"}, receiver.paths
     with migrated_database.session() as session:
         assert session.scalar(select(func.count()).select_from(AlertDeliveryRow)) == 30
 
