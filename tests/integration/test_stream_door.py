@@ -272,6 +272,9 @@ class _StreamContext:
     def auth_context(self) -> dict[str, list[bytes]]:
         return {}
 
+    def time_remaining(self) -> float | None:
+        return None  # the client set no deadline
+
 
 def test_a_grpc_stream_the_client_leaves_leaves_no_task_pending() -> None:
     """A client that goes away mid-stream cancels the handler, which must cancel and await its own
