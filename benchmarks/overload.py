@@ -34,6 +34,7 @@ import shutil
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,7 +48,7 @@ PREBUILT = Path("/work/cache/prebuilt")
 #: model -> (input names and shapes, FP32), default deadline in seconds, closed-loop clients
 MODELS: dict[str, tuple[dict[str, tuple[int, ...]], float, int]] = {
     "simple": ({"INPUT0": (1, 16), "INPUT1": (1, 16)}, 1.0, 16),
-    "chest_xray_classifier": ({"image": (1, 1, 224, 224)}, 5.0, 8),
+    "chest_xray_classifier": ({"image": (1, 1, 224, 224)}, 5.0, 16),
 }
 GOODPUT_GOAL, ANSWERED_GOAL, MEMORY_GOAL = 0.8, 1.0, 0.05
 
@@ -207,9 +208,19 @@ def rss_bytes(pid: int) -> int:
 
 
 def server_counts(http: int, model: str) -> dict[str, float]:
-    """Inferences run and requests dropped unrun, from the server's Prometheus text."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{http}/metrics", timeout=30) as reply:
-        text = reply.read().decode()
+    """Inferences run and requests dropped unrun, from the server's Prometheus text (asked again while
+    the server still has its connection limit's worth of connections open)."""
+    for _ in range(120):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{http}/metrics", timeout=30) as reply:
+                text = reply.read().decode()
+            break
+        except urllib.error.HTTPError as error:
+            if error.code != 503:
+                raise
+            time.sleep(0.5)
+    else:
+        raise RuntimeError("the server's metrics stayed unavailable for a minute")
     counts: dict[str, float] = collections.defaultdict(float)
     for line in text.splitlines():
         if f'model="{model}"' not in line:
@@ -252,7 +263,8 @@ class ModelRun:
     model: str
     deadline_s: float
     concurrency: int
-    capacity: float
+    capacity: float  # rate of 200 answers of the closed loop
+    reference: float  # highest rate of 200 answers, closed loop or overload: goodput is compared with it
     capacity_p50_ms: float
     points: list[Point]
     rss_start: int
@@ -293,7 +305,12 @@ async def run_model(args: argparse.Namespace, model: str, pid: int, http: int) -
         )
         points.append(point)
     client.close()
-    return ModelRun(model, deadline_s, concurrency, capacity, p50, points, rss_start, rss_bytes(pid))
+    # on a shared machine the closed loop may be the more disturbed measurement: the reference is the
+    # highest rate of 200 answers seen, closed loop or during the overload (as benchmarks/priority.py)
+    reference = max([capacity, *(p.tally.statuses[200] / p.seconds for p in points)])
+    return ModelRun(
+        model, deadline_s, concurrency, capacity, reference, p50, points, rss_start, rss_bytes(pid)
+    )
 
 
 def report(runs: list[ModelRun], args: argparse.Namespace, command: str, loads: tuple[float, float]) -> str:
@@ -308,13 +325,17 @@ def report(runs: list[ModelRun], args: argparse.Namespace, command: str, loads: 
         "HTTP/1.1 keep-alive connections), one process, on the same cores as the server. Every request "
         "carries `Request-Timeout: <deadline>`; the client waits deadline + 1 s, then gives up. Capacity: "
         f"rate of 200 answers of a closed loop ({', '.join(f'{r.model}: {r.concurrency}' for r in runs)} "
-        f"clients) for {args.capacity_seconds:g} s, in the same run, just before the overload points. "
+        f"clients) for {args.capacity_seconds:g} s, in the same run, just before the overload points; the "
+        "reference for goodput is the highest rate of 200 answers seen in the run (closed loop or overload), "
+        "as the closed loop is the more disturbed measurement on a shared machine. Offered rates are "
+        "multiples of the closed-loop capacity. "
         f"Open-loop Poisson arrivals for {args.seconds:g} s per point.",
         "",
-        "| model | deadline | capacity | load | offered | sent | 200 in time | goodput / capacity | "
+        "| model | deadline | capacity (closed loop) | reference | load | offered | sent | 200 in time | "
+        "goodput / reference | "
         "503 | 504 | late 200 | no answer in deadline + 1 s | answered within deadline + 1 s | "
         "ran but not a 200 in time | dropped unrun | RSS growth |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for run in runs:
         for p in run.points:
@@ -322,28 +343,30 @@ def report(runs: list[ModelRun], args: argparse.Namespace, command: str, loads: 
             wasted = max(0.0, p.server.get("inferences", 0.0) - t.in_time)
             dropped = sum(v for k, v in p.server.items() if k.startswith("dropped_"))
             lines.append(
-                f"| {run.model} | {run.deadline_s:g} s | {run.capacity:.0f}/s | {p.load:g}x | "
+                f"| {run.model} | {run.deadline_s:g} s | {run.capacity:.1f}/s | {run.reference:.1f}/s | "
+                f"{p.load:g}x | "
                 f"{p.rate:.0f}/s | "
-                f"{t.sent / p.seconds:.0f}/s | {t.in_time} | **{p.goodput / run.capacity:.2f}** | "
+                f"{t.sent / p.seconds:.0f}/s | {t.in_time} | **{p.goodput / run.reference:.2f}** | "
                 f"{t.statuses[503]} | {t.statuses[504]} | {t.late_200} | "
                 f"{t.gave_up + t.failed + t.no_connection} | "
                 f"**{p.answered_share:.1%}** | {wasted:.0f} | {dropped:.0f} | {p.memory_growth:+.1%} |"
             )
     lines += [
         "",
-        "Goals: goodput >= 0.8 of capacity, every request answered within deadline + 1 s, RSS growth < 5 %.",
+        "Goals: goodput >= 0.8 of the reference, every request answered within deadline + 1 s, "
+        "RSS growth < 5 %.",
     ]
     for run in runs:
         worst = min(run.points, key=lambda p: p.goodput)
         growth = (run.rss_end - run.rss_start) / run.rss_start if run.rss_start else 0.0
         met = [
-            worst.goodput / run.capacity >= GOODPUT_GOAL,
+            worst.goodput / run.reference >= GOODPUT_GOAL,
             min(p.answered_share for p in run.points) >= ANSWERED_GOAL,
             growth < MEMORY_GOAL,
         ]
         lines.append(
             f"- {run.model}: goodput {'met' if met[0] else 'not met'} "
-            f"(worst {worst.goodput / run.capacity:.2f}); answered {'met' if met[1] else 'not met'} "
+            f"(worst {worst.goodput / run.reference:.2f}); answered {'met' if met[1] else 'not met'} "
             f"(worst {min(p.answered_share for p in run.points):.1%}); "
             f"memory {'met' if met[2] else 'not met'} (RSS {run.rss_start / 2**20:.0f} -> "
             f"{run.rss_end / 2**20:.0f} MiB over the overload points, {growth:+.1%})"
