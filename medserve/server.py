@@ -338,8 +338,9 @@ class MedServer:
             lifespan="off",
             access_log=False,
             log_config=None,  # uvicorn's lines go through medserve's handler and format (text or JSON)
-            # uvicorn's DEBUG level dumps WebSocket frames, i.e. patient data: never below INFO.
-            log_level="info" if settings.log_level == "debug" else settings.log_level,
+            # uvicorn's DEBUG level dumps WebSocket frames, i.e. patient data, and its INFO lines are a
+            # library's chatter (each connection, start and stop): WARNING and above, as other libraries
+            log_level="error" if settings.log_level == "error" else "warning",
             timeout_graceful_shutdown=int(settings.shutdown_timeout_s) or None,
         )
         self._http = _HttpServer(config)
