@@ -132,7 +132,9 @@ def free_port() -> int:
 
 #: Serving benchmarks measure the dataplane: no credentials needed (benchmarks/trust.py measures
 #: authentication and audit on their own).
-OPEN = {"MEDSERVE_AUTH_DISABLED": "true"}
+OPEN = {"MEDSERVE_AUTH_DISABLED": "true", "MEDSERVE_DICOM_PORT": "-1"}
+"""Benchmark servers: no tokens, and no DICOM door unless a benchmark gives it a port (a server already
+running on this machine holds the default one, 11112)."""
 
 
 @contextmanager
