@@ -260,7 +260,9 @@ def tensor_attributes(tensor: Tensor) -> dict[str, Any]:
         "medserve.tensor.truncated": int(tensor.data.size) > TENSOR_VALUES,
     }
     if tensor.datatype == "BYTES":  # free text is where identifiers hide: lengths only
-        attributes["medserve.tensor.byte_lengths"] = [len(v.encode() if isinstance(v, str) else v) for v in flat]
+        attributes["medserve.tensor.byte_lengths"] = [
+            len(v.encode() if isinstance(v, str) else v) for v in flat
+        ]
     elif tensor.datatype == "BOOL":
         attributes["medserve.tensor.values"] = [bool(v) for v in flat]
     elif tensor.datatype in ("FP16", "BF16", "FP32", "FP64"):
