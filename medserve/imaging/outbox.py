@@ -31,6 +31,7 @@ from medserve.store.database import Database
 from medserve.store.lease_keeper import LeaseKeeper
 from medserve.store.leases import Lease, LeaseBook, LeaseLost
 from medserve.store.tables import ExportRow, ImagingResultRow
+from medserve.values.access import Action, Principal
 
 log = logging.getLogger(__name__)
 
@@ -227,9 +228,22 @@ class Outbox:
                 values["sent_at"] = _now()
             session.execute(update(ExportRow).where(ExportRow.id == export_id).values(**values))
 
-    def retry(self, export_id: str) -> bool:
-        """Put a failed export back in the queue (operator action); False when there is no such row."""
+    def retry(self, export_id: str, principal: Principal | None = None) -> bool:
+        """Put a failed export back in the queue (operator action); False when there is no such row.
+
+        ``principal``: the operator, who needs ``manage`` on the model that made the exported result
+        (``PermissionDenied`` otherwise); an export of a model it may not see is reported as absent.
+        """
         with self.database.session() as session, session.begin():
+            if principal is not None:
+                model = session.scalar(
+                    select(ImagingResultRow.model)
+                    .join(ExportRow, ExportRow.result_id == ImagingResultRow.id)
+                    .where(ExportRow.id == export_id)
+                )
+                if model is None or not principal.visible([model]):
+                    return False
+                principal.require(Action.MANAGE, model)
             done = session.execute(
                 update(ExportRow)
                 .where(ExportRow.id == export_id, ExportRow.state == FAILED)

@@ -128,7 +128,7 @@ def page_routes(door: ConsoleDoor) -> list[BaseRoute]:
         export_id = request.path_params["export"]
 
         async def retry() -> None:
-            if not await asyncio.to_thread(outbox.retry, export_id):
+            if not await asyncio.to_thread(outbox.retry, export_id, caller.principal):
                 raise ModelNotFound(f"no failed export {export_id}")
 
         await service.call(

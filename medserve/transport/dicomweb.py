@@ -222,7 +222,7 @@ def dicomweb_routes(imaging: ImagingService, max_request_bytes: int) -> list[Bas
         caller = await authenticated(service, request)
         caller.principal.require(Action.MANAGE)
         export_id = request.path_params["export"]
-        if not await _in_thread(imaging.outbox.retry, export_id):
+        if not await _in_thread(imaging.outbox.retry, export_id, caller.principal):
             raise ModelNotFound(f"no failed export {export_id}")
         return json_response({"export": export_id, "state": "pending"})
 
