@@ -73,6 +73,7 @@ def granted(example_repository: Path, tmp_path_factory: pytest.TempPathFactory) 
     data_dir = root / "data"
     tokens = {
         "admin": make_token(data_dir, "admin", "admin"),
+        "admin-simple": make_token(data_dir, "admin-simple", "admin", "simple"),
         "viewer": make_token(data_dir, "viewer", "viewer"),
         "viewer-simple": make_token(data_dir, "viewer-simple", "viewer", "simple"),
         "service-simple": make_token(data_dir, "service-simple", "service", "simple"),
@@ -187,6 +188,21 @@ def test_jobs_are_read_with_the_grants_of_their_model(
         assert b'"id","OUTPUT0_0"' in download.content.split(b"\n")[0]
     else:
         assert b"OUTPUT0_0" not in download.content  # nothing of the result leaks in the refusal
+
+
+@pytest.mark.parametrize(("model", "status"), [("simple", 201), ("simple_nobatch", 403)])
+def test_an_admin_submits_jobs_only_on_its_granted_models(granted: Granted, model: str, status: int) -> None:
+    root = granted.xray.parent.parent  # the module's folder, with the table the jobs read
+    spec = spec_text(str(root / "table.csv"), str(root / f"admin-simple-{model}.csv"))
+    reply = httpx.post(
+        f"http://{granted.server.http_url}/jobs",
+        content=spec.replace("model: simple", f"model: {model}"),
+        headers={"Authorization": f"Bearer {granted.tokens['admin-simple']}"},
+        timeout=60,
+    )
+    assert reply.status_code == status, reply.text
+    if status == 403:
+        assert f"no grant for model '{model}'" in reply.json()["error"]
 
 
 # -- metrics: only samples of granted models ---------------------------------------------------------
