@@ -21,13 +21,14 @@ import contextlib
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy import select, update
 
 from medserve.imaging.destinations import Destination, ExportFailed, ExportItem
 from medserve.store.database import Database
+from medserve.store.deliveries import FAILED, PENDING, SENT, backoff_s, finish, retry_later
 from medserve.store.lease_keeper import LeaseKeeper
 from medserve.store.leases import Lease, LeaseBook, LeaseLost
 from medserve.store.tables import ExportRow, ImagingResultRow
@@ -35,7 +36,6 @@ from medserve.values.access import Action, Principal
 
 log = logging.getLogger(__name__)
 
-PENDING, SENT, FAILED = "pending", "sent", "failed"
 LEASE_KIND = "export"
 
 
@@ -182,8 +182,7 @@ class Outbox:
         except ExportFailed as exc:
             attempts = export.attempts + 1
             if exc.retryable:
-                delay = min(self.max_backoff_s, self.backoff_s * 2 ** min(attempts - 1, 20))
-                delay = max(delay, min(exc.retry_after or 0.0, self.max_backoff_s))  # Retry-After
+                delay = backoff_s(attempts, self.backoff_s, self.max_backoff_s, exc.retry_after)
                 await asyncio.to_thread(self._retry_later, export.id, attempts, str(exc), delay)
                 outcome = f"retry in {delay:.0f} s: {exc}"
             else:
@@ -198,35 +197,22 @@ class Outbox:
             await self._audit(export, result, "ok")
 
     def _retry_later(self, export_id: str, attempts: int, error: str, delay: float) -> None:
-        lease = self._lease(export_id)
-        with self.database.session() as session, session.begin():
-            if lease is not None:
-                self.leases.fence(session.connection(), lease)
-            session.execute(
-                update(ExportRow)
-                .where(ExportRow.id == export_id)
-                .values(
-                    attempts=attempts,
-                    last_error=error[:2000],
-                    next_attempt_at=_now() + timedelta(seconds=delay),
-                )
-            )
+        retry_later(
+            self.database, self.leases, self._lease(export_id), ExportRow, export_id, attempts, error, delay
+        )
 
     def _finish(self, export_id: str, state: str, error: str, attempts: int = 0, receipt: str = "") -> None:
-        lease = self._lease(export_id)
-        with self.database.session() as session, session.begin():
-            if lease is not None:
-                self.leases.fence(session.connection(), lease)
-            values: dict[str, object] = {
-                "state": state,
-                "last_error": error[:2000],
-                "receipt": receipt[:2000],
-            }
-            if attempts:
-                values["attempts"] = attempts
-            if state == SENT:
-                values["sent_at"] = _now()
-            session.execute(update(ExportRow).where(ExportRow.id == export_id).values(**values))
+        finish(
+            self.database,
+            self.leases,
+            self._lease(export_id),
+            ExportRow,
+            export_id,
+            state,
+            error,
+            attempts,
+            receipt,
+        )
 
     def retry(self, export_id: str, principal: Principal | None = None) -> bool:
         """Put a failed export back in the queue (operator action); False when there is no such row.

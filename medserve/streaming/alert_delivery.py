@@ -25,14 +25,15 @@ import logging
 import threading
 import uuid
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
 from medserve.store.database import Database
+from medserve.store.deliveries import FAILED, PENDING, SENT, backoff_s, finish, retry_later
 from medserve.store.lease_keeper import LeaseKeeper
 from medserve.store.leases import Lease, LeaseBook, LeaseLost
 from medserve.store.sql import describe_error
@@ -42,7 +43,6 @@ from medserve.values.errors import MedserveError, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
-PENDING, SENT, FAILED = "pending", "sent", "failed"
 LEASE_KIND = "alert"
 
 
@@ -248,8 +248,7 @@ class AlertOutbox:
             receipt = await asyncio.to_thread(sender.send, row.payload)
         except AlertDeliveryFailed as exc:
             if exc.retryable:
-                delay = min(self.max_backoff_s, self.backoff_s * 2 ** min(attempts - 1, 20))
-                delay = max(delay, min(exc.retry_after or 0.0, self.max_backoff_s))
+                delay = backoff_s(attempts, self.backoff_s, self.max_backoff_s, exc.retry_after)
                 await asyncio.to_thread(self._retry_later, row.id, attempts, str(exc), delay)
                 outcome = f"retry in {delay:.0f} s: {exc}"
             else:
@@ -267,31 +266,10 @@ class AlertOutbox:
 
     def _retry_later(self, delivery_id: str, attempts: int, error: str, delay: float) -> None:
         lease = self._lease(delivery_id)
-        with self.database.session() as session, session.begin():
-            self.leases.fence(session.connection(), lease)
-            session.execute(
-                update(AlertDeliveryRow)
-                .where(AlertDeliveryRow.id == delivery_id)
-                .values(
-                    attempts=attempts,
-                    last_error=error[:2000],
-                    next_attempt_at=_now() + timedelta(seconds=delay),
-                )
-            )
+        retry_later(self.database, self.leases, lease, AlertDeliveryRow, delivery_id, attempts, error, delay)
 
     def _finish(self, delivery_id: str, state: str, error: str, attempts: int = 0, receipt: str = "") -> None:
         lease = self._lease(delivery_id)
-        with self.database.session() as session, session.begin():
-            self.leases.fence(session.connection(), lease)
-            values: dict[str, object] = {
-                "state": state,
-                "last_error": error[:2000],
-                "receipt": receipt[:2000],
-            }
-            if attempts:
-                values["attempts"] = attempts
-            if state == SENT:
-                values["sent_at"] = _now()
-            session.execute(
-                update(AlertDeliveryRow).where(AlertDeliveryRow.id == delivery_id).values(**values)
-            )
+        finish(
+            self.database, self.leases, lease, AlertDeliveryRow, delivery_id, state, error, attempts, receipt
+        )
