@@ -92,7 +92,6 @@ ALLOWED: dict[str, set[str]] = {
 #: The doors, the top floor (the command line, the server and its start-up checks and logging) and the
 #: demonstration package may import anything below them.
 UNRESTRICTED = {"transport", "server", "startup", "logs", "cli", "demo", "__main__", "__init__"}
-LAZY_OPTIONAL = {"torch", "openvino", "monai", "matplotlib", "tritonclient", "rdkit", "cyvcf2", "pyfaidx"}
 MAX_LINES = 500
 
 
