@@ -165,7 +165,12 @@ def start_server(
         try:
             scheme, verify = ("https", str(ca)) if ca else ("http", True)
             ready = f"{scheme}://{server.http_url}/v2/health/ready"
-            if httpx.get(ready, timeout=1, verify=verify).status_code == 200:
+            # ready answers 200 a moment before the "medserve ready" line (which names the doors)
+            # is logged: tests that read that line wait for both
+            if (
+                httpx.get(ready, timeout=1, verify=verify).status_code == 200
+                and "medserve ready" in server.output()
+            ):
                 return server
         except httpx.HTTPError:
             pass
