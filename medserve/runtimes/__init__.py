@@ -17,6 +17,15 @@ _RUNTIMES: dict[str, str | type[Runtime]] = {
 
 _BUILT_IN = frozenset(_RUNTIMES)
 
+#: how to install a built-in engine's library, for the error of a model that names a missing one
+_EXTRAS = {
+    "onnxruntime": "install medserve with ONNX Runtime's 'cpu' or 'gpu' extra "
+    "(scripts/install.sh: MEDSERVE_ONNXRUNTIME=cpu|gpu)",
+    "openvino": "install medserve with the 'openvino' extra",
+    "torch": "install torch (medserve's 'examples' extra pins the CPU build)",
+    "monai_bundle": "install torch and monai (medserve's 'examples' extra)",
+}
+
 
 def runtime_names() -> list[str]:
     return sorted(_RUNTIMES)
@@ -53,7 +62,8 @@ def runtime_class(name: str) -> type[Runtime]:
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise ModelLoadError(f"runtime '{name}' is not installed: {exc}") from None
+        how = f"; {_EXTRAS[name]}" if name in _EXTRAS else ""
+        raise ModelLoadError(f"runtime '{name}' is not installed ({exc}){how}") from None
     cls: type[Runtime] = getattr(module, class_name)
     return cls
 
