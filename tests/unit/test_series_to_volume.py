@@ -260,6 +260,23 @@ def test_header_without_pixels_leaves_the_dataset_alone() -> None:
     assert ds.PatientName != "Changed"
 
 
+def test_header_without_pixels_converts_nothing_and_reads_as_a_full_copy() -> None:
+    """A header shares the unread (raw) elements instead of converting and deep-copying them all."""
+    path = get_testdata_file("CT_small.dcm", download=False)
+    assert path is not None
+    ds = pydicom.dcmread(path)
+    position = list(ds.ImagePositionPatient)  # read, so converted: the header must copy it
+    header = header_without_pixels(ds)
+    raw = [tag for tag, element in ds._dict.items() if isinstance(element, pydicom.dataelem.RawDataElement)]
+    assert len(raw) > 20, "reading a header converted the source's unread elements"
+    reference = pydicom.dcmread(path)
+    del reference.PixelData
+    assert header == reference and header.file_meta == reference.file_meta
+    assert [element.value for element in header] == [element.value for element in reference]
+    header.ImagePositionPatient[0] = 99.0
+    assert list(ds.ImagePositionPatient) == position
+
+
 # --- 2D frames --------------------------------------------------------------------------------------------
 
 

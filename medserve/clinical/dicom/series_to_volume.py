@@ -10,19 +10,23 @@ from __future__ import annotations
 
 import copy
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import MutableSequence, Sequence
 from typing import Any
 
 import numpy as np
 from pydicom import Dataset
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.pixels.decoders.base import get_decoder
 from pydicom.pixels.processing import apply_color_lut, apply_modality_lut
 from pydicom.pixels.utils import as_pixel_options
+from pydicom.tag import Tag
+from pydicom.valuerep import VR
 
 from medserve.clinical.dicom.images import FrameRef, Frames, Volume
 from medserve.values.errors import InvalidInput
 
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+_PIXEL_TAGS = frozenset(Tag(keyword) for keyword in _PIXEL_KEYWORDS)
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601, as YBR_FULL's Y
 
 
@@ -35,11 +39,27 @@ class SeriesRejected(InvalidInput):
 
 
 def header_without_pixels(ds: Dataset) -> Dataset:
-    """A copy of ``ds`` (file meta included) without its pixel data; ``ds`` itself is not changed."""
+    """A copy of ``ds`` (file meta included) without its pixel data; ``ds`` itself is not changed.
+
+    Elements not yet read stay raw and are shared (a raw element is immutable bytes that each dataset
+    converts on its own when read), so a header costs a few dictionary entries instead of converting
+    and deep-copying every element (a tenth of the time for a CT slice); elements already read are
+    copied, their multi-valued values too, and sequences item by item.
+    """
     header = Dataset()
-    for element in ds:  # iterating converts raw elements, so the copy stands on its own
-        if element.keyword not in _PIXEL_KEYWORDS:
-            header.add(copy.deepcopy(element))
+    for element in ds.elements():  # raw elements as they are: nothing is converted
+        if element.tag in _PIXEL_TAGS:
+            continue
+        if isinstance(element, RawDataElement):
+            header[element.tag] = element
+        elif element.VR == VR.SQ:
+            items = [header_without_pixels(item) for item in element.value]
+            header.add(DataElement(element.tag, VR.SQ, items))
+        else:
+            copied = copy.copy(element)
+            if isinstance(element.value, MutableSequence):
+                copied.value = copy.deepcopy(element.value)
+            header.add(copied)
     file_meta = getattr(ds, "file_meta", None)
     if file_meta is not None:
         header.file_meta = copy.deepcopy(file_meta)
