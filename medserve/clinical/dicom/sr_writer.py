@@ -28,7 +28,9 @@ Layout of the report (highdicom's TID 1500 classes):
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
+from typing import Any
 
 import highdicom as hd
 from highdicom.coding_schemes import CodingSchemeIdentificationItem
@@ -38,8 +40,9 @@ from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
 import medserve
-from medserve.clinical.dicom.results import Finding, ImagingResult, Lesion, Segment
+from medserve.clinical.dicom.results import Algorithm, Finding, ImagingResult, Lesion, Segment
 from medserve.clinical.dicom.seg_writer import segment_numbers, series_description
+from medserve.clinical.dicom.sr_document import comprehensive_3d_sr
 from medserve.clinical.fhir_report import finding_label_code, finding_snomed, model_digest, tracking_uid
 
 SR_SERIES_NUMBER = 9002
@@ -74,8 +77,11 @@ def finding_concept(label: str) -> Code:
     return Code(value, PRIVATE_SCHEME, meaning)
 
 
-def _device_observer(result: ImagingResult, manufacturer: str) -> hd.sr.ObserverContext:
-    algorithm, digest = result.algorithm, model_digest(result.algorithm)
+# The model's parts of a report are the same in every report of the model: built once and shared, as
+# highdicom shares the items of one template across the groups given it (nothing changes them).
+@functools.lru_cache(maxsize=64)
+def _device_observer_of(algorithm: Algorithm, manufacturer: str) -> hd.sr.ObserverContext:
+    digest = model_digest(algorithm)
     return hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
@@ -88,13 +94,21 @@ def _device_observer(result: ImagingResult, manufacturer: str) -> hd.sr.Observer
     )
 
 
-def _algorithm_id(result: ImagingResult, *parameters: str) -> hd.sr.AlgorithmIdentification:
-    algorithm = result.algorithm
+def _device_observer(result: ImagingResult, manufacturer: str) -> hd.sr.ObserverContext:
+    return _device_observer_of(result.algorithm, manufacturer)
+
+
+@functools.lru_cache(maxsize=256)
+def _algorithm_id_of(algorithm: Algorithm, parameters: tuple[str, ...]) -> hd.sr.AlgorithmIdentification:
     return hd.sr.AlgorithmIdentification(
         name=algorithm.name,
         version=algorithm.version,
         parameters=[f"sha256:{model_digest(algorithm)}", *parameters],
     )
+
+
+def _algorithm_id(result: ImagingResult, *parameters: str) -> hd.sr.AlgorithmIdentification:
+    return _algorithm_id_of(result.algorithm, parameters)
 
 
 def _tracking(result: ImagingResult, kind: str, number: int, identifier: str) -> hd.sr.TrackingIdentifier:
@@ -288,12 +302,15 @@ def write_sr(
     sop_instance_uid: str | None = None,
     manufacturer: str = "medserve",
     software_versions: str = medserve.__version__,
+    highdicom_document: bool = False,
 ) -> hd.sr.Comprehensive3DSR:
     """The Comprehensive 3D SR (TID 1500 Measurement Report) of ``result``; see the module docstring.
 
     ``seg`` is the SEG written for the same result (``write_seg``); its segments are then referenced
     and it is recorded as evidence. UIDs are generated when not given. Raises ValueError when the
     result lacks the images its findings or lesions refer to, or its headers are of another study.
+    ``highdicom_document``: build the document with ``hd.sr.Comprehensive3DSR`` itself, the reference
+    that the faster ``sr_document.comprehensive_3d_sr`` (the default) is tested against.
     """
     evidence = _evidence(result)
     if seg is not None and seg.StudyInstanceUID != result.study_instance_uid:
@@ -318,9 +335,8 @@ def write_sr(
         [CodingSchemeIdentificationItem(PRIVATE_SCHEME, name="medserve finding labels")] if private else None
     )
     algorithm = result.algorithm
-    return hd.sr.Comprehensive3DSR(
+    document: dict[str, Any] = dict(
         evidence=[*evidence, seg] if seg is not None else evidence,
-        content=report[0],
         series_instance_uid=series_instance_uid or generate_uid(),
         series_number=series_number,
         sop_instance_uid=sop_instance_uid or generate_uid(),
@@ -335,3 +351,6 @@ def write_sr(
         coding_schemes=schemes,
         content_qualification=hd.ContentQualificationValues.RESEARCH if algorithm.research_use else None,
     )
+    if highdicom_document:
+        return hd.sr.Comprehensive3DSR(content=report[0], **document)
+    return comprehensive_3d_sr(content=report, **document)
