@@ -126,10 +126,16 @@ class RunningServer:
 
 
 def start_server(
-    repository: Path, log: Path, *extra: str, env: dict[str, str] | None = None, ca: Path | None = None
+    repository: Path,
+    log: Path,
+    *extra: str,
+    env: dict[str, str] | None = None,
+    ca: Path | None = None,
+    http_port: int | None = None,
 ) -> RunningServer:
-    """Start ``medserve serve`` and wait until it is ready (over TLS, trusting ``ca``, when given)."""
-    http_port, grpc_port = free_port(), free_port()
+    """Start ``medserve serve`` and wait until it is ready (over TLS, trusting ``ca``, when given); on
+    ``http_port`` when given (a server started again where its clients expect it)."""
+    http_port, grpc_port = http_port or free_port(), free_port()
     handle = log.open("wb")
     process = subprocess.Popen(
         [

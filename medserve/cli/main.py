@@ -10,6 +10,7 @@ from pathlib import Path
 
 from medserve import __version__
 from medserve.cli.cluster import add_commands as add_cluster_commands
+from medserve.cli.edge import add_commands as add_edge_commands
 from medserve.cli.hardware import add_commands as add_hardware_commands
 from medserve.cli.imaging import add_commands as add_imaging_commands
 from medserve.cli.jobs import add_commands as add_job_commands
@@ -173,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_job_commands(commands)
     add_imaging_commands(commands)
     add_cluster_commands(commands)
+    add_edge_commands(commands)
 
     examples = commands.add_parser("examples", help="example models and data")
     example_commands = examples.add_subparsers(dest="examples_command", required=True, metavar="COMMAND")

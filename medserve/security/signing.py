@@ -160,6 +160,19 @@ class TrustedKeys:
     def __len__(self) -> int:
         return len(self._keys)
 
+    def verify_bytes(self, signer: str, signature: str, data: bytes, what: str) -> None:
+        """Check a base64 ed25519 ``signature`` of ``data`` by the trusted key ``signer``."""
+        key = self._keys.get(signer)
+        if key is None:
+            trusted = ", ".join(self.fingerprints) or "none configured"
+            raise ModelLoadError(f"{what}: signed by unknown key {signer!r} (trusted keys: {trusted})")
+        try:
+            key.verify(base64.b64decode(signature, validate=True), data)
+        except (binascii.Error, ValueError):
+            raise ModelLoadError(f"{what}: malformed signature: not base64") from None
+        except InvalidSignature:
+            raise ModelLoadError(f"{what}: bad signature: it does not verify with key {signer}") from None
+
     def verify(self, artifact_sig_path: Path, digest: str) -> str:
         """Check the signature file against the artifact's digest; return the signer's fingerprint."""
         path = artifact_sig_path

@@ -353,3 +353,94 @@ class DicomPeerRow(Base):
     models: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)  # None: every model
     name: Mapped[str] = mapped_column(String(128), default="")  # who or what sends as this title
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class HubReleaseRow(Base):
+    """A model version a hub published to an edge group: the artifact's digest, its publisher's
+    signature document (``<artifact>.sig``) and the model's config.yaml, as edges will receive them."""
+
+    __tablename__ = "hub_releases"
+
+    group: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model: Mapped[str] = mapped_column(String(256), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    artifact: Mapped[str] = mapped_column(String(256))
+    digest: Mapped[str] = mapped_column(String(64))
+    signature: Mapped[dict[str, Any]] = mapped_column(JSON)
+    config: Mapped[str] = mapped_column(Text)
+    published_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    published_by: Mapped[str] = mapped_column(String(128))
+
+
+class HubPinRow(Base):
+    """The version an edge group serves of a model instead of its newest release (a rollback)."""
+
+    __tablename__ = "hub_pins"
+
+    group: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model: Mapped[str] = mapped_column(String(256), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer)
+    pinned_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    pinned_by: Mapped[str] = mapped_column(String(128))
+
+
+class HubEdgeRow(Base):
+    """An edge as its last sync described it (versions serving, backlog, refusals)."""
+
+    __tablename__ = "hub_edges"
+
+    edge: Mapped[str] = mapped_column(String(128), primary_key=True)
+    group: Mapped[str] = mapped_column(String(64))
+    last_sync_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    status: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class HubUplinkRow(Base):
+    """One uplink item a hub received from an edge, once: ``key`` is the edge's idempotency key."""
+
+    __tablename__ = "hub_uplinks"
+
+    edge: Mapped[str] = mapped_column(String(128), primary_key=True)
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), index=True)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class HubAuditHeadRow(Base):
+    """The last verified record of an edge's audit chain at the hub: the next range must follow it."""
+
+    __tablename__ = "hub_audit_heads"
+
+    edge: Mapped[str] = mapped_column(String(128), primary_key=True)
+    chain: Mapped[str] = mapped_column(String(128), primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class EdgeUplinkRow(Base):
+    """An edge's outbox row: one item for its hub (audit range, sketch, job metadata, alert)."""
+
+    __tablename__ = "edge_uplinks"
+    __table_args__ = (UniqueConstraint("key", name="uq_edge_uplinks_key"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    key: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(16))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    receipt: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class EdgeStateRow(Base):
+    """An edge's small named facts: its last sync, audit cursors, counts of shed uplinks."""
+
+    __tablename__ = "edge_state"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    value: Mapped[dict[str, Any]] = mapped_column(JSON)

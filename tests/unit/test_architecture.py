@@ -63,6 +63,7 @@ ALLOWED: dict[str, set[str]] = {
     "streaming": {"values", "store", "clinical", "core", "security", "audit", "monitoring"},
     "planning": {"values", "store", "repository", "hardware"},
     "cluster": {"values", "store"},
+    "edge": {"values", "store", "security", "repository", "audit", "core", "settings"},
     "explanations": {"values", "store", "clinical", "core", "repository", "audit", "settings"},
     "console": {
         "values",
