@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -165,11 +166,11 @@ def start_server(
     )
     server = RunningServer(process, http_port, grpc_port, repository, log)
     deadline = time.monotonic() + 120
+    scheme, verify = ("https", ssl.create_default_context(cafile=str(ca))) if ca else ("http", True)
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"medserve exited with {process.returncode}:\n{server.output()}")
         try:
-            scheme, verify = ("https", str(ca)) if ca else ("http", True)
             ready = f"{scheme}://{server.http_url}/v2/health/ready"
             # ready answers 200 a moment before the "medserve ready" line (which names the doors)
             # is logged: tests that read that line wait for both

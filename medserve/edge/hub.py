@@ -210,7 +210,10 @@ class Hub:
             if row is None:
                 raise ModelNotFound(f"model '{model}' version {version} is not published to group '{group}'")
             name = row.artifact
-        return self._repository.model_dir(model) / str(version) / name
+        path = self._repository.model_dir(model) / str(version) / name
+        if not path.is_file():
+            raise ModelNotFound(f"model '{model}' version {version}: the hub no longer has {name}")
+        return path
 
     # -- edges ------------------------------------------------------------------------------------
     def record_sync(self, edge: str, group: str, status: dict[str, Any]) -> None:

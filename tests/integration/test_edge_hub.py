@@ -1,13 +1,15 @@
-"""Edge and hub on loopback: two real servers. A version published on the hub is installed and served
-by the edge; with the hub stopped the edge keeps serving and queues its uplinks; with the hub back the
-uplinks arrive once; a tampered artifact is refused while the old version keeps serving; a rollback
-pinned on the hub applies at the next sync."""
+"""Edge and hub on loopback: two real servers, the edge reaching the hub over mutual TLS (its
+certificate's CN is its name at the hub; its API token of the same name works too). A version
+published on the hub is installed and served by the edge; with the hub stopped the edge keeps serving
+and queues its uplinks; with the hub back the uplinks arrive once; a tampered artifact is refused
+while the old version keeps serving; a rollback pinned on the hub applies at the next sync."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import ssl
 import subprocess
 import sys
 import time
@@ -20,12 +22,15 @@ from typing import Any
 import httpx
 import pytest
 
+from medserve.security.certificates import CertificateGrants
+from medserve.security.devcerts import make_dev_certificates
 from medserve.security.signing import create_signing_key, sign_artifact
 from medserve.security.tokens import TokenStore
 from medserve.store.database import Database, default_url
 from tests.conftest import RunningServer, free_port, start_server, stop_server
 
 DEADLINE_S = 60.0
+EDGE = "edge-ward1"
 
 
 def wait_for(what: str, check: Callable[[], Any]) -> Any:
@@ -41,10 +46,12 @@ def wait_for(what: str, check: Callable[[], Any]) -> Any:
 
 
 def tokens(data_dir: Path, *specs: tuple[str, str]) -> list[str]:
+    """Tokens made in the hub's store before it starts; the edge's certificate CN granted too."""
     data_dir.mkdir(parents=True, exist_ok=True)
     database = Database(default_url(data_dir))
     database.migrate()
     try:
+        CertificateGrants(database).grant(EDGE, "service")
         return [TokenStore(database).create(role, name=name)[0] for name, role in specs]
     finally:
         database.dispose()
@@ -60,25 +67,39 @@ class Fleet:
     edge: RunningServer
     admin: str
     edge_token: str
+    ca: Path
 
     def hub_url(self, path: str) -> str:
-        return f"http://localhost:{self.hub_port}{path}"
+        return f"https://localhost:{self.hub_port}{path}"
 
     def hub_call(self, method: str, path: str, body: object = None, token: str = "") -> httpx.Response:
         headers = {"Authorization": f"Bearer {token or self.admin}"}
-        return httpx.request(method, self.hub_url(path), json=body, headers=headers, timeout=60)
+        trusting = ssl.create_default_context(cafile=str(self.ca))
+        return httpx.request(
+            method, self.hub_url(path), json=body, headers=headers, timeout=60, verify=trusting
+        )
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """``medserve`` against the hub, trusting its CA."""
+        return subprocess.run(
+            [sys.executable, "-m", "medserve", *args, "--url", self.hub_url(""), "--token", self.admin],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "SSL_CERT_FILE": str(self.ca)},
+        )
 
     def edge_call(self, method: str, path: str, body: object = None) -> httpx.Response:
         return httpx.request(method, f"http://{self.edge.http_url}{path}", json=body, timeout=120)
 
     def start_hub(self, log: str) -> None:
         self.hub = start_server(
-            self.hub_repo, self.root / "hub" / log, env=self.hub_env, http_port=self.hub_port
+            self.hub_repo, self.root / "hub" / log, env=self.hub_env, http_port=self.hub_port, ca=self.ca
         )
 
     def hub_edge(self) -> dict[str, Any]:
         edges = self.hub_call("GET", "/v2/hub/edges").json()["edges"]
-        return next((e for e in edges if e["edge"] == "edge-ward1"), {})
+        return next((e for e in edges if e["edge"] == EDGE), {})
 
     def serving(self) -> list[str]:
         index = self.edge_call("POST", "/v2/repository/index", {"ready": True}).json()
@@ -95,12 +116,6 @@ class Fleet:
         return self.edge_call("POST", "/v2/models/simple/infer", body)
 
 
-def _medserve(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "medserve", *args], capture_output=True, text=True, timeout=120, env=os.environ
-    )
-
-
 @pytest.fixture(scope="module")
 def fleet(example_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     root = tmp_path_factory.mktemp("edge-hub")
@@ -113,23 +128,30 @@ def fleet(example_repository: Path, tmp_path_factory: pytest.TempPathFactory) ->
     shutil.copytree(hub_repo / "simple" / "1", hub_repo / "simple" / "2")
     for version in ("1", "2"):
         sign_artifact(hub_repo / "simple" / version / "model.onnx", keys / "publisher.key")
-    admin, edge_token = tokens(root / "hub" / "data", ("admin", "admin"), ("edge-ward1", "service"))
+    admin, edge_token = tokens(root / "hub" / "data", ("admin", "admin"), (EDGE, "service"))
+    certs = make_dev_certificates(root / "certs", ["localhost"], [EDGE])
     hub_env = {
         "MEDSERVE_AUTH_DISABLED": "false",
         "MEDSERVE_LOAD_MODELS": "false",
         "MEDSERVE_CONSOLE_ENABLED": "false",
         "MEDSERVE_HUB_ENABLED": "true",
         "MEDSERVE_HUB_SIGNING_KEY": str(keys / "hub.key"),
-        "MEDSERVE_HUB_EDGES": json.dumps({"edge-ward1": "ward"}),
+        "MEDSERVE_HUB_EDGES": json.dumps({EDGE: "ward"}),
+        "MEDSERVE_TLS_CERTFILE": str(certs.server_cert),
+        "MEDSERVE_TLS_KEYFILE": str(certs.server_key),
+        "MEDSERVE_TLS_CLIENT_CA": str(certs.ca_cert),
+        "MEDSERVE_TLS_CLIENT_AUTH": "optional",  # edges by certificate, operators by token
         "MEDSERVE_TRUSTED_SIGNING_KEYS": json.dumps([str(keys / "publisher.pub")]),
     }
     hub_port = free_port()
     (root / "hub").mkdir(exist_ok=True)
     (root / "edge" / "repository").mkdir(parents=True)
     edge_env = {
-        "MEDSERVE_EDGE_HUB_URL": f"http://localhost:{hub_port}",
+        "MEDSERVE_EDGE_HUB_URL": f"https://localhost:{hub_port}",
         "MEDSERVE_EDGE_GROUP": "ward",
-        "MEDSERVE_EDGE_TOKEN": edge_token,
+        "MEDSERVE_EDGE_TLS_CERTFILE": str(certs.clients[EDGE][0]),
+        "MEDSERVE_EDGE_TLS_KEYFILE": str(certs.clients[EDGE][1]),
+        "MEDSERVE_EDGE_TLS_CA": str(certs.ca_cert),
         "MEDSERVE_EDGE_SYNC_INTERVAL_S": "3600",  # syncs on demand in this test
         "MEDSERVE_EDGE_UPLINK_INTERVAL_S": "0.3",
         "MEDSERVE_TRUSTED_SIGNING_KEYS": json.dumps([str(keys / "publisher.pub"), str(keys / "hub.pub")]),
@@ -138,13 +160,18 @@ def fleet(example_repository: Path, tmp_path_factory: pytest.TempPathFactory) ->
     }
     with ThreadPoolExecutor(2) as starting:  # both at once: each start is mostly waiting on imports
         hub_start = starting.submit(
-            start_server, hub_repo, root / "hub" / "hub.log", env=hub_env, http_port=hub_port
+            start_server,
+            hub_repo,
+            root / "hub" / "hub.log",
+            env=hub_env,
+            http_port=hub_port,
+            ca=certs.ca_cert,
         )
         edge_start = starting.submit(
             start_server, root / "edge" / "repository", root / "edge" / "edge.log", env=edge_env
         )
         hub, edge = hub_start.result(), edge_start.result()
-    running = Fleet(root, hub_repo, hub_env, hub_port, hub, edge, admin, edge_token)
+    running = Fleet(root, hub_repo, hub_env, hub_port, hub, edge, admin, edge_token, certs.ca_cert)
     yield running
     stop_server(running.edge)
     stop_server(running.hub)
@@ -159,9 +186,7 @@ def test_edge_installs_serves_offline_delivers_once_refuses_tampering_and_rolls_
     assert fleet.hub_call("POST", "/v2/hub/sync", {}, fleet.admin).status_code == 403
 
     # publish v1 with the CLI; the edge installs it at its next sync and serves it
-    published = _medserve(
-        "hub", "publish", "ward", "simple", "1", "--url", fleet.hub_url(""), "--token", fleet.admin
-    )
+    published = fleet.cli("hub", "publish", "ward", "simple", "1")
     assert published.returncode == 0, published.stderr
     report = fleet.edge_call("POST", "/v2/edge/sync").json()
     assert report["installed"] == [{"model": "simple", "version": 1}], report
@@ -178,8 +203,15 @@ def test_edge_installs_serves_offline_delivers_once_refuses_tampering_and_rolls_
         assert fleet.infer().status_code == 200
     offline = fleet.edge_call("POST", "/v2/edge/sync").json()
     assert offline["error"] and offline["versions"] == {"simple": ["1"]}, offline
-    status = fleet.edge_call("GET", "/v2/edge/status").json()
-    assert status["hub_reachable"] is False
+    shown = subprocess.run(
+        [sys.executable, "-m", "medserve", "edge", "status", "--url", f"http://{fleet.edge.http_url}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    status = json.loads(shown.stdout)
+    assert status["hub_reachable"] is False and status["versions"] == {"simple": ["1"]}, shown.stdout
+    assert "ConnectError" in status["last_error"] and status["group"] == "ward"
     wait_for(
         "audit ranges queued while the hub is away",
         lambda: fleet.edge_call("GET", "/v2/edge/status").json()["backlog"]["pending"].get("audit"),
@@ -235,14 +267,12 @@ def test_edge_installs_serves_offline_delivers_once_refuses_tampering_and_rolls_
     assert fleet.serving() == ["2"]
 
     # a rollback on the hub applies at the next sync
-    rolled = _medserve(
-        "hub", "rollback", "ward", "simple", "--url", fleet.hub_url(""), "--token", fleet.admin
-    )
+    rolled = fleet.cli("hub", "rollback", "ward", "simple")
     assert rolled.returncode == 0, rolled.stderr
     assert json.loads(rolled.stdout)["serving"] == 1
     assert fleet.edge_call("POST", "/v2/edge/sync").json()["installed"] == [{"model": "simple", "version": 1}]
     assert fleet.serving() == ["1"] and fleet.infer().status_code == 200
-    listed = _medserve("hub", "edges", "--url", fleet.hub_url(""), "--token", fleet.admin)
-    assert "edge-ward1  group ward" in listed.stdout and "simple 1" in listed.stdout, listed.stdout
+    listed = fleet.cli("hub", "edges")
+    assert f"{EDGE}  group ward" in listed.stdout and "simple 1" in listed.stdout, listed.stdout
     fleet.hub.assert_alive()
     fleet.edge.assert_alive()
