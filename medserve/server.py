@@ -26,8 +26,6 @@ from medserve.core.dataplane import build_dataplane
 from medserve.core.refusals import audit_refusal
 from medserve.edge.roles import build_edge, build_hub
 from medserve.edge.sync import EdgeSync
-from medserve.edge.roles import build_edge, build_hub
-from medserve.edge.sync import EdgeSync
 from medserve.imaging.config import load_config
 from medserve.imaging.service import ImagingService
 from medserve.jobs.manager import JobManager, JobSettings
@@ -69,7 +67,6 @@ from medserve.transport.http import build_app
 from medserve.transport.http_limits import HttpLimits, limited_protocol
 from medserve.transport.http_shared_memory import shared_memory_routes
 from medserve.transport.http_trace_log import trace_log_routes
-from medserve.transport.hub import edge_routes, hub_routes
 from medserve.transport.hub import edge_routes, hub_routes
 from medserve.transport.jobs import jobs_routes
 from medserve.transport.stream import stream_routes
@@ -151,8 +148,6 @@ class MedServer:
         self.leases = LeaseBook(trust.database, self.replica_id, ttl_s=settings.lease_ttl_s)
         self.storage_dir = settings.storage_dir or settings.data_dir
         self.registry: ReplicaRegistry | None = None
-        self.hub = build_hub(settings, trust.database)  # docs/EDGE.md
-        self.edge: EdgeSync | None = None
         self.hub = build_hub(settings, trust.database)  # docs/EDGE.md
         self.edge: EdgeSync | None = None
         self.jobs = JobManager(
@@ -328,11 +323,6 @@ class MedServer:
         self.edge = build_edge(settings, self.service, self.trust.database, self.leases, settings.replica_id)
         if self.edge is not None:
             routes += edge_routes(self.service, self.edge)
-        if self.hub is not None:
-            routes += hub_routes(self.service, self.hub)
-        self.edge = build_edge(settings, self.service, self.trust.database, self.leases, settings.replica_id)
-        if self.edge is not None:
-            routes += edge_routes(self.service, self.edge)
         if settings.console_enabled:
             routes += console_routes(self._console_parts(), settings.console_idle_timeout_s)
         app = build_app(
@@ -375,8 +365,6 @@ class MedServer:
         await self.jobs.start()
         if self.edge is not None:
             self.edge.start()
-        if self.edge is not None:
-            self.edge.start()
         self.service.set_ready(True)
         self.registry = ReplicaRegistry(
             self.trust.database,
@@ -414,8 +402,6 @@ class MedServer:
                 log.exception("shutdown: %s failed", name)
                 failed.append(name)
 
-        if self.edge is not None:
-            await step("edge", self.edge.stop)
         if self.edge is not None:
             await step("edge", self.edge.stop)
         if self._scp is not None:

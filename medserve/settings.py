@@ -371,35 +371,6 @@ class Settings(BaseSettings):
         ge=1,
         description="Pending uplink items before sketches are shed (audit and alerts are never dropped).",
     )
-    hub_enabled: bool = Field(
-        default=False, description="Act as a hub: publish signed manifests to edge groups (docs/EDGE.md)."
-    )
-    hub_signing_key: Path | None = Field(
-        default=None, description="ed25519 private key (PEM) the hub signs its manifests with."
-    )
-    hub_edges: dict[str, str] = Field(
-        default_factory=dict,
-        description="Edges of this hub: principal name (token name or client certificate CN) -> group.",
-    )
-    edge_hub_url: str = Field(
-        default="", description="Act as an edge of the hub at this URL (http(s)://host:port); '' : no hub."
-    )
-    edge_group: str = Field(default="", description="The edge group whose manifest this edge serves.")
-    edge_token: str = Field(default="", description="Bearer token this edge presents to its hub.")
-    edge_tls_certfile: Path | None = Field(
-        default=None, description="Client certificate for mTLS to the hub."
-    )
-    edge_tls_keyfile: Path | None = Field(default=None, description="Private key of edge_tls_certfile.")
-    edge_tls_ca: Path | None = Field(default=None, description="CA that signed the hub's certificate.")
-    edge_sync_interval_s: float = Field(default=60.0, gt=0, description="Seconds between manifest pulls.")
-    edge_uplink_interval_s: float = Field(
-        default=5.0, gt=0, description="Seconds between uplink rounds (longer, with back-off, while away)."
-    )
-    edge_max_backlog: int = Field(
-        default=10000,
-        ge=1,
-        description="Pending uplink items before sketches are shed (audit and alerts are never dropped).",
-    )
     console_enabled: bool = Field(
         default=True, description="Serve the operator console at /console (sign-in with an API token)."
     )

@@ -64,7 +64,6 @@ ALLOWED: dict[str, set[str]] = {
     "planning": {"values", "store", "repository", "hardware"},
     "cluster": {"values", "store"},
     "edge": {"values", "store", "security", "repository", "audit", "core", "settings"},
-    "edge": {"values", "store", "security", "repository", "audit", "core", "settings"},
     "explanations": {"values", "store", "clinical", "core", "repository", "audit", "settings"},
     "console": {
         "values",
