@@ -323,6 +323,8 @@ class MedServer:
         self.edge = build_edge(settings, self.service, self.trust.database, self.leases, settings.replica_id)
         if self.edge is not None:
             routes += edge_routes(self.service, self.edge)
+            if (alerts := self.alerts) is not None:  # ward alerts go up to the hub too
+                self.edge.watch_alerts(lambda: [a.to_json() for a in alerts.list(limit=1000)])
         if settings.console_enabled:
             routes += console_routes(self._console_parts(), settings.console_idle_timeout_s)
         app = build_app(

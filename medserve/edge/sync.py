@@ -18,7 +18,7 @@ from typing import Any
 from medserve.core.service import InferenceService
 from medserve.edge.client import HubClient, HubRefused, HubUnreachable
 from medserve.edge.manifest import Release, verify_manifest
-from medserve.edge.uplink import UplinkOutbox, read_state, write_state
+from medserve.edge.uplink import AlertSource, UplinkOutbox, read_state, write_state
 from medserve.security.signing import TrustedKeys, signature_path
 from medserve.store.database import Database
 from medserve.values.access import Caller
@@ -230,6 +230,10 @@ class EdgeSync:
             staging.replace(version_dir)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+
+    def watch_alerts(self, source: AlertSource) -> None:
+        """Send the ward alerts ``source`` lists up to the hub too (each once)."""
+        self._outbox.alert_source = source
 
     # -- schedule --------------------------------------------------------------------------------
     async def run(self) -> None:

@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -34,6 +36,10 @@ NEVER_DROPPED = ("audit", "alert")
 AUDIT_RANGE = 500  # records per audit item
 BATCH = 100  # items per uplink request
 _FINISHED_JOBS = ("succeeded", "failed", "cancelled")
+ALERTS_SINCE_S = 3600.0  # ward alerts older than this when first seen are not sent up
+
+#: The ward alerts kept on this edge (``Alert.to_json()`` documents), newest first.
+AlertSource = Callable[[], list[dict[str, Any]]]
 
 
 def read_state(s: Session, name: str) -> dict[str, Any]:
@@ -75,6 +81,7 @@ class UplinkOutbox:
         self._failures = 0  # consecutive link failures (the link's back-off, not an item's)
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        self.alert_source: AlertSource | None = None
 
     # -- queueing -------------------------------------------------------------------------------
     def _add(self, s: Session, kind: str, key: str, payload: dict[str, Any]) -> bool:
@@ -126,7 +133,22 @@ class UplinkOutbox:
 
     def collect(self) -> int:
         """Blocking: queue what is new since the last call (audit records, sketches, finished jobs)."""
-        return self._collect_audit() + self._collect_sketches() + self._collect_jobs()
+        return (
+            self._collect_audit() + self._collect_sketches() + self._collect_jobs() + self._collect_alerts()
+        )
+
+    def _collect_alerts(self) -> int:
+        if self.alert_source is None:
+            return 0
+        since = time.time() - ALERTS_SINCE_S
+        queued = 0
+        with self._db.session() as s, s.begin():
+            for alert in self.alert_source():
+                created = alert.get("created_at")
+                if not isinstance(created, int | float) or created < since or not alert.get("id"):
+                    continue
+                queued += self._add(s, "alert", f"alert:ward:{alert['id']}", alert)
+        return queued
 
     def _collect_audit(self) -> int:
         queued = 0

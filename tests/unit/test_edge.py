@@ -5,6 +5,7 @@ continuity and hashes) and the edge's backlog policy when full."""
 from __future__ import annotations
 
 import copy
+import time
 from pathlib import Path
 
 import pytest
@@ -190,3 +191,26 @@ def test_a_full_backlog_sheds_sketches_oldest_first_and_never_drops_audit_or_ale
     backlog = outbox.backlog()
     assert backlog["pending"] == {"job": 3, "audit": 1, "alert": 1}
     assert backlog["dropped"] == {"sketch": 5, "job": 1}
+
+
+def test_ward_alerts_of_the_last_hour_go_up_once(database: Database) -> None:
+    database.migrate()
+    outbox = UplinkOutbox(
+        database,
+        HubClient(HubLink("http://127.0.0.1:9")),
+        LeaseBook(database, "edge"),
+        chain="",
+        max_backlog=1,
+        interval_s=1.0,
+    )
+    now = time.time()
+    kept = [
+        {"id": "a2", "created_at": now - 5, "severity": "high"},
+        {"id": "a1", "created_at": now - 7200, "severity": "low"},  # older than an hour when first seen
+    ]
+    outbox.alert_source = lambda: kept
+    assert outbox.collect() == 1
+    assert outbox.collect() == 0  # the same alert again: queued once
+    kept.insert(0, {"id": "a3", "created_at": now, "severity": "high"})
+    assert outbox.collect() == 1
+    assert outbox.backlog()["pending"] == {"alert": 2}  # past max_backlog: alerts are never dropped
