@@ -20,6 +20,9 @@ fhir.resources). Choices:
   that SR); each Observation's identifier is the Tracking UID of its SR measurement group
   (``tracking_uid``), and lesion Observations name the SEG instance and segment in a note. R4 has
   no element referencing a single DICOM instance or segment (R5's ImagingSelection does).
+- **Explanation maps**: each DICOM Parametric Map explaining a finding is a Media entry (identifier
+  its SOP Instance UID, content ``application/dicom``, a note naming the finding's Observation) listed
+  in ``DiagnosticReport.media``; the map itself travels to PACS with the SEG and SR.
 - **Research use**: when ``algorithm.research_use``, every resource carries the security label
   v3-ActReason ``HRESCH`` (healthcare research) and the tag ``research-use-only``, and the
   conclusion starts with ``RESEARCH USE ONLY``.
@@ -41,6 +44,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -55,6 +59,7 @@ DICOM_UID = "urn:dicom:uid"
 OBSERVATION_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
 INTERPRETATION = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
 ACT_REASON = "http://terminology.hl7.org/CodeSystem/v3-ActReason"
+MEDIA_TYPE = "http://terminology.hl7.org/CodeSystem/media-type"
 MEDSERVE_FHIR = "https://medserve.example/fhir"
 """Namespace of medserve's own identifier systems and tags; a deployment may use its own."""
 MODEL_DIGEST_SYSTEM = f"{MEDSERVE_FHIR}/model-sha256"
@@ -288,6 +293,35 @@ def _segments(builder: _Builder, seg_uid: str | None) -> list[str]:
     return urls
 
 
+def _explanation_media(builder: _Builder, index: int, uid: str, method: str) -> dict[str, Any]:
+    """A Media entry for the Parametric Map explaining finding ``index``; the report's ``media`` item."""
+    result = builder.result
+    if not 0 <= index < len(result.findings):
+        raise ValueError(f"an explanation map refers to finding {index}, which the result lacks")
+    label = result.findings[index].label
+    tracking = tracking_uid(result, "finding", index)
+    resource: dict[str, Any] = {
+        "resourceType": "Media",
+        **_meta(result.algorithm),
+        "identifier": [_uid_identifier(_check_uid("explanation map uid", uid))],
+        "status": "completed",
+        "type": {"coding": [{"system": MEDIA_TYPE, "code": "image", "display": "Image"}]},
+        **builder.subject,
+        "issued": builder.issued,
+        "device": {"reference": builder.device_url},
+        "content": {"contentType": "application/dicom", "title": f"{method} map of {label}"},
+        "note": [
+            {
+                "text": f"DICOM Parametric Map urn:oid:{uid}: {method} attribution map of the finding "
+                f"{label!r} (Observation urn:oid:{tracking}). It shows where changing the image changed "
+                "the model's output, not why, nor that the region is abnormal."
+            }
+        ],
+    }
+    url = builder.add(resource)
+    return {"comment": f"{method} explanation map of {label}", "link": {"reference": url}}
+
+
 def _conclusion(result: ImagingResult) -> str:
     """``result.summary`` or, without one, the findings above threshold and the lesions per segment."""
     parts = [result.summary] if result.summary else []
@@ -315,6 +349,7 @@ def diagnostic_report(
     patient_reference: str | None = None,
     patient_identifier: tuple[str, str] | None = None,
     issued: datetime | None = None,
+    explanation_maps: Mapping[int, tuple[str, str]] | None = None,
 ) -> dict[str, Any]:
     """The FHIR R4 transaction Bundle reporting ``result`` (see the module docstring for the layout).
 
@@ -322,7 +357,8 @@ def diagnostic_report(
     (None when not written). ``patient_reference`` ("Patient/123", "urn:uuid:…") becomes every
     resource's subject; ``patient_identifier`` (system, value) makes it a logical reference to the
     Patient with that identifier instead. Without either there is no subject. ``issued`` must carry a
-    time zone; default now (UTC).
+    time zone; default now (UTC). ``explanation_maps``: finding index -> (SOP Instance UID, method) of
+    the DICOM Parametric Map explaining it, each a Media entry in the report's ``media``.
     """
     _check_uid("study_instance_uid", result.study_instance_uid)
     _check_uid("series_instance_uid", result.series_instance_uid)
@@ -350,6 +386,10 @@ def diagnostic_report(
     builder = _Builder(result, issued, subject)
     observations = [_finding(builder, index, f) for index, f in enumerate(result.findings)]
     observations += _segments(builder, seg_uid)
+    media = [
+        _explanation_media(builder, index, uid, method)
+        for index, (uid, method) in sorted((explanation_maps or {}).items())
+    ]
     report: dict[str, Any] = {"resourceType": "DiagnosticReport", **_meta(result.algorithm)}
     if sr_uid is not None:
         report["identifier"] = [_uid_identifier(sr_uid)]
@@ -362,6 +402,7 @@ def diagnostic_report(
             "issued": builder.issued,
             "imagingStudy": [builder.study],
             "result": [{"reference": url} for url in observations],
+            **({"media": media} if media else {}),
             "conclusion": _conclusion(result),
         }
     )

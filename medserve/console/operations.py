@@ -8,6 +8,7 @@ import io
 from pathlib import Path
 from typing import Any
 
+from medserve.console.map_overlay import MapImage, render_map_overlay
 from medserve.console.parts import ConsoleParts
 from medserve.console.viewer import SliceImage, render_seg_slice, sr_findings
 from medserve.values.access import Action, Caller
@@ -56,7 +57,8 @@ async def _visible_result(
     caller.principal.require(Action.READ)
     service = _imaging(parts)
     found = await asyncio.to_thread(service.result_file, result_id)
-    missing = ModelNotFound(f"no {'segmentation' if kind == 'seg' else 'imaging'} result {result_id}")
+    names = {"seg": "segmentation", "pm": "explanation map"}
+    missing = ModelNotFound(f"no {names.get(kind, 'imaging')} result {result_id}")
     if found is None or (kind and found[0] != kind):
         raise missing
     _, path, series_uid = found
@@ -83,7 +85,8 @@ async def result(parts: ConsoleParts, caller: Caller, result_id: str) -> dict[st
         sr_file = await asyncio.to_thread(_imaging(parts).result_file, sr["id"])
         if sr_file is not None and sr_file[1].is_file():
             findings = await asyncio.to_thread(sr_findings, sr_file[1])
-    return {"id": result_id, "series": series, "seg": seg, "sr": sr, "findings": findings}
+    maps = [r for r in results if r["kind"] == "pm"]
+    return {"id": result_id, "series": series, "seg": seg, "sr": sr, "findings": findings, "maps": maps}
 
 
 async def slice_image(parts: ConsoleParts, caller: Caller, result_id: str, index: int | None) -> SliceImage:
@@ -91,3 +94,11 @@ async def slice_image(parts: ConsoleParts, caller: Caller, result_id: str, index
     service = _imaging(parts)
     sources = await asyncio.to_thread(service.store.instance_paths, series["series_instance_uid"])
     return await asyncio.to_thread(render_seg_slice, path, sources, index)
+
+
+async def map_image(parts: ConsoleParts, caller: Caller, result_id: str, overlay: bool) -> MapImage:
+    """The source image of explanation map ``result_id`` with the map over it (``overlay``) or not."""
+    path, series = await _visible_result(parts, caller, result_id, "pm")
+    service = _imaging(parts)
+    sources = await asyncio.to_thread(service.store.instance_paths, series["series_instance_uid"])
+    return await asyncio.to_thread(render_map_overlay, path, sources, overlay)

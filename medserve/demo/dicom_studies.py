@@ -453,7 +453,27 @@ def _dome(u: np.ndarray, top: float, centre: float, half_width: float) -> np.nda
     return np.asarray(top + np.where(d * np.sign(centre) > 0, 0.25, 0.06) * d**2)
 
 
+@dataclass(frozen=True)
+class RadiographCase:
+    """A synthetic radiograph (``image``, as ``chest_radiograph`` returns it) and where each finding
+    drawn on it is: ``regions[label]`` is a boolean mask of the image's shape (the opacities of a
+    Mass or Nodule, the fluid of an Effusion, the lucent rim and pleural line of a Pneumothorax, the
+    cardiac silhouette of Cardiomegaly); ``opacities`` lists each Mass or Nodule as ``(label, row,
+    column, radius)`` in pixels."""
+
+    image: np.ndarray
+    regions: dict[str, np.ndarray]
+    opacities: tuple[tuple[str, float, float, float], ...]
+
+
 def chest_radiograph(size: int, rng: np.random.Generator, findings: Iterable[str] = ()) -> np.ndarray:
+    """``chest_radiograph_case(size, rng, findings).image``: see there."""
+    return chest_radiograph_case(size, rng, findings).image
+
+
+def chest_radiograph_case(
+    size: int, rng: np.random.Generator, findings: Iterable[str] = ()
+) -> RadiographCase:
     """A synthetic frontal (PA) chest radiograph, ``size`` x ``size`` float32 in [0, 1] (bright =
     dense, as displayed with MONOCHROME2), showing the ``findings`` (a subset of ``XRAY_FINDINGS``):
 
@@ -563,6 +583,7 @@ def chest_radiograph(size: int, rng: np.random.Generator, findings: Iterable[str
     clavicles *= _soft(0.55 - np.abs(u), edge)
     attenuation += 0.07 * ribs + 0.09 * clavicles
 
+    effusion = np.zeros((n, n), dtype=np.float32)
     if "Effusion" in wanted:
         sides = [0, 1] if rng.random() < 0.3 else [int(rng.integers(0, 2))]
         for side in sides:
@@ -570,19 +591,22 @@ def chest_radiograph(size: int, rng: np.random.Generator, findings: Iterable[str
             lateral = np.clip((np.abs(u) - 0.2) / 0.45, 0.0, 1.0)
             level = dome_top[side] - height - 0.12 * lateral
             fluid = lungs[side] * _soft(v - level, edge) * (1.0 - heart)
+            effusion = np.maximum(effusion, fluid)
             air_here = aerated[side] * _soft(v - level, edge)
             attenuation += 0.27 * air_here - markings * air_here + 0.05 * fluid
             lung_air = np.clip(lung_air - air_here, 0.0, 1.0)
             aerated[side] = aerated[side] - air_here
 
-    opacities: list[tuple[float, float]] = []
+    opacities: list[tuple[str, float, float]] = []
     if "Nodule" in wanted:
         for _ in range(int(rng.integers(1, 4))):
-            opacities.append((rng.uniform(0.035, 0.06), rng.uniform(0.22, 0.32)))
+            opacities.append(("Nodule", rng.uniform(0.035, 0.06), rng.uniform(0.22, 0.32)))
     if "Mass" in wanted:
-        opacities.append((rng.uniform(0.09, 0.155), rng.uniform(0.2, 0.3)))
+        opacities.append(("Mass", rng.uniform(0.09, 0.155), rng.uniform(0.2, 0.3)))
     air_points = np.argwhere(lung_air > 0.9)
-    for radius_n, density in opacities:
+    regions: dict[str, np.ndarray] = {}
+    placed: list[tuple[str, float, float, float]] = []
+    for label, radius_n, density in opacities:
         if air_points.size == 0:
             break
         row, col = air_points[int(rng.integers(0, len(air_points)))]
@@ -596,14 +620,23 @@ def chest_radiograph(size: int, rng: np.random.Generator, findings: Iterable[str
                 + 0.06 * np.sin(5 * angle + rng.uniform(0, 6.3))
             )
         distance = np.sqrt((u - pu) ** 2 + (v - pv) ** 2)
-        attenuation += density * _soft(radius_n * outline - distance, edge)
+        opacity = _soft(radius_n * outline - distance, edge)
+        attenuation += density * opacity
+        regions[label] = regions.get(label, np.zeros((n, n), dtype=bool)) | (opacity > 0.5)
+        placed.append((label, float(row), float(col), float(radius_n * n * scale_u / 2.0)))
 
+    if "Effusion" in wanted:
+        regions["Effusion"] = effusion > 0.5
+    if "Pneumothorax" in wanted:
+        regions["Pneumothorax"] = (lucent_rim > 0.5) | (pleural_line > 0.5)
+    if "Cardiomegaly" in wanted:
+        regions["Cardiomegaly"] = heart > 0.5
     image = np.clip(attenuation, 0.0, 1.0)
     image = image ** rng.uniform(0.85, 1.2) * rng.uniform(0.9, 1.1) + rng.uniform(-0.04, 0.04)
     factor = n / 224.0
     image = _blur2d(image.astype(np.float32), 0.5 * factor)
     image += rng.normal(0.0, min(0.015 * factor, 0.06), size=(n, n)).astype(np.float32)
-    return np.asarray(np.clip(image, 0.0, 1.0), dtype=np.float32)
+    return RadiographCase(np.asarray(np.clip(image, 0.0, 1.0), dtype=np.float32), regions, tuple(placed))
 
 
 def ultrasound_cine(frames: int, rows: int, columns: int, rng: np.random.Generator) -> np.ndarray:

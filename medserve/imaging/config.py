@@ -6,7 +6,11 @@ pipelines:
     kind: segmentation_3d
     model: ct_lesion_segmentation
     intended_use: {modality: CT, min_slice_thickness_mm: 1.5, max_slice_thickness_mm: 3.5}
-  chest-xray: {kind: classification_2d, model: chest_xray_classifier, threshold: 0.5}
+  chest-xray:
+    kind: classification_2d
+    model: chest_xray_classifier
+    threshold: 0.5
+    explain: {method: occlusion, findings: present}   # optional: saliency maps (imaging/explain.py)
 routes:                       # first match wins; unmatched series are recorded with the reason
   - {name: ct, pipeline: ct-lesions, modality: CT, body_part_examined: [CHEST, ABDOMEN]}
   - {name: xray, pipeline: chest-xray, modality: [CR, DX], body_part_examined: CHEST, view_position: [PA, AP]}
@@ -30,10 +34,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from medserve.clinical.dicom.criteria import Criteria
 from medserve.clinical.fhir_report import PATIENT_ID_SYSTEM
+from medserve.imaging.explain import ExplainConfig
 from medserve.imaging.pipelines import KINDS, PipelineSpec
 from medserve.values.errors import InvalidConfig
 
@@ -47,6 +52,7 @@ class PipelineConfig(BaseModel):
     min_lesion_voxels: int = Field(default=10, ge=1)
     priority_class: str = "bulk"
     intended_use: Criteria | None = None
+    explain: ExplainConfig | None = None
 
     @field_validator("kind")
     @classmethod
@@ -54,6 +60,12 @@ class PipelineConfig(BaseModel):
         if value not in KINDS:
             raise ValueError(f"unknown pipeline kind '{value}' (one of {', '.join(KINDS)})")
         return value
+
+    @model_validator(mode="after")
+    def _explained_kind(self) -> PipelineConfig:
+        if self.explain is not None and self.kind != "classification_2d":
+            raise ValueError(f"explain: only classification_2d pipelines are explained, not {self.kind}")
+        return self
 
 
 class ImagingConfig(BaseModel):
@@ -72,7 +84,14 @@ class ImagingConfig(BaseModel):
     def pipeline_specs(self) -> dict[str, PipelineSpec]:
         return {
             name: PipelineSpec(
-                name, p.kind, p.model, p.threshold, p.min_lesion_voxels, p.priority_class, p.intended_use
+                name,
+                p.kind,
+                p.model,
+                p.threshold,
+                p.min_lesion_voxels,
+                p.priority_class,
+                p.intended_use,
+                p.explain,
             )
             for name, p in self.pipelines.items()
         }

@@ -25,7 +25,7 @@ from medserve.store.database import Database
 from medserve.store.tables import DicomInstanceRow, DicomSeriesRow, ImagingResultRow
 from medserve.values.access import Action, Principal
 
-RESULT_KINDS = ("seg", "sr")
+RESULT_KINDS = ("seg", "sr", "pm")
 _CACHE_ENTRIES = 8192
 
 

@@ -25,6 +25,7 @@ from medserve.clinical.dicom import preprocessing as prep
 from medserve.clinical.dicom.criteria import Criteria
 from medserve.clinical.dicom.results import Algorithm, Finding, ImagingResult, Segment
 from medserve.clinical.dicom.series_to_volume import SeriesRejected, series_to_frames, series_to_volume
+from medserve.imaging.explain import ExplainConfig, explain_findings
 from medserve.imaging.model_client import ModelClient, ModelInfo
 from medserve.values.errors import InvalidConfig
 
@@ -48,6 +49,8 @@ class PipelineSpec:
     priority_class: str = "bulk"
     intended_use: Criteria | None = None
     """What the pipeline's model may be given (beside what the model's metadata declares)."""
+    explain: ExplainConfig | None = None
+    """Explanations of the findings to compute (``classification_2d`` only; ``imaging.explain``)."""
 
 
 class OutsideIntendedUse(SeriesRejected):
@@ -132,11 +135,23 @@ def classify_2d(
             label = labels[k] if k < len(labels) else f"output_{k}"
             threshold = spec.threshold if spec.threshold is not None else float(thresholds.get(label, 0.5))
             findings.append(Finding(label, float(p), threshold, index))
+    explanations = (
+        explain_findings(spec.explain, spec.model, models, images, findings, labels)
+        if spec.explain is not None
+        else ()
+    )
     study, series = _uids(datasets)
     present = sorted({f.label for f in findings if f.present})
     summary = f"{len(frames.refs)} image(s); findings above threshold: {', '.join(present) or 'none'}"
     return ImagingResult(
-        spec.name, _algorithm(info), study, series, frames=frames, findings=tuple(findings), summary=summary
+        spec.name,
+        _algorithm(info),
+        study,
+        series,
+        frames=frames,
+        findings=tuple(findings),
+        explanations=explanations,
+        summary=summary,
     )
 
 

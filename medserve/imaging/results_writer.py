@@ -1,5 +1,6 @@
-"""Writes an ``ImagingResult`` as files: a DICOM SEG (segmentations), a Comprehensive 3D SR (TID 1500)
-and a FHIR R4 transaction Bundle (DiagnosticReport + Observations), each atomically.
+"""Writes an ``ImagingResult`` as files: a DICOM SEG (segmentations), a Parametric Map per explained
+finding (kind ``pm``), a Comprehensive 3D SR (TID 1500) referencing them, and a FHIR R4 transaction
+Bundle (DiagnosticReport + Observations, the maps as Media), each atomically.
 
 Returns ``(kind, uid, path)`` for each file, for the results table and the export outbox.
 """
@@ -7,12 +8,17 @@ Returns ``(kind, uid, path)`` for each file, for the results table and the expor
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+from pydicom import Dataset
+from pydicom.uid import generate_uid
+
+from medserve.clinical.dicom.parametric_map_writer import write_parametric_map
 from medserve.clinical.dicom.results import ImagingResult
 from medserve.clinical.dicom.seg_writer import write_seg
 from medserve.clinical.dicom.sr_writer import write_sr
@@ -42,7 +48,15 @@ def write_results(
         path = folder / f"SEG-{seg.SOPInstanceUID}.dcm"
         _atomic(path, lambda target: seg.save_as(target, enforce_file_format=True))
         written.append(("seg", str(seg.SOPInstanceUID), path))
-    sr = write_sr(result, seg=seg)
+    maps: dict[int, Dataset] = {}
+    map_series = generate_uid()
+    for number, explanation in enumerate(result.explanations, start=1):
+        pm = write_parametric_map(result, explanation, series_instance_uid=map_series, instance_number=number)
+        path = folder / f"PM-{pm.SOPInstanceUID}.dcm"
+        _atomic(path, functools.partial(_save, pm))
+        written.append(("pm", str(pm.SOPInstanceUID), path))
+        maps[explanation.finding] = pm
+    sr = write_sr(result, seg=seg, explanation_maps=maps)
     sr_path = folder / f"SR-{sr.SOPInstanceUID}.dcm"
     _atomic(sr_path, lambda target: sr.save_as(target, enforce_file_format=True))
     written.append(("sr", str(sr.SOPInstanceUID), sr_path))
@@ -51,6 +65,9 @@ def write_results(
         sr_uid=str(sr.SOPInstanceUID),
         seg_uid=str(seg.SOPInstanceUID) if seg is not None else None,
         patient_identifier=patient_identifier,
+        explanation_maps={
+            e.finding: (str(maps[e.finding].SOPInstanceUID), e.method) for e in result.explanations
+        },
     )
     bundle_id = str(bundle.setdefault("id", str(uuid.uuid4())))  # stable across resends
     fhir_path = folder / f"FHIR-{bundle_id}.json"
@@ -58,6 +75,10 @@ def write_results(
     _atomic(fhir_path, lambda target: Path(target).write_text(text, encoding="utf-8"))
     written.append(("fhir", bundle_id, fhir_path))
     return written
+
+
+def _save(dataset: Dataset, target: str) -> None:
+    dataset.save_as(target, enforce_file_format=True)
 
 
 def _atomic(path: Path, write: Callable[[str], object]) -> None:

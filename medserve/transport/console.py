@@ -13,6 +13,7 @@ GET ``/console/jobs``                             jobs; POST ``/console/jobs/{id
 GET ``/console/imaging``                          studies, series, results, exports; POST
                                                   ``/console/imaging/exports/{id}/retry``
 GET ``/console/imaging/results/{id}[/slice.png]``  the result viewer (SEG overlay, SR findings)
+GET ``/console/imaging/results/{id}/map.png``    an explanation map over its image (``overlay=0``: without)
 GET ``/console/ward``                             beds, NEWS2, trend, rhythm; POST
                                                   ``/console/ward/alerts/{id}/acknowledge``
 GET ``/console/audit``, POST ``.../verify``        search the audit trail, verify its chain

@@ -101,8 +101,15 @@ def page_routes(door: ConsoleDoor) -> list[BaseRoute]:
         if raw and not raw.isdigit():
             raise InvalidInput("the slice number must be a whole number >= 0")
         data = await operations.result(parts, caller, request.path_params["result"])
+        overlay = request.query_params.get("overlay", "1").strip() != "0"
         return door.render(
-            "result.html", session, "imaging", title="Result", index=int(raw) if raw else None, **data
+            "result.html",
+            session,
+            "imaging",
+            title="Result",
+            index=int(raw) if raw else None,
+            overlay=overlay,
+            **data,
         )
 
     async def slice_png(request: Request) -> Response:
@@ -118,6 +125,17 @@ def page_routes(door: ConsoleDoor) -> list[BaseRoute]:
             "X-Slice-Index": str(image.index),
             "X-Slice-Count": str(image.count),
         }
+        return Response(image.png, media_type="image/png", headers=headers)
+
+    async def map_png(request: Request) -> Response:
+        _, caller = await door.signed_in(request)
+        raw = request.query_params.get("overlay", "1").strip().lower()
+        if raw not in ("1", "0", "on", "off", "true", "false"):
+            raise InvalidInput("overlay must be 1 or 0 (on or off)")
+        image = await operations.map_image(
+            parts, caller, request.path_params["result"], raw in ("1", "on", "true")
+        )
+        headers = {"Cache-Control": "no-store", "X-Map-Peak": f"{image.peak[0]},{image.peak[1]}"}
         return Response(image.png, media_type="image/png", headers=headers)
 
     async def export_retry(request: Request) -> Response:
@@ -237,6 +255,7 @@ def page_routes(door: ConsoleDoor) -> list[BaseRoute]:
         Route(f"{PREFIX}/imaging", guarded(imaging), methods=["GET"]),
         Route(f"{PREFIX}/imaging/results/{{result}}", guarded(result), methods=["GET"]),
         Route(f"{PREFIX}/imaging/results/{{result}}/slice.png", guarded(slice_png), methods=["GET"]),
+        Route(f"{PREFIX}/imaging/results/{{result}}/map.png", guarded(map_png), methods=["GET"]),
         Route(f"{PREFIX}/imaging/exports/{{export}}/retry", guarded(export_retry), methods=["POST"]),
         Route(f"{PREFIX}/ward", guarded(ward_page), methods=["GET"]),
         Route(f"{PREFIX}/ward/alerts/{{alert}}/acknowledge", guarded(acknowledge), methods=["POST"]),

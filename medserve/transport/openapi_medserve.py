@@ -199,6 +199,9 @@ CONSOLE_OPERATIONS: dict[tuple[str, str], Operation] = {
     ("GET", f"{_C}/imaging"): _page("Studies, series, results and exports"),
     ("GET", f"{_C}/imaging/results/{{result}}"): _page("The result viewer"),
     ("GET", f"{_C}/imaging/results/{{result}}/slice.png"): _page("One slice with its segmentation overlay"),
+    ("GET", f"{_C}/imaging/results/{{result}}/map.png"): _page(
+        "An explained image with its explanation map (Parametric Map) over it; overlay=0 without"
+    ),
     ("POST", f"{_C}/imaging/exports/{{export}}/retry"): _page("Send a failed export again", body=True),
     ("GET", f"{_C}/ward"): _page("Beds, NEWS2, trends and rhythm"),
     ("POST", f"{_C}/ward/alerts/{{alert}}/acknowledge"): _page("Acknowledge an alert", body=True),

@@ -64,11 +64,28 @@ class Segment:
 
 
 @dataclass(frozen=True)
+class Explanation:
+    """An attribution map of one finding of a 2D result (written as a DICOM Parametric Map).
+
+    ``finding`` indexes ``ImagingResult.findings``; ``values`` is float, ``(rows, columns)`` on the
+    grid of the image the model was given (the frame resized to the model's input); ``method`` names
+    the attribution method (``occlusion``, ``integrated_gradients``, ...) and ``parameters`` the
+    values it ran with (window, stride, baseline, steps), as text for the map's description.
+    """
+
+    finding: int
+    method: str
+    values: np.ndarray
+    parameters: str = ""
+
+
+@dataclass(frozen=True)
 class ImagingResult:
     """Everything a pipeline concluded about one series.
 
     Exactly one of ``volume`` (3D pipelines) and ``frames`` (2D pipelines) is set. ``label_map`` is
     uint8 with the shape of ``volume.array`` (0 = background) when the pipeline segments.
+    ``explanations``: attribution maps of some ``findings``, when the pipeline was asked for them.
     """
 
     pipeline: str
@@ -81,5 +98,6 @@ class ImagingResult:
     segments: tuple[Segment, ...] = ()
     label_map: np.ndarray | None = None
     lesions: tuple[Lesion, ...] = ()
+    explanations: tuple[Explanation, ...] = ()
     summary: str = ""
     extra: dict[str, float] = field(default_factory=dict)

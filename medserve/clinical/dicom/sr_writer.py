@@ -29,7 +29,7 @@ Layout of the report (highdicom's TID 1500 classes):
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import highdicom as hd
@@ -212,7 +212,7 @@ def _finding_image(result: ImagingResult, finding: Finding) -> tuple[Dataset | N
 
 
 def _finding_group(
-    result: ImagingResult, index: int, finding: Finding
+    result: ImagingResult, index: int, finding: Finding, explanation: Dataset | None = None
 ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
     image, frame_numbers = _finding_image(result, finding)
     concept = finding_concept(finding.label)
@@ -225,15 +225,16 @@ def _finding_group(
         ),
     )
     verdict = codes.SCT.Present if finding.present else codes.SCT.Absent
+    sources = [hd.sr.SourceImageForMeasurementGroup.from_source_image(image, frame_numbers)] if image else []
+    if explanation is not None:  # the finding's explanation map, as a further source image
+        sources.append(hd.sr.SourceImageForMeasurementGroup.from_source_image(explanation))
     return hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=_tracking(result, "finding", index, finding.label),
         finding_type=concept,
         algorithm_id=_algorithm_id(result, f"threshold={finding.threshold:g}"),
         measurements=[probability],
         qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=concept, value=verdict)],
-        source_images=(
-            [hd.sr.SourceImageForMeasurementGroup.from_source_image(image, frame_numbers)] if image else None
-        ),
+        source_images=sources or None,
     )
 
 
@@ -303,6 +304,7 @@ def write_sr(
     manufacturer: str = "medserve",
     software_versions: str = medserve.__version__,
     highdicom_document: bool = False,
+    explanation_maps: Mapping[int, Dataset] | None = None,
 ) -> hd.sr.Comprehensive3DSR:
     """The Comprehensive 3D SR (TID 1500 Measurement Report) of ``result``; see the module docstring.
 
@@ -311,12 +313,17 @@ def write_sr(
     result lacks the images its findings or lesions refer to, or its headers are of another study.
     ``highdicom_document``: build the document with ``hd.sr.Comprehensive3DSR`` itself, the reference
     that the faster ``sr_document.comprehensive_3d_sr`` (the default) is tested against.
+    ``explanation_maps``: finding index -> the Parametric Map explaining that finding
+    (``parametric_map_writer``), referenced as a further source image of the finding's group and
+    recorded as evidence.
     """
+    maps = dict(explanation_maps or {})
     evidence = _evidence(result)
     if seg is not None and seg.StudyInstanceUID != result.study_instance_uid:
         raise ValueError("the SEG belongs to another study than the result")
     groups: list[Group] = [
-        _finding_group(result, index, finding) for index, finding in enumerate(result.findings)
+        _finding_group(result, index, finding, maps.get(index))
+        for index, finding in enumerate(result.findings)
     ]
     if result.segments:
         groups += _segment_groups(result, seg)
@@ -336,7 +343,7 @@ def write_sr(
     )
     algorithm = result.algorithm
     document: dict[str, Any] = dict(
-        evidence=[*evidence, seg] if seg is not None else evidence,
+        evidence=[*evidence, *([seg] if seg is not None else []), *maps.values()],
         series_instance_uid=series_instance_uid or generate_uid(),
         series_number=series_number,
         sop_instance_uid=sop_instance_uid or generate_uid(),
