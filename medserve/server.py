@@ -26,6 +26,7 @@ from medserve.core.dataplane import build_dataplane
 from medserve.core.refusals import audit_refusal
 from medserve.edge.roles import build_edge, build_hub
 from medserve.edge.sync import EdgeSync
+from medserve.explanations.service import Explainer
 from medserve.imaging.config import load_config
 from medserve.imaging.service import ImagingService
 from medserve.jobs.manager import JobManager, JobSettings
@@ -64,6 +65,7 @@ from medserve.transport.dicomweb import dicomweb_routes
 from medserve.transport.dicomweb_retrieve import dicomweb_retrieve_routes
 from medserve.transport.dimse import StorageSCP, calling_ae_principals, ingesting
 from medserve.transport.http import build_app
+from medserve.transport.http_explain import explain_routes
 from medserve.transport.http_limits import HttpLimits, limited_protocol
 from medserve.transport.http_shared_memory import shared_memory_routes
 from medserve.transport.http_trace_log import trace_log_routes
@@ -131,6 +133,9 @@ class MedServer:
         # the registry and the one InferenceService over it, with placement at load and monitoring
         self.dataplane = build_dataplane(settings, trust, placement=True, monitoring=True)
         self.service = self.dataplane.service
+        self.explainer = Explainer(  # docs/EXPLANATIONS.md: perturbations in the lowest class
+            self.service, settings.priority_table().classes[-1].name, settings.explain_max_perturbations
+        )
         self.metrics = self.dataplane.metrics
         self._http: _HttpServer | None = None
         self._http_task: asyncio.Task[None] | None = None
@@ -300,6 +305,7 @@ class MedServer:
                 credentials=grpc_server_credentials(tls) if tls else None,
                 max_concurrent_streams=settings.grpc_max_concurrent_streams,
                 max_unread_responses=settings.grpc_max_unread_responses,
+                explainer=self.explainer,
             )
             try:
                 await grpc_server.start()
@@ -317,6 +323,9 @@ class MedServer:
             routes += dicomweb_routes(self.imaging, settings.stow_max_request_bytes)
             routes += dicomweb_retrieve_routes(self.imaging)
         routes += jobs_routes(self.jobs)
+        routes += explain_routes(
+            self.service, self.explainer, settings.max_request_bytes, settings.max_json_request_bytes
+        )
         routes += shared_memory_routes(self.service) + trace_log_routes(self.service)
         if self.hub is not None:
             routes += hub_routes(self.service, self.hub)

@@ -88,6 +88,14 @@ class Settings(BaseSettings):
         "the two applies); larger ones get HTTP 413 naming this setting. Tensors sent in binary count "
         "against max_request_bytes only.",
     )
+    explain_max_perturbations: int = Field(
+        default=20000,
+        ge=1,
+        le=10_000_000,
+        description="Most model evaluations one explanation may take (perturbed inputs of occlusion and "
+        "finite-difference Integrated Gradients, Captum's path steps); a request needing more gets "
+        "HTTP 400 / INVALID_ARGUMENT naming the count (docs/EXPLANATIONS.md).",
+    )
     http_max_header_bytes: int = Field(
         default=64 * 1024,
         ge=1024,

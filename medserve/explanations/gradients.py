@@ -53,28 +53,36 @@ def captum_integrated_gradients(
     return result
 
 
+def _is_conv(sub: Any, kinds: tuple[type, ...]) -> bool:
+    """A convolution: a torch conv module, or a leaf of an unflattened ``torch.export`` program whose
+    graph calls a convolution (its layers are ``InterpreterModule`` objects, not ``Conv2d``)."""
+    if isinstance(sub, kinds):
+        return True
+    graph = getattr(sub, "graph", None)
+    if graph is None or any(True for _ in sub.children()):
+        return False
+    return any(node.op == "call_function" and "conv" in str(node.target) for node in graph.nodes)
+
+
 def conv_layers(module: Any) -> list[str]:
     """Names of the module's convolutional layers, in definition order."""
     import torch  # lazy: an optional package
 
     kinds = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
-    return [name for name, sub in module.named_modules() if name and isinstance(sub, kinds)]
+    return [name for name, sub in module.named_modules() if name and _is_conv(sub, kinds)]
 
 
 def find_layer(module: Any, name: str | None) -> tuple[str, Any]:
-    """The layer called ``name`` (dotted, as ``named_modules`` gives it), or the last convolution."""
-    layers = dict(module.named_modules())
+    """The convolutional layer called ``name`` (dotted, as ``named_modules`` gives it), or the last."""
     convs = conv_layers(module)
+    if not convs:
+        raise InvalidInput("grad_cam needs a convolutional layer; this model has none")
     if name is None:
-        if not convs:
-            raise InvalidInput("grad_cam needs a convolutional layer; this model has none")
         name = convs[-1]
-    if not isinstance(name, str) or name not in layers or not name:
-        shown = ", ".join(convs[-5:]) or "none"
-        raise InvalidInput(
-            f"parameter 'layer' {name!r} is not a layer of the model (its last convolutions: {shown})"
-        )
-    return name, layers[name]
+    if name not in convs:
+        shown = ", ".join(convs[-8:])
+        raise InvalidInput(f"parameter 'layer' {name!r} is not a convolutional layer of the model ({shown})")
+    return name, dict(module.named_modules())[name]
 
 
 def captum_grad_cam(

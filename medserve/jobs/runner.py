@@ -28,7 +28,10 @@ from typing import Protocol, TypeVar
 import numpy as np
 import pyarrow as pa
 
+from medserve.explanations.service import DEFAULT_MAX_PERTURBATIONS
 from medserve.jobs import sinks
+from medserve.jobs.explain_columns import ExplainColumns
+from medserve.jobs.scoring import CoreScorer
 from medserve.jobs.spec import GENERIC_SINKS, JobSpec
 from medserve.jobs.store import CANCELLED, FAILED, PAUSED, QUEUED, RUNNING, SUCCEEDED, JobStore
 from medserve.jobs.workload import Item, ItemFailure, Workload
@@ -59,6 +62,7 @@ class _Pending:
     outputs: Future[dict[str, np.ndarray]] | None = None
     table: pa.Table | None = None
     scored: int = 0
+    inputs: dict[str, np.ndarray] | None = None  # kept for the explain option's columns
 
 
 @dataclass(frozen=True)
@@ -119,6 +123,7 @@ class JobRunner:
         self._seen = 0
         self._total: int | None = None
         self._last_commit = time.monotonic()
+        self._explain: ExplainColumns | None = None  # the spec's explain option, made at the first chunk
 
     # -- the whole job ------------------------------------------------------------------------
     def run(self) -> str:
@@ -216,6 +221,8 @@ class JobRunner:
             if kept:
                 pending.kept = kept
                 pending.outputs = self.scorer.submit(inputs)
+                if self.spec.explain is not None:
+                    pending.inputs = dict(inputs)
         return pending
 
     def _complete(self, pending: _Pending) -> None:
@@ -224,6 +231,12 @@ class JobRunner:
         if pending.outputs is not None:
             table = self.workload.rows(pending.kept, pending.outputs.result())
             pending.scored = len(pending.kept)
+            if pending.inputs is not None and isinstance(self.scorer, CoreScorer):
+                if self._explain is None:
+                    self._explain = ExplainColumns(
+                        self.spec.explain or {}, self.scorer, DEFAULT_MAX_PERTURBATIONS
+                    )
+                table = self._explain.add(table, pending.kept, pending.inputs)
         chunk = pending.chunk
         part = ""
         if table is not None and table.num_rows:

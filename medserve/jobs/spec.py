@@ -26,6 +26,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from medserve.jobs.explain_columns import check_option
 from medserve.values.errors import InvalidInput
 
 #: Sink formats the runner writes itself from the result rows; workloads may add their own (``vcf``).
@@ -77,6 +78,20 @@ class JobSpec(BaseModel):
     options: dict[str, Any] = Field(default_factory=dict)
     chunk_size: int = Field(default=4096, ge=1, le=1_000_000)
     batch_size: int | None = Field(default=None, ge=1, le=65_536)
+    explain: dict[str, Any] | None = Field(
+        default=None,
+        description="Attribution columns: {method, top_k, target, ...} (jobs/explain_columns.py).",
+    )
+
+    @field_validator("explain")
+    @classmethod
+    def _explain(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None:
+            try:
+                check_option(value)
+            except InvalidInput as exc:
+                raise ValueError(str(exc)) from None
+        return value
 
     @field_validator("source")
     @classmethod
@@ -92,7 +107,10 @@ class JobSpec(BaseModel):
 
     def document(self) -> dict[str, Any]:
         """The spec as plain JSON values (what the store keeps)."""
-        return self.model_dump(mode="json")
+        document = self.model_dump(mode="json")
+        if document.get("explain") is None:  # specs without it keep the digest they always had
+            document.pop("explain", None)
+        return document
 
     def digest(self) -> str:
         """SHA-256 of the canonical JSON: equal specs, equal digests (``job run`` resumes by it)."""

@@ -68,6 +68,7 @@ class TorchRuntime(Runtime):
         self._format = ""
         self._tensors_from = ""
         self._compiled = False
+        self._gradient: Any = None
 
     # ------------------------------------------------------------------ loading
 
@@ -292,8 +293,39 @@ class TorchRuntime(Runtime):
         except Exception as exc:  # the engine's own error text is what the client needs
             raise InferenceFailed(f"torch: {exc}") from exc
 
+    def gradient_module(self) -> Any:
+        """A copy of the model for gradient explanations: read again from the artifact, in float32 on
+        this instance's device, a ``.pt2`` program unflattened so that its layers can be hooked (GradCAM);
+        never the module serving requests, so autograd and hooks stay off the clinical path. Cached.
+        Returns ``(module, forward)``: ``forward(list of input tensors in declared order)`` gives the
+        outputs by name."""
+        if self._module is None:
+            raise InferenceFailed("model instance is not loaded")
+        if self._gradient is None:
+            import torch  # lazy import of an optional engine (torch)
+
+            device = self._settings.device
+            if self._format == "torch_export":
+                program = torch.export.load(str(self.artifact))
+                if device.type != "cpu":
+                    from torch.export.passes import move_to_device_pass  # lazy: optional engine
+
+                    program = move_to_device_pass(program, device)
+                module = torch.export.unflatten(program)
+            else:
+                module = torch.jit.load(str(self.artifact), map_location=device)  # type: ignore[no-untyped-call]
+            module = module.to(device).float()
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                module.eval()
+
+            def forward(args: list[Any]) -> dict[str, Any]:
+                return self._split(self._invoke(module, args))
+
+            self._gradient = (module, forward)
+        return self._gradient
+
     def unload(self) -> None:
-        self._module = self._eager = self._graphs = None
+        self._module = self._eager = self._graphs = self._gradient = None
 
 
 def _call_order(module: Any, names: list[str]) -> list[int]:

@@ -237,6 +237,8 @@ class GrpcInferenceServicer:
             inference = await self._decoded(request, caller, client_deadline_ns(context, arrived))
             response = await self._service.infer(inference, caller)
             logger.debug("inference of %s answered: %d output(s)", request.model_name, len(response.outputs))
+            audited_id = inference.id or caller.request_id  # an explain request may name it
+            context.set_trailing_metadata((("x-request-id", audited_id),))
             return grpc_codec.encode_infer_response(response)
 
     async def _decoded(

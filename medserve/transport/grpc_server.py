@@ -15,9 +15,11 @@ from grpc_health.v1.health import aio as health_aio
 from medserve.protocol.grpc_messages import SERVICE_NAME
 from medserve.settings import GRPC_MAX_MESSAGE_BYTES
 from medserve.transport.grpc import GrpcInferenceServicer, inference_handler
+from medserve.transport.grpc_explain import explain_handler
 
 if TYPE_CHECKING:
     from medserve.core.service import InferenceService
+    from medserve.explanations.service import Explainer
 
 logger = logging.getLogger(__name__)
 
@@ -75,8 +77,10 @@ class GrpcServer:
         credentials: grpc.ServerCredentials | None = None,
         max_concurrent_streams: int = 100,
         max_unread_responses: int = 64,
+        explainer: Explainer | None = None,
     ) -> None:
         self._service = service
+        self._explainer = explainer  # ModelExplain (medserve.transport.grpc_explain) when given
         self._host = host
         self._requested_port = port
         self._max_message_bytes = max_message_bytes
@@ -105,13 +109,11 @@ class GrpcServer:
             ("grpc.max_concurrent_streams", self._max_concurrent_streams),
         ]
         server = grpc.aio.server(options=options)
-        server.add_generic_rpc_handlers(
-            (
-                inference_handler(
-                    GrpcInferenceServicer(self._service, self._max_message_bytes, self._max_unread_responses)
-                ),
-            )
-        )
+        servicer = GrpcInferenceServicer(self._service, self._max_message_bytes, self._max_unread_responses)
+        handlers = [inference_handler(servicer)]
+        if self._explainer is not None:
+            handlers.append(explain_handler(servicer, self._explainer))
+        server.add_generic_rpc_handlers(tuple(handlers))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         target = f"{self._host}:{self._requested_port}"
         if self._credentials is None:

@@ -377,7 +377,8 @@ def build_app(
         result = await unless_disconnected(request, service.infer(inference, caller))
         log.debug("inference of %s answered: %d output(s)", name, len(result.outputs))  # names the request
         payload, json_length = encode_infer_response(result, inference)
-        headers: dict[str, str] = {}
+        # the id the inference is audited under: an explain request names it (docs/EXPLANATIONS.md)
+        headers: dict[str, str] = {"X-Request-ID": inference.id or caller.request_id}
         media_type = _JSON
         if json_length is not None:
             headers[HEADER_LENGTH] = str(json_length)

@@ -25,6 +25,7 @@ from medserve.transport.openapi_medserve import (
     ALERT_OPERATIONS,
     CONSOLE_OPERATIONS,
     DOCUMENT_OPERATIONS,
+    EXPLAIN_OPERATIONS,
     IMAGING_OPERATIONS,
     JOBS_OPERATIONS,
     WEBSOCKETS,
@@ -46,6 +47,7 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     **ALERT_OPERATIONS,
     **CONSOLE_OPERATIONS,
     **DOCUMENT_OPERATIONS,
+    **EXPLAIN_OPERATIONS,
 }
 
 _PARAMETER = re.compile(r"{([^}:]+)}")

@@ -226,3 +226,44 @@ WEBSOCKETS: dict[str, str] = {
     "/v2/monitor/stream": "patient monitoring sessions: vital-sign samples in, NEWS2 scores and "
     "alerts out, one JSON message each (needs infer on the monitor model)",
 }
+
+
+def _explain(versioned: bool) -> Operation:
+    return operation(
+        "Explain one sample's output: attributions per input element (needs infer on the model)"
+        + (" of one version" if versioned else ""),
+        "explanations",
+        {
+            "200": {
+                "description": "an inference response whose one output 'attributions' has the input's shape "
+                "(binary when asked for, as infer), with parameters: method, implementation, target, "
+                "method_parameters (every parameter used), explains (the inference explained), "
+                "output_value, baseline_value, attribution_sum, completeness_error (Integrated Gradients), "
+                "feature_names (feature-vector inputs), priority_class, model_evaluations",
+                "content": {
+                    "application/json": {"schema": ref("InferenceResponse")},
+                    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+                },
+            },
+            **errors("400", "404", "413", "503"),
+        },
+        body={
+            "required": True,
+            "description": "an inference request of one sample (JSON, or binary tensors after a JSON header "
+            "of Inference-Header-Content-Length bytes) whose parameters are: method (occlusion, "
+            "feature_ablation, integrated_gradients, grad_cam), target ({output, index}, an index, or "
+            "'output:index'), explains (the X-Request-ID of the inference explained; without it the call "
+            "runs the inference itself) and the method's parameters (window, stride, baseline, steps, rule, "
+            "epsilon, batch_size, implementation, layer); docs/EXPLANATIONS.md",
+            "content": {
+                "application/json": {"schema": ref("InferenceRequest")},
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+            },
+        },
+    )
+
+
+EXPLAIN_OPERATIONS: dict[tuple[str, str], Operation] = {
+    ("POST", "/v2/models/{model}/explain"): _explain(False),
+    ("POST", "/v2/models/{model}/versions/{version}/explain"): _explain(True),
+}

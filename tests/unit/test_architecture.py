@@ -88,6 +88,7 @@ ALLOWED: dict[str, set[str]] = {
         "cluster",
     },
     "jobs": {
+        "explanations",
         "values",
         "store",
         "clinical",

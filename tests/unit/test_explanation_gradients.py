@@ -111,7 +111,7 @@ def test_ig_on_the_model_points_at_the_region_it_reads(trained: Any) -> None:
 
 
 def test_grad_cam_names_a_layer_that_does_not_exist(trained: Any) -> None:
-    with pytest.raises(InvalidInput, match="not a layer"):
+    with pytest.raises(InvalidInput, match="not a convolutional layer"):
         captum_grad_cam(trained, forward_of(trained, 1), blob(True, np.random.default_rng(1)), layer="9")
     with pytest.raises(InvalidInput, match="channels and spatial"):
         captum_grad_cam(trained, forward_of(trained, 1), np.zeros(16, np.float32))

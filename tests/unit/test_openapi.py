@@ -14,6 +14,7 @@ from medserve.transport.console import console_routes
 from medserve.transport.dicomweb import dicomweb_routes
 from medserve.transport.dicomweb_retrieve import dicomweb_retrieve_routes
 from medserve.transport.http import build_app
+from medserve.transport.http_explain import explain_routes
 from medserve.transport.http_shared_memory import shared_memory_routes
 from medserve.transport.http_trace_log import trace_log_routes
 from medserve.transport.jobs import jobs_routes
@@ -28,6 +29,7 @@ async def _nothing(request: Any) -> Response:
 def _every_door() -> list[BaseRoute]:
     """The routes of every door, built as server.py builds them (the objects behind them are never
     called while routes are built)."""
+
     async def record(*_args: Any, **_kwargs: Any) -> None:  # the audit trail; no request is made here
         return None
 
@@ -39,6 +41,7 @@ def _every_door() -> list[BaseRoute]:
     routes += dicomweb_routes(imaging, 1 << 20) + dicomweb_retrieve_routes(imaging)
     routes += jobs_routes(SimpleNamespace(service=service))  # type: ignore[arg-type]
     routes += shared_memory_routes(service) + trace_log_routes(service)
+    routes += explain_routes(service, SimpleNamespace(), 1 << 20)  # type: ignore[arg-type]
     routes += console_routes(SimpleNamespace(service=service))  # type: ignore[arg-type]
     return list(build_app(service, SimpleNamespace(), 1 << 20, routes).routes)  # type: ignore[arg-type]
 
