@@ -226,8 +226,11 @@ class EdgeSync:
             sig = signature_path(target)
             sig.write_text(json.dumps(release.signature, indent=2) + "\n", encoding="utf-8")
             self._keys.verify(sig, digest)
-            version_dir.parent.mkdir(parents=True, exist_ok=True)
-            staging.replace(version_dir)
+            try:
+                version_dir.parent.mkdir(parents=True, exist_ok=True)
+                staging.replace(version_dir)
+            except OSError as exc:  # e.g. a folder of that version left without its artifact
+                raise ModelLoadError(f"cannot install into {version_dir}: {exc.strerror or exc}") from None
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
