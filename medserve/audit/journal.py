@@ -278,10 +278,19 @@ class Journal:
         return deleted
 
     def sync(self) -> None:
-        """Flush appended records to the disk (for journals opened without ``fsync``)."""
+        """Flush appended records to the disk (for journals opened without ``fsync``).
+
+        Syncs a duplicate of the file's descriptor outside the mutex, so appenders do not wait for the
+        disk meanwhile (a rotation may close the original); everything appended before the call is in
+        the file the duplicate names."""
         with self._mutex:
-            if self._fd is not None:
-                os.fdatasync(self._fd)
+            if self._fd is None:
+                return
+            fd = os.dup(self._fd)
+        try:
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
 
     def close(self) -> None:
         with self._mutex:

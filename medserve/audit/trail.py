@@ -1,7 +1,9 @@
 """The audit trail: events go durably into the journal first, then, in batches, into the database.
 
-``record`` only enqueues and awaits. A writer thread takes every waiting event, seals and writes
-them in one append and wakes their callers, so concurrent requests share the write (group commit).
+``record`` only enqueues and awaits. The events recorded during one event-loop iteration go to a
+writer thread together (one hand-off per iteration, not per request); the writer takes every waiting
+event, seals and writes them in one append and wakes their callers, so concurrent requests share the
+write (group commit). The loop itself never hashes, takes the journal's lock or writes.
 With ``fsync`` that write reaches the disk before the callers wake (survives power loss); without,
 it reaches the operating system (survives any crash of the process) and the flusher syncs the
 journal to the disk at each of its cycles, a fraction of a second later. The flusher
@@ -64,12 +66,13 @@ class AuditTrail:
         timing = FlushTiming(flush_batch, flush_interval_s, poll_interval_s, backoff_initial_s, backoff_max_s)
         self._flusher = JournalFlusher(database, journal_dir, fsync, timing, chain)
         self._journal: Journal | None = None
-        self._queue: queue.SimpleQueue[Waiter | None] = queue.SimpleQueue()  # None: stop
+        # a waiter, the waiters of one loop iteration, or None: stop
+        self._queue: queue.SimpleQueue[Waiter | list[Waiter] | None] = queue.SimpleQueue()
         self._put_lock = threading.Lock()
         self._accepting = False
         self._writer: threading.Thread | None = None
         self._journal_healthy = True
-        self._inline: list[Waiter] = []  # awaiting the loop's next append (without fsync)
+        self._gathered: list[Waiter] = []  # recorded during this loop iteration, not yet handed off
         self._written_total = 0
 
     # -- life cycle -----------------------------------------------------------------------------
@@ -124,28 +127,28 @@ class AuditTrail:
     async def record(self, event: AuditEvent) -> None:
         """Return once ``event`` is in the journal; :class:`StoreUnavailable` if it cannot be.
 
-        Without ``fsync`` the append is a short write to the operating system: the records of one
-        event-loop iteration are written together on the loop itself, sparing a thread handoff per
-        request. With ``fsync`` the (slow) durable write happens on the writer thread.
+        The events of one event-loop iteration are handed to the writer thread together, at the end
+        of the iteration; the writer appends them in one write (with ``fsync``, durably on the disk;
+        without, in the operating system) and then wakes their callers.
         """
+        if not self._accepting:
+            raise StoreUnavailable("audit trail is not open")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
-        waiter: Waiter = (event, time.time_ns(), loop, future)
-        if self.fsync:
-            self._enqueue(waiter)
-        else:
-            if not self._accepting:
-                raise StoreUnavailable("audit trail is not open")
-            self._inline.append(waiter)
-            if len(self._inline) == 1:
-                loop.call_soon(self._write_inline)
+        self._gathered.append((event, time.time_ns(), loop, future))
+        if len(self._gathered) == 1:
+            loop.call_soon(self._hand_off)
         await future
 
-    def _write_inline(self) -> None:
-        """The records gathered during one loop iteration, in one append (runs on the loop)."""
-        batch, self._inline = self._inline, []
-        if batch:
-            self._write(batch)
+    def _hand_off(self) -> None:
+        """The events gathered during one loop iteration, to the writer in one piece (runs on the loop)."""
+        batch, self._gathered = self._gathered, []
+        if not batch:
+            return
+        try:
+            self._enqueue(batch)
+        except StoreUnavailable as exc:
+            resolve(batch, exc)
 
     def record_blocking(self, event: AuditEvent, timeout_s: float | None = None) -> None:
         """:meth:`record` for threads without an event loop."""
@@ -156,7 +159,7 @@ class AuditTrail:
         except concurrent.futures.TimeoutError as exc:
             raise StoreUnavailable("audit journal write timed out") from exc
 
-    def _enqueue(self, waiter: Waiter) -> None:
+    def _enqueue(self, waiter: Waiter | list[Waiter]) -> None:
         with self._put_lock:
             if not self._accepting:
                 raise StoreUnavailable("audit trail is not open")
@@ -167,7 +170,7 @@ class AuditTrail:
             item = self._queue.get()
             if item is None:
                 return
-            batch = [item]
+            batch = list(item) if isinstance(item, list) else [item]
             stop = False
             while len(batch) < self.write_batch:
                 try:
@@ -177,7 +180,10 @@ class AuditTrail:
                 if item is None:
                     stop = True
                     break
-                batch.append(item)
+                if isinstance(item, list):
+                    batch.extend(item)
+                else:
+                    batch.append(item)
             self._write(batch)
             if stop:
                 return
@@ -218,7 +224,9 @@ class AuditTrail:
                 item = self._queue.get_nowait()
             except queue.Empty:
                 break
-            if item is not None:
+            if isinstance(item, list):
+                leftovers.extend(item)
+            elif item is not None:
                 leftovers.append(item)
         if leftovers:
             resolve(leftovers, StoreUnavailable("audit trail closed before the event was written"))

@@ -178,7 +178,12 @@ def door_span(name: str, door: str, model: str, headers: Mapping[str, str]) -> I
 
     ``headers``: the request's headers or gRPC metadata (lower-case keys), read for ``traceparent``.
     """
-    parent = _PROPAGATOR.extract({k: v for k, v in headers.items() if k in ("traceparent", "tracestate")})
+    carrier = {}  # two look-ups, not a walk over every header (every request comes through here)
+    for key in ("traceparent", "tracestate"):
+        value = headers.get(key)
+        if value is not None:
+            carrier[key] = value
+    parent = _PROPAGATOR.extract(carrier)
     parent_span = trace.get_current_span(parent).get_span_context()
     if not (parent_span.is_valid and parent_span.trace_flags.sampled) and not TRACE_SETTINGS.sample(model):
         yield None

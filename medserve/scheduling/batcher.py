@@ -6,7 +6,12 @@ and compatible ones behind it form a batch (:func:`~medserve.scheduling.slo.sele
 keeps the batch small enough for its members' deadlines), which goes at once when full (max batch size,
 or the largest preferred size) or when the head request has waited ``max_queue_delay`` (sooner if a
 member's deadline needs it). Merging, running and splitting happen on the instance's worker thread, so
-the event loop only moves references.
+the event loop only moves references, except for an engine measured to take at most
+:data:`INLINE_MAX_NS` for the batch's size (a tiny model): such a batch runs on the loop itself, where
+the hop to a thread and back would cost more than the run. The engine's own time is measured on the
+real clock in either place; its estimate falls at once to a faster run (a run on a thread may wait for
+the interpreter) and rises towards slower ones, so a model that slows down goes back to the thread
+within a few runs.
 
 An execution is not interrupted, so while requests of a more urgent class have been arriving (within
 the last 10 s) a batch headed by a less urgent one is kept short enough that such a request, arriving
@@ -45,6 +50,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -78,7 +84,14 @@ from medserve.scheduling.slo import (
 )
 from medserve.values.errors import DeadlineExceeded, MedserveError, ModelNotReady, Overloaded
 
+INLINE_MAX_NS = 100_000
+"""A batch runs on the event loop when its engine is measured to take at most this long (100 µs) for
+the batch's size; longer ones, and any before the first measurements, run on the worker thread."""
+INLINE_AFTER_RUNS = 3
+"""Executions measured on the worker thread before a batch may run inline."""
+
 __all__ = [
+    "INLINE_MAX_NS",
     "DeviceFaults",
     "DynamicBatcher",
     "ExecutionListener",
@@ -128,6 +141,8 @@ class DynamicBatcher:
         self.max_queue_size = max_queue_size
         self.label = label
         self.service_times = service_times if service_times is not None else ServiceTimes()
+        self.engine_ns: dict[int, float] = {}  # the engine's own time per batch size (real clock)
+        self._engine_runs = 0
         self._on_execution = on_execution
         self._faults = faults
         is_fault = faults.is_fault if faults is not None else None
@@ -360,10 +375,16 @@ class DynamicBatcher:
         token = next(self._tokens)
         self._inflight[token] = (started, sum(p.size for p in batch))
         executions: list[ExecutionTimes] = []
+        size = sum(p.size for p in batch)
+        items = [(p.inputs, p.size) for p in batch]
+        engine_ns: list[int] = []
         try:
-            results = await self.pool.call(
-                lambda: run_batch(slot, [(p.inputs, p.size) for p in batch], self._run, executions)
-            )
+            if self.runs_inline(size):
+                results = self._timed_run(slot, items, executions, engine_ns)
+            else:
+                results = await self.pool.call(lambda: self._timed_run(slot, items, executions, engine_ns))
+            if engine_ns:
+                self.observe_engine(size, engine_ns[0])
         except BaseException as exc:  # delivered to every waiting request, never lost
             for pending in batch:
                 if not pending.future.done():
@@ -392,6 +413,35 @@ class DynamicBatcher:
             else:
                 outputs, execution = result
                 pending.future.set_result(ScheduledResult(outputs, started - pending.enqueued_ns, execution))
+
+    def runs_inline(self, size: int) -> bool:
+        """Whether a batch of ``size`` runs on the event loop: its engine measured fast enough."""
+        if self._engine_runs < INLINE_AFTER_RUNS:
+            return False
+        estimate = self.engine_ns.get(size)
+        return estimate is not None and estimate <= INLINE_MAX_NS
+
+    def observe_engine(self, size: int, ns: int) -> None:
+        """Note a run of the engine on a batch of ``size``: down at once to a faster time, up by a
+        fifth of the way to a slower one."""
+        previous = self.engine_ns.get(size)
+        self.engine_ns[size] = (
+            float(ns) if previous is None or ns < previous else previous + 0.2 * (ns - previous)
+        )
+        self._engine_runs += 1
+
+    def _timed_run(
+        self,
+        slot: Slot,
+        items: list[tuple[dict[str, np.ndarray], int]],
+        executions: list[ExecutionTimes],
+        engine_ns: list[int],
+    ) -> list[Outcome]:
+        """Run the batch (on the loop or the worker thread); its real time goes to ``engine_ns``."""
+        started = time.perf_counter_ns()
+        results = run_batch(slot, items, self._run, executions)
+        engine_ns.append(time.perf_counter_ns() - started)
+        return results
 
     def _retry_after_fault(
         self,
