@@ -247,6 +247,10 @@ def _sample(request: InferenceRequest, inputs: list[str], batched: bool) -> tupl
     data = tensor.data
     if tensor.datatype == "BYTES" or not isinstance(data, np.ndarray) or data.dtype == object:
         raise InvalidInput(f"input '{tensor.name}' must be numeric to be explained, got {tensor.datatype}")
+    if data.size == 0:
+        raise InvalidInput(
+            f"input '{tensor.name}' has no elements (shape {list(data.shape)}): nothing to explain"
+        )
     if batched:
         if data.ndim < 1 or data.shape[0] != 1:
             raise InvalidInput(

@@ -222,3 +222,22 @@ def test_spearman_matches_scipy_with_ties() -> None:
     b = a + RNG.normal(size=200)
     assert checks.spearman(a, b) == pytest.approx(float(stats.spearmanr(a, b)[0]), abs=1e-12)
     assert checks.spearman(np.ones(5), np.arange(5.0)) == 0.0
+
+
+def test_an_explain_request_carries_one_non_empty_sample() -> None:
+    from medserve.explanations.service import _sample
+    from medserve.values.types import InferenceRequest, Tensor
+
+    def request(shape: tuple[int, ...], name: str = "x") -> InferenceRequest:
+        return InferenceRequest("m", inputs=[Tensor(name, "FP32", shape, np.zeros(shape, np.float32))])
+
+    x, _ = _sample(request((1, 4)), ["x"], batched=True)
+    assert x.shape == (4,)
+    for shape, name, inputs, words in [
+        ((1, 0), "x", ["x"], "no elements"),
+        ((2, 4), "x", ["x"], "one sample"),
+        ((1, 4), "y", ["x"], "one input 'x'"),
+        ((1, 4), "x", ["x", "z"], "one input"),
+    ]:
+        with pytest.raises(InvalidInput, match=words):
+            _sample(request(shape, name), inputs, batched=True)
