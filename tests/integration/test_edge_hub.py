@@ -184,6 +184,20 @@ def test_edge_installs_serves_offline_delivers_once_refuses_tampering_and_rolls_
     )
     assert refused.status_code == 403, refused.text
     assert fleet.hub_call("POST", "/v2/hub/sync", {}, fleet.admin).status_code == 403
+    # bad input: a 4xx naming what was wrong
+    for body, status, named in [
+        ({"model": "simple", "version": "1"}, 400, "'version' must be a positive integer"),
+        ({"model": "../simple", "version": 1}, 400, "model must be"),
+        ({"model": "simple", "version": 9}, 404, "no version 9"),
+    ]:
+        answer = fleet.hub_call("POST", "/v2/hub/groups/ward/publish", body)
+        assert answer.status_code == status and named in answer.text, answer.text
+    unpublished = fleet.hub_call("GET", "/v2/hub/artifacts/simple/1", token=fleet.edge_token)
+    assert unpublished.status_code == 404 and "not published to group 'ward'" in unpublished.text
+    odd = fleet.hub_call(
+        "POST", "/v2/hub/uplinks", {"items": [{"key": "k", "kind": "x", "payload": {}}]}, fleet.edge_token
+    )
+    assert odd.status_code == 400 and "'kind' must be one of" in odd.text, odd.text
 
     # publish v1 with the CLI; the edge installs it at its next sync and serves it
     published = fleet.cli("hub", "publish", "ward", "simple", "1")
