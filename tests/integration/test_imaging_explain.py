@@ -1,6 +1,6 @@
 """An imaging pipeline asked for explanations, on a real server with authentication: a chest radiograph
-sent over STOW-RS gets a DICOM Parametric Map beside its SR and FHIR report, exported to the folder
-destination with them, and the console's result viewer shows the map over the image (its PNG endpoint
+sent over STOW-RS gets a DICOM Parametric Map beside its SR and FHIR report, exported with them to a
+folder and to a PACS (C-STORE), and the console's result viewer shows the map over the image (its PNG endpoint
 with and without the overlay, refusals for a bad value and for a result that is not a map)."""
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from medserve.demo import dicom_studies as synthetic
 from tests.conftest import RunningServer, free_port, start_server, stop_server
 from tests.integration.test_access import make_token
 from tests.integration.test_console import sign_in
+from tests.integration.test_imaging_e2e import ReceivingNode
 
 pytestmark = pytest.mark.slow
 
@@ -33,6 +34,7 @@ class Setup:
     server: RunningServer
     exports: Path
     tokens: dict[str, str]
+    pacs: ReceivingNode
 
     def get(self, path: str, role: str = "admin") -> httpx.Response:
         headers = {"Authorization": f"Bearer {self.tokens[role]}"}
@@ -42,6 +44,8 @@ class Setup:
 @pytest.fixture(scope="module")
 def setup(example_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     root = tmp_path_factory.mktemp("explain")
+    pacs = ReceivingNode(free_port())
+    pacs.start()
     repository = root / "repository"
     shutil.copytree(example_repository / "chest_xray_classifier", repository / "chest_xray_classifier")
     config = {
@@ -54,14 +58,14 @@ def setup(example_repository: Path, tmp_path_factory: pytest.TempPathFactory) ->
             }
         },
         "routes": [{"name": "xray", "pipeline": "chest-xray", "modality": ["CR", "DX"]}],
-        "destinations": [{"name": "folder", "type": "folder", "path": str(root / "exports")}],
+        "destinations": [
+            {"name": "folder", "type": "folder", "path": str(root / "exports")},
+            {"name": "pacs", "type": "dicom", "host": "127.0.0.1", "port": pacs.port, "called_aet": "PACS"},
+        ],
     }
     (root / "imaging.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
     data_dir = root / "data"
-    tokens = {
-        "admin": make_token(data_dir, "admin", "admin"),
-        "service": make_token(data_dir, "service", "service"),
-    }
+    tokens = {"admin": make_token(data_dir, "admin", "admin")}  # STOW-RS, status and console alike
     env = {
         "MEDSERVE_AUTH_DISABLED": "false",
         "MEDSERVE_DICOM_PORT": str(free_port()),
@@ -69,8 +73,9 @@ def setup(example_repository: Path, tmp_path_factory: pytest.TempPathFactory) ->
         "MEDSERVE_IMAGING_CONFIG": str(root / "imaging.yaml"),
     }
     server = start_server(repository, root / "server.log", env=env)
-    yield Setup(server, root / "exports", tokens)
+    yield Setup(server, root / "exports", tokens, pacs)
     stop_server(server)
+    pacs.stop()
 
 
 def _done(setup: Setup, series_uid: str, timeout: float = 300) -> dict[str, Any]:
@@ -105,7 +110,7 @@ def test_an_explained_radiograph_gets_a_parametric_map_exported_and_shown(
         content=body,
         headers={
             "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
-            "Authorization": f"Bearer {setup.tokens['service']}",
+            "Authorization": f"Bearer {setup.tokens['admin']}",
         },
         timeout=60,
     )
@@ -116,7 +121,10 @@ def test_an_explained_radiograph_gets_a_parametric_map_exported_and_shown(
     [pm_result] = [r for r in series["results"] if r["kind"] == "pm"]
     [sr_result] = [r for r in series["results"] if r["kind"] == "sr"]
 
-    # exported with the SR to the folder destination, and a Parametric Map of the source image
+    # exported with the SR to the folder and, over C-STORE, to the PACS: a Parametric Map of the source
+    assert {pm_result["uid"], sr_result["uid"]} <= set(setup.pacs.sop_uids())
+    [received] = [ds for ds in setup.pacs.received if ds.SOPInstanceUID == pm_result["uid"]]
+    assert received.SOPClassUID == "1.2.840.10008.5.1.4.1.1.30"  # Parametric Map Storage
     exported = setup.exports / str(source.StudyInstanceUID) / "dicom" / f"{pm_result['uid']}.dcm"
     assert exported.is_file()
     pm = hd.pm.ParametricMap.from_dataset(pydicom.dcmread(exported))

@@ -69,3 +69,10 @@ def test_the_findings_explained_per_image() -> None:
     assert chosen(ExplainConfig(max_findings=1), findings) == [2]  # the most probable first
     assert chosen(ExplainConfig(findings="top"), findings) == [2, 4]  # one per image, present or not
     assert chosen(ExplainConfig(findings=["mass"]), findings) == [0, 3]
+
+
+def test_a_dicom_studies_job_keeps_the_explanation_maps_it_is_given() -> None:
+    from medserve.jobs.workloads.dicom import _write_option
+
+    assert "pm" in _write_option(None)  # by default, with the SR that references them
+    assert _write_option(["sr", "pm"]) == ("pm", "sr")

@@ -32,8 +32,8 @@ Options:
 - ``imaging_config``: the imaging YAML whose ``pipelines`` and ``routes`` are used (relative as
   above); default the built-in example pipelines and routes (CT → ``ct-lesions``, CR/DX →
   ``chest-xray``);
-- ``write``: which results to keep, a subset of ``[seg, sr, fhir]`` (default all three; a
-  classification pipeline has no SEG).
+- ``write``: which results to keep, a subset of ``[seg, pm, sr, fhir]`` (default all; a
+  classification pipeline has no SEG, and Parametric Maps (``pm``) only when it explains its findings).
 
 Result rows: ``index``, ``study_instance_uid``, ``series_instance_uid``, ``modality``,
 ``instances``, ``pipeline``, ``model``, ``model_version``, ``status`` (``done`` or ``unmatched``),
@@ -69,7 +69,7 @@ from medserve.jobs.workload import Item, ItemFailure, SourceError, WithRoom
 from medserve.values.errors import InvalidConfig, InvalidInput
 from medserve.values.files import fsync_directory
 
-RESULT_KINDS = ("seg", "sr", "fhir")
+RESULT_KINDS = ("seg", "pm", "sr", "fhir")
 """What ``write`` may choose from."""
 
 DONE = "done"
