@@ -15,7 +15,8 @@ from pydicom import Dataset
 from pydicom.uid import generate_uid
 
 from medserve.clinical.dicom import preprocessing as prep
-from medserve.clinical.dicom.results import Algorithm, Finding, ImagingResult, Segment
+from medserve.clinical.dicom.parametric_map_writer import write_parametric_map
+from medserve.clinical.dicom.results import Algorithm, Explanation, Finding, ImagingResult, Segment
 from medserve.clinical.dicom.seg_writer import write_seg
 from medserve.clinical.dicom.series_to_volume import series_to_frames, series_to_volume
 from medserve.clinical.dicom.sr_document import comprehensive_3d_sr
@@ -122,6 +123,26 @@ def _assert_same(fast: Dataset, reference: Dataset) -> None:
 @pytest.mark.parametrize(("modality", "research_use"), [("CR", True), ("DX", False), ("US", True)])
 def test_classification_sr_is_highdicoms_document(modality: str, research_use: bool, tmp_path: Path) -> None:
     _assert_same(*_both(_classification(modality, tmp_path, research_use)))
+
+
+def test_sr_referencing_an_explanation_map_is_highdicoms_document(tmp_path: Path) -> None:
+    result = _classification("CR", tmp_path)
+    values = np.linspace(-1.0, 1.0, 64, dtype=np.float32).reshape(8, 8)
+    pm = write_parametric_map(result, Explanation(2, "occlusion", values))
+    uids = {"series_instance_uid": generate_uid(), "sop_instance_uid": generate_uid()}
+    fast = write_sr(result, explanation_maps={2: pm}, **uids)
+    reference = write_sr(result, explanation_maps={2: pm}, highdicom_document=True, **uids)
+    _assert_same(_written(fast), _written(reference))
+    assert str(pm.SOPInstanceUID) in {str(item.ReferencedSOPInstanceUID) for item in _evidence_items(fast)}
+
+
+def _evidence_items(sr: Dataset) -> list[Dataset]:
+    return [
+        instance
+        for study in sr.CurrentRequestedProcedureEvidenceSequence
+        for series in study.ReferencedSeriesSequence
+        for instance in series.ReferencedSOPSequence
+    ]
 
 
 def test_segmentation_sr_is_highdicoms_document_with_and_without_a_seg(tmp_path: Path) -> None:
