@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import random
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -275,6 +276,18 @@ def test_header_without_pixels_converts_nothing_and_reads_as_a_full_copy() -> No
     assert [element.value for element in header] == [element.value for element in reference]
     header.ImagePositionPatient[0] = 99.0
     assert list(ds.ImagePositionPatient) == position
+
+
+def test_header_without_pixels_reads_values_left_in_the_file(tmp_path: Path) -> None:
+    path = get_testdata_file("CT_small.dcm", download=False)
+    assert path is not None
+    copied = tmp_path / "ct.dcm"
+    copied.write_bytes(Path(path).read_bytes())
+    header = header_without_pixels(pydicom.dcmread(copied, defer_size=8))
+    copied.unlink()  # the header must not need the file any more
+    reference = pydicom.dcmread(path)
+    del reference.PixelData
+    assert [element.value for element in header] == [element.value for element in reference]
 
 
 # --- 2D frames --------------------------------------------------------------------------------------------
