@@ -6,8 +6,9 @@ the input's shape, and whose parameters say what was computed (method, target, e
 the target's value at the input and at the baseline, feature names of a tabular model).
 
 - Rights: ``infer`` on the model, as for an inference (the doors check it before reading the body).
-- Scheduling: model-agnostic methods send their perturbed inputs through the model's own batcher, in
-  chunks of ``batch_size`` rows split at the model's ``max_batch_size``, in the LOWEST priority class;
+- Scheduling: model-agnostic methods send their perturbed inputs through the model's own batcher, one
+  request of ``batch_size`` rows (cut at the model's ``max_batch_size``) at a time, in the LOWEST
+  priority class;
   gradient methods run on a separate copy of a torch module in a worker thread, one at a time, and
   start only when no request is queued for the model (:mod:`medserve.core.gradients`).
 - Audit: one ``model.explain`` record per explanation (its request id, the inputs' digest, the
@@ -190,8 +191,10 @@ class Explainer:
             return target.pick(out if max_batch_size > 0 else np.asarray(out)[None])
 
         async def evaluate(batch: np.ndarray) -> np.ndarray:
+            # one request in flight: an execution of the model holds at most this chunk's rows (cut at
+            # max_batch_size), so a clinical request arriving meanwhile waits for that much at most
             parts = [batch[i : i + limit] for i in range(0, len(batch), limit)]
-            return np.concatenate(await asyncio.gather(*(one(p) for p in parts)))
+            return np.concatenate([await one(part) for part in parts])
 
         return evaluate
 
