@@ -418,7 +418,7 @@ class DynamicBatcher:
 
     def runs_inline(self, size: int) -> bool:
         """Whether a batch of ``size`` runs on the event loop: its engine measured fast enough."""
-        if self._engine_runs < INLINE_AFTER_RUNS:
+        if self._engine_runs < INLINE_AFTER_RUNS or not self.pool.own_threads:
             return False
         estimate = self.engine_ns.get(size)
         return estimate is not None and estimate <= INLINE_MAX_NS

@@ -73,6 +73,9 @@ class InstancePool:
         self._slots: list[Slot] = list(slots)
         self._free: list[Slot] = list(slots)
         self._freed = asyncio.Event()
+        #: Whether engine work runs on the pool's own worker threads; a given executor (e.g. a test's
+        #: simulated time) is used for every run, so no batch runs inline on the event loop.
+        self.own_threads = executor is None
         self._executor = executor or ThreadPoolExecutor(
             max_workers=max(_MAX_WORKERS, len(slots)), thread_name_prefix=f"medserve-{name}"
         )

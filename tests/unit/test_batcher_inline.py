@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -92,3 +93,14 @@ async def test_the_decision_follows_the_measured_time() -> None:
     assert not batcher.runs_inline(1)
     await asyncio.sleep(0)
     await batcher.close()
+
+
+async def test_a_given_executor_takes_every_run() -> None:
+    """A pool on an executor of the caller's (a test's simulated time) never runs a batch inline."""
+    with ThreadPoolExecutor(1) as executor:
+        pool = InstancePool([TimedRuntime(0.0)], "test", executor=executor)
+        batcher = DynamicBatcher(pool, ["y"], batching=True, max_batch_size=4)
+        for _ in range(INLINE_AFTER_RUNS + 1):
+            batcher.observe_engine(1, INLINE_MAX_NS // 10)
+        assert not batcher.runs_inline(1)
+        await batcher.close()
