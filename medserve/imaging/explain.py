@@ -22,7 +22,7 @@ delays interactive requests). The maps become DICOM Parametric Maps
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -111,13 +111,17 @@ def explain_findings(
     images: np.ndarray,
     findings: Sequence[Finding],
     labels: Sequence[str],
+    single_frames: Container[int] | None = None,
 ) -> tuple[Explanation, ...]:
     """Attribution maps of the chosen ``findings`` (run in the pipeline's worker thread).
 
     ``images``: the model's inputs, ``(frame, rows, columns)``; ``labels``: the model's output labels
-    (a finding's class index is its label's position). Each map is ``(rows, columns)``.
+    (a finding's class index is its label's position); ``single_frames``: the frames that are whole
+    single-frame images (only those are explained; default all). Each map is ``(rows, columns)``.
     """
-    indexes = chosen(config, findings)
+    indexes = [
+        i for i in chosen(config, findings) if single_frames is None or findings[i].frame in single_frames
+    ]
     if not indexes:
         return ()
     plan = config.plan((1, *images.shape[1:]))

@@ -23,7 +23,7 @@ import pydicom
 
 from medserve.clinical.dicom import preprocessing as prep
 from medserve.clinical.dicom.criteria import Criteria
-from medserve.clinical.dicom.results import Algorithm, Finding, ImagingResult, Segment
+from medserve.clinical.dicom.results import Algorithm, Explanation, Finding, ImagingResult, Segment
 from medserve.clinical.dicom.series_to_volume import SeriesRejected, series_to_frames, series_to_volume
 from medserve.imaging.explain import ExplainConfig, explain_findings
 from medserve.imaging.model_client import ModelClient, ModelInfo
@@ -135,11 +135,13 @@ def classify_2d(
             label = labels[k] if k < len(labels) else f"output_{k}"
             threshold = spec.threshold if spec.threshold is not None else float(thresholds.get(label, 0.5))
             findings.append(Finding(label, float(p), threshold, index))
-    explanations = (
-        explain_findings(spec.explain, spec.model, models, images, findings, labels)
-        if spec.explain is not None
-        else ()
-    )
+    explanations: tuple[Explanation, ...] = ()
+    if spec.explain is not None:  # whole single-frame images only (no frame of a cine loop)
+        frame_counts = {
+            str(ds.SOPInstanceUID): int(ds.get("NumberOfFrames", 1) or 1) for ds in frames.sources
+        }
+        single = {k for k, ref in enumerate(frames.refs) if frame_counts.get(ref.sop_instance_uid, 1) == 1}
+        explanations = explain_findings(spec.explain, spec.model, models, images, findings, labels, single)
     study, series = _uids(datasets)
     present = sorted({f.label for f in findings if f.present})
     summary = f"{len(frames.refs)} image(s); findings above threshold: {', '.join(present) or 'none'}"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import logging
 import os
 import uuid
 from collections.abc import Callable
@@ -23,6 +24,8 @@ from medserve.clinical.dicom.results import ImagingResult
 from medserve.clinical.dicom.seg_writer import write_seg
 from medserve.clinical.dicom.sr_writer import write_sr
 from medserve.clinical.fhir_report import diagnostic_report
+
+log = logging.getLogger(__name__)
 
 
 def patient_id_of(result: ImagingResult) -> str:
@@ -51,7 +54,13 @@ def write_results(
     maps: dict[int, Dataset] = {}
     map_series = generate_uid()
     for number, explanation in enumerate(result.explanations, start=1):
-        pm = write_parametric_map(result, explanation, series_instance_uid=map_series, instance_number=number)
+        try:
+            pm = write_parametric_map(
+                result, explanation, series_instance_uid=map_series, instance_number=number
+            )
+        except ValueError as exc:  # a map that cannot be written must not hold back the report
+            log.warning("explanation map of finding %d not written: %s", explanation.finding, exc)
+            continue
         path = folder / f"PM-{pm.SOPInstanceUID}.dcm"
         _atomic(path, functools.partial(_save, pm))
         written.append(("pm", str(pm.SOPInstanceUID), path))
@@ -66,7 +75,9 @@ def write_results(
         seg_uid=str(seg.SOPInstanceUID) if seg is not None else None,
         patient_identifier=patient_identifier,
         explanation_maps={
-            e.finding: (str(maps[e.finding].SOPInstanceUID), e.method) for e in result.explanations
+            e.finding: (str(maps[e.finding].SOPInstanceUID), e.method)
+            for e in result.explanations
+            if e.finding in maps
         },
     )
     bundle_id = str(bundle.setdefault("id", str(uuid.uuid4())))  # stable across resends

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import highdicom as hd
@@ -185,3 +186,15 @@ def _uid_of(maps: dict[str, Path], lut_label: str) -> str:
         if mapping.LUTLabel == lut_label:
             return uid
     raise AssertionError(f"no map labelled {lut_label}")
+
+
+def test_a_map_that_cannot_be_written_leaves_the_report_without_it(tmp_path: Path) -> None:
+    result = _result(tmp_path / "study", "CR")
+    broken = Explanation(0, "occlusion", np.full((8, 8), np.nan, np.float32))
+    kept = result.explanations[1]
+    written = write_results(replace(result, explanations=(broken, kept)), tmp_path / "out")
+    assert [kind for kind, _, _ in written] == ["pm", "sr", "fhir"]
+    [pm_uid] = [uid for kind, uid, _ in written if kind == "pm"]
+    [sr_path] = [path for kind, _, path in written if kind == "sr"]
+    groups = _finding_groups(pydicom.dcmread(sr_path))
+    assert len(_referenced(groups["Mass"])) == 1 and pm_uid in _referenced(groups["Effusion"])

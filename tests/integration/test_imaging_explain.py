@@ -57,7 +57,8 @@ def setup(example_repository: Path, tmp_path_factory: pytest.TempPathFactory) ->
                 "explain": {"method": "occlusion", "findings": "top", "parameters": {"window": 112}},
             }
         },
-        "routes": [{"name": "xray", "pipeline": "chest-xray", "modality": ["CR", "DX"]}],
+        # US too: a cine loop's frames are classified but not explained (no map of one frame of it)
+        "routes": [{"name": "xray", "pipeline": "chest-xray", "modality": ["CR", "DX", "US"]}],
         "destinations": [
             {"name": "folder", "type": "folder", "path": str(root / "exports")},
             {"name": "pacs", "type": "dicom", "host": "127.0.0.1", "port": pacs.port, "called_aet": "PACS"},
@@ -162,3 +163,29 @@ def test_an_explained_radiograph_gets_a_parametric_map_exported_and_shown(
         assert bad.status_code == 400 and "overlay" in bad.text
         not_a_map = client.get(f"/console/imaging/results/{sr_result['id']}/map.png")
         assert not_a_map.status_code == 404
+
+
+def _stow(setup: Setup, path: Path) -> None:
+    boundary = uuid.uuid4().hex
+    body = (
+        f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+        + path.read_bytes()
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    stored = httpx.post(
+        f"http://{setup.server.http_url}/dicomweb/studies",
+        content=body,
+        headers={
+            "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+            "Authorization": f"Bearer {setup.tokens['admin']}",
+        },
+        timeout=60,
+    )
+    assert stored.status_code == 200, stored.text
+
+
+def test_frames_of_a_cine_loop_are_reported_without_maps(setup: Setup, tmp_path: Path) -> None:
+    (path,) = synthetic.write_study("US", tmp_path / "us", seed=3, frames=3, size=(96, 128))
+    _stow(setup, path)
+    series = _done(setup, str(pydicom.dcmread(path, stop_before_pixels=True).SeriesInstanceUID))
+    assert sorted(r["kind"] for r in series["results"]) == ["fhir", "sr"]
