@@ -63,6 +63,14 @@ class ServedModel:
         self.stats = VersionStatistics()
         self._metrics = metrics
         self._labels = (self.name, self.version)
+        # the labelled series of this version, looked up once rather than on every request
+        self._execution_count = metrics.execution_count.labels(*self._labels)
+        self._batch_size = metrics.batch_size.labels(*self._labels)
+        self._compute_duration = metrics.compute_duration.labels(*self._labels)
+        self._request_success = metrics.request_success.labels(*self._labels)
+        self._inference_count = metrics.inference_count.labels(*self._labels)
+        self._request_duration = metrics.request_duration.labels(*self._labels)
+        self._queue_duration = metrics.queue_duration.labels(*self._labels)
         self._placer = placer
         label = f"model '{self.name}' version {self.version}"
         batching = self.config.dynamic_batching
@@ -129,13 +137,12 @@ class ServedModel:
 
     def _executed(self, execution: ExecutionTimes) -> None:
         self.stats.executed(execution)
-        m = self._metrics
-        m.execution_count.labels(*self._labels).inc()
-        m.batch_size.labels(*self._labels).observe(execution.batch_size)
+        self._execution_count.inc()
+        self._batch_size.observe(execution.batch_size)
         total = execution.input_ns + execution.infer_ns + execution.output_ns
-        m.compute_duration.labels(*self._labels).observe(total / 1e9)
+        self._compute_duration.observe(total / 1e9)
         if execution.joules is not None:
-            m.energy.record(
+            self._metrics.energy.record(
                 self.name, self.version, execution.device, execution.joules, execution.energy_source
             )
         if self._placer is not None and self.plan.profile is not None:
@@ -183,11 +190,10 @@ class ServedModel:
         self._metrics.class_outcome(self.name, self.version, request_class.name, outcome)
         elapsed = finished - started
         self.stats.request_succeeded(batch_size, elapsed, result.queue_ns, result.execution)
-        m = self._metrics
-        m.request_success.labels(*self._labels).inc()
-        m.inference_count.labels(*self._labels).inc(batch_size)
-        m.request_duration.labels(*self._labels).observe(elapsed / 1e9)
-        m.queue_duration.labels(*self._labels).observe(result.queue_ns / 1e9)
+        self._request_success.inc()
+        self._inference_count.inc(batch_size)
+        self._request_duration.observe(elapsed / 1e9)
+        self._queue_duration.observe(result.queue_ns / 1e9)
         return InferenceResponse(self.name, self.version, request.id, outputs)
 
     def _outputs(self, arrays: dict[str, np.ndarray], requested: list[RequestedOutput]) -> list[Tensor]:
