@@ -379,6 +379,11 @@ class Settings(BaseSettings):
         ge=1,
         description="Pending uplink items before sketches are shed (audit and alerts are never dropped).",
     )
+    edge_offload_models: list[str] = Field(
+        default_factory=list,
+        description="Models whose requests this edge sends to its hub when its own admission control "
+        "refuses them (deadline out of reach, queue full); off for every model by default.",
+    )
     console_enabled: bool = Field(
         default=True, description="Serve the operator console at /console (sign-in with an API token)."
     )

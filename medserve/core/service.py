@@ -26,6 +26,7 @@ from medserve import __version__
 from medserve.core.collaborators import AuditSink, Authenticator, OutputObserver, Pipeline, Pseudonyms
 from medserve.core.model import ServedModel
 from medserve.core.model_info import ServedModelInfo
+from medserve.core.overflow import Overflow, infer_or_overflow
 from medserve.core.readiness import Readiness
 from medserve.core.refusals import audited_status
 from medserve.core.registry import ModelRegistry
@@ -93,6 +94,7 @@ class InferenceService:
         self._loading: dict[str, asyncio.Lock] = {}
         #: Triton's system shared memory regions, registered through the doors.
         self.shared_memory = shared_memory if shared_memory is not None else SystemSharedMemory()
+        self.overflow: Overflow | None = None  # where refused requests may go (an edge's hub)
 
     def add_pipeline(self, pipeline: Pipeline) -> None:
         self._pipelines[pipeline.name] = pipeline
@@ -309,7 +311,7 @@ class InferenceService:
                 facts.update(
                     model_version=model.version, model_digest=model.loaded.sha256, device=model.device
                 )
-                response = await model.infer(request)
+                response = await infer_or_overflow(model, request, self.overflow, facts)
                 if self._observer is not None:
                     self._observe(model.name, model.version, request, response)
             record_tensors(name, "TENSOR_BACKEND_OUTPUT", response.outputs)

@@ -68,6 +68,15 @@ class HubClient:
             raise HubRefused(f"hub {self.link.url}{path}: answer larger than {MAX_MANIFEST_BYTES} bytes")
         return reply.json()
 
+    async def infer(
+        self, path: str, body: bytes, headers: dict[str, str], timeout_s: float
+    ) -> httpx.Response:
+        """One Open Inference Protocol request to the hub (overflow); the caller reads the answer."""
+        try:
+            return await self._client.post(path, content=body, headers=headers, timeout=timeout_s)
+        except httpx.HTTPError as exc:
+            raise HubUnreachable(f"hub {self.link.url}: {type(exc).__name__}: {exc}") from None
+
     async def sync(self, status: dict[str, Any]) -> Any:
         """Report this edge's status; the answer is the group's signed manifest."""
         return await self._post("/v2/hub/sync", status)

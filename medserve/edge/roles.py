@@ -8,6 +8,7 @@ from medserve.core.service import InferenceService
 from medserve.edge.client import HubClient, HubLink
 from medserve.edge.hub import Hub, HubSettings
 from medserve.edge.manifest import valid_name
+from medserve.edge.offload import HubOverflow
 from medserve.edge.sync import EdgeIdentity, EdgeSync
 from medserve.edge.uplink import UplinkOutbox
 from medserve.repository.repository import ModelRepository
@@ -71,6 +72,8 @@ def build_edge(
         max_backlog=settings.edge_max_backlog,
         interval_s=settings.edge_uplink_interval_s,
     )
+    if settings.edge_offload_models:
+        service.overflow = HubOverflow(client, settings.edge_offload_models)
     identity = EdgeIdentity(settings.replica_id or socket.gethostname(), group, settings.repository)
     return EdgeSync(
         service, database, client, _keys(settings), outbox, identity, settings.edge_sync_interval_s

@@ -157,6 +157,7 @@ def fleet(example_repository: Path, tmp_path_factory: pytest.TempPathFactory) ->
         "MEDSERVE_TRUSTED_SIGNING_KEYS": json.dumps([str(keys / "publisher.pub"), str(keys / "hub.pub")]),
         "MEDSERVE_REQUIRE_SIGNATURES": "true",
         "MEDSERVE_CONSOLE_ENABLED": "false",
+        "MEDSERVE_EDGE_OFFLOAD_MODELS": '["simple"]',  # offload itself: test_edge_offload.py
     }
     with ThreadPoolExecutor(2) as starting:  # both at once: each start is mostly waiting on imports
         hub_start = starting.submit(
