@@ -314,7 +314,13 @@ class ImagingService:
                 self._set_state, series_uid, states.FAILED, f"internal error: {type(exc).__name__}"
             )
             raise
-        await asyncio.to_thread(self._store_results, result)
+        try:
+            await asyncio.to_thread(self._store_results, result)
+        except Exception as exc:  # left processing, the series would be recovered and run again forever
+            reason = f"writing the results failed: {type(exc).__name__}: {exc}"
+            await asyncio.to_thread(self._set_state, series_uid, states.FAILED, reason)
+            log.error("series %s: writing its results failed (%s)", _ref(series_uid), type(exc).__name__)
+            return
         self.outbox.wake()
 
     def _claim(self, series_uid: str) -> DicomSeriesRow | None:

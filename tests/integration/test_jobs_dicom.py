@@ -489,3 +489,32 @@ def test_the_imaging_service_loads_a_pipeline_model_as_a_job_does(
         ("model.load", "aet:CT", "pipeline:ct-lesions", "ok"),
         ("inference", "aet:CT", "pipeline:ct-lesions", "ok"),
     ]
+
+
+def test_a_series_whose_results_cannot_be_written_fails_once_with_the_reason(
+    studies: dict[str, Any], example_repository: Path, tmp_path: Path
+) -> None:
+    """Writing the results fails (here the study's results folder cannot be made): the series ends
+    ``failed`` with the reason, instead of being left ``processing``, taken back as interrupted on the
+    next watch pass and run again, over and over."""
+    ct = studies["ct"]
+    paths = sorted((studies["source"] / "ct").glob("*.dcm"))
+    settings = _settings(tmp_path, example_repository)
+    with running_core(settings) as (dataplane, trust, loop):
+        imaging = ImagingService(
+            dataplane.service,
+            trust.database,
+            settings.data_dir,
+            load_config(None, settings.data_dir),
+            [],
+            quiet_time_s=0.2,
+        )
+        (imaging.results_root / ct["study_instance_uid"]).write_text("a file where the folder goes")
+        state = asyncio.run_coroutine_threadsafe(
+            _image_series(imaging, paths, ct["series_instance_uid"]), loop
+        ).result(120)
+        assert state == "failed"
+        series = imaging.studies(series_uid=ct["series_instance_uid"])[0]["series"][0]
+        assert series["reason"].startswith("writing the results failed: "), series
+    inferences = [r for r in Journal(settings.data_dir / "audit").iter_records() if r.event == "inference"]
+    assert len(inferences) == 1  # run once, not again and again
