@@ -110,9 +110,11 @@ class ShutdownIncomplete(MedserveError):
     """A step of the ordered shutdown failed (the log has its traceback); the later steps still ran."""
 
 
-def http_limits(
-    settings: Settings, on_header_refused: Callable[[str, str], None] | None = None
-) -> HttpLimits:
+#: audit status of each refusal the HTTP door answers before a request reaches the app
+_CONNECTION_REFUSALS = {431: "HeaderTooLarge", 408: "RequestTimeout", 503: "TooManyConnections"}
+
+
+def http_limits(settings: Settings, on_refused: Callable[[int, str, str], None] | None = None) -> HttpLimits:
     """The HTTP door's connection limits from the settings."""
     return HttpLimits(
         max_header_bytes=settings.http_max_header_bytes,
@@ -120,7 +122,7 @@ def http_limits(
         body_timeout_s=settings.http_body_timeout_s,
         keepalive_timeout_s=settings.http_keepalive_timeout_s,
         max_connections=settings.max_connections,
-        on_header_refused=on_header_refused,
+        on_refused=on_refused,
     )
 
 
@@ -255,15 +257,16 @@ class MedServer:
             replica_stale_after_s=3 * self.settings.replica_heartbeat_s,
         )
 
-    def _header_refused(self, reason: str, peer: str) -> None:
-        """Audit a header block the HTTP door refused with 431 (no request, so no principal)."""
+    def _connection_refused(self, status: int, reason: str, peer: str) -> None:
+        """Audit what the HTTP door refused before a request reached the app (431, 408, 503 at the
+        connection limit): no request was read, so no principal; the reason and the peer."""
         refusal = audit_refusal(
             self.service.record,
             LookupError(reason),
             door="http",
-            what="HTTP 431",
+            what=f"HTTP {status}",
             peer=peer,
-            status="HeaderTooLarge",
+            status=_CONNECTION_REFUSALS.get(status, f"HTTP{status}"),
         )
         task = asyncio.get_running_loop().create_task(refusal)
         self._refusals.add(task)
@@ -350,7 +353,7 @@ class MedServer:
             loop="none",
             http=limited_protocol(
                 TlsHttpToolsProtocol if tls else HttpToolsProtocol,
-                http_limits(settings, self._header_refused),
+                http_limits(settings, self._connection_refused),
             ),
             timeout_keep_alive=max(1, round(settings.http_keepalive_timeout_s)),
             ws=TlsWebSocketsProtocol if tls else "auto",

@@ -46,8 +46,10 @@ class HttpLimits:
     body_timeout_s: float = 30.0
     keepalive_timeout_s: float = 5.0
     max_connections: int = 512
-    #: told of each header block refused with 431 (the reason and the peer), to audit it
-    on_header_refused: Callable[[str, str], None] | None = None
+    #: told of each refusal answered before any request reached the app, to audit it: the HTTP status
+    #: (431 header block too large, 408 header or body too slow, 503 too many connections), the
+    #: reason and the peer
+    on_refused: Callable[[int, str, str], None] | None = None
 
 
 def _answer(status: int, reason: str, message: str) -> bytes:
@@ -95,6 +97,7 @@ class _LimitedHttpToolsProtocol(HttpToolsProtocol):
             self._arm("body", self.limits.body_timeout_s)
             return
         peer = self._peer()
+        reason = ""
         if kind == "header":
             log.info(
                 "HTTP: %s sent no complete request header in %.0f s: closed",
@@ -102,9 +105,18 @@ class _LimitedHttpToolsProtocol(HttpToolsProtocol):
                 self.limits.header_timeout_s,
             )
             self.transport.write(_answer(408, "Request Timeout", "request header not received in time"))
+            timeout = self.limits.header_timeout_s
+            reason = f"no complete request header in {timeout:g} s (http_header_timeout_s)"
         elif kind == "body":
             log.info("HTTP: %s sent no body byte for %.0f s: closed", peer, self.limits.body_timeout_s)
+            reason = f"no request body byte for {self.limits.body_timeout_s:g} s (http_body_timeout_s)"
         self.transport.close()
+        if reason:  # an idle keep-alive connection closed is no refusal
+            self._refused(408, reason, peer)
+
+    def _refused(self, status: int, reason: str, peer: str) -> None:
+        if self.limits.on_refused is not None:
+            self.limits.on_refused(status, reason, peer)
 
     def _peer(self) -> str:
         return f"{self.client[0]}:{self.client[1]}" if self.client else "unknown peer"
@@ -124,6 +136,8 @@ class _LimitedHttpToolsProtocol(HttpToolsProtocol):
                 )
             transport.write(_answer(503, "Service Unavailable", "too many open connections"))
             transport.close()
+            limit = f"{self.limits.max_connections} connections open, the limit (max_connections)"
+            self._refused(503, limit, self._peer())
             return
         self._arm("idle", self.limits.keepalive_timeout_s)
 
@@ -151,8 +165,7 @@ class _LimitedHttpToolsProtocol(HttpToolsProtocol):
         message = f"request header block exceeds the limit of {self.limits.max_header_bytes} bytes"
         self.transport.write(_answer(431, "Request Header Fields Too Large", message))
         self.transport.close()
-        if self.limits.on_header_refused is not None:
-            self.limits.on_header_refused(message, peer)
+        self._refused(431, message, peer)
 
     # ---------------------------------------------------------------- parser callbacks
 

@@ -191,3 +191,63 @@ def test_every_refusal_is_audited_with_status_reason_and_principal(secured: Secu
     assert message["model"] == ""  # the message was too large to be read
     verified = medserve(secured.data_dir, "audit", "verify")
     assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+def test_refusals_before_a_request_reaches_the_app_are_audited(
+    example_repository: Path, tmp_path: Path
+) -> None:
+    """A header that never completes (408), a body that stops coming (closed: audited as 408) and a
+    connection past ``max_connections`` (503) are answered by the HTTP door's protocol, before any
+    request or credentials are read: each leaves a record with the reason and the peer."""
+    server = start_server(
+        example_repository,
+        tmp_path / "server.log",
+        env={
+            "MEDSERVE_LOAD_MODELS": "false",
+            "MEDSERVE_HTTP_HEADER_TIMEOUT_S": "1",
+            "MEDSERVE_HTTP_BODY_TIMEOUT_S": "1",
+            "MEDSERVE_HTTP_KEEPALIVE_TIMEOUT_S": "60",
+            "MEDSERVE_MAX_CONNECTIONS": "3",
+        },
+    )
+    address = ("127.0.0.1", server.http_port)
+    try:
+        with socket.create_connection(address, timeout=30) as slow:
+            slow.sendall(b"GET /v2 HTTP/1.1\r\nHost: x\r\n")  # and never the end of the header block
+            assert slow.recv(100).startswith(b"HTTP/1.1 408")
+        with socket.create_connection(address, timeout=30) as stalled:
+            stalled.sendall(
+                b"POST /v2/repository/index HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Content-Length: 10\r\n\r\n{}"
+            )
+            assert stalled.recv(100) == b""  # closed without an answer: the request was never whole
+        held = [socket.create_connection(address, timeout=30) for _ in range(3)]
+        try:
+            with socket.create_connection(address, timeout=30) as one_more:
+                assert one_more.recv(100).startswith(b"HTTP/1.1 503")
+        finally:
+            for connection in held:
+                connection.close()
+        data_dir = tmp_path / "data"
+        deadline = time.monotonic() + 30
+        found: list[dict[str, Any]] = []
+        while time.monotonic() < deadline:
+            done = medserve(data_dir, "audit", "export")
+            found = [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
+            found = [r for r in found if r["event"] == "request.refused"]
+            if len(found) >= 3:
+                break
+            time.sleep(0.5)
+        by_status: dict[str, list[str]] = {}
+        for record in found:
+            assert record["principal"] == "" and record["door"] == "http", record
+            assert "127.0.0.1" in record["detail"], record
+            by_status.setdefault(record["status"], []).append(record["detail"])
+        assert sorted(by_status) == ["RequestTimeout", "TooManyConnections"], found
+        header, body = sorted(by_status["RequestTimeout"])
+        assert header.startswith("HTTP 408: no complete request header in 1 s (http_header_timeout_s)")
+        assert body.startswith("HTTP 408: no request body byte for 1 s (http_body_timeout_s)")
+        (limit,) = by_status["TooManyConnections"]
+        assert limit.startswith("HTTP 503: 3 connections open, the limit (max_connections)")
+    finally:
+        stop_server(server)
