@@ -313,7 +313,7 @@ class GrpcInferenceServicer:
                     unread.release()
                     return
                 deadline_ns = client_deadline_ns(context, time.perf_counter_ns())
-                group.create_task(self._answer(data, answers, caller, deadline_ns))
+                group.create_task(self._answer(data, answers, caller, deadline_ns, context.peer() or ""))
 
     async def _answer(
         self,
@@ -321,6 +321,7 @@ class GrpcInferenceServicer:
         answers: asyncio.Queue[pb.ModelStreamInferResponse],
         caller: Caller,
         deadline_ns: int | None,
+        peer: str,
     ) -> None:
         request = pb.ModelInferRequest()
         try:
@@ -329,8 +330,17 @@ class GrpcInferenceServicer:
             response = await self._service.infer(await self._decoded(request, caller, deadline_ns), caller)
             answer = pb.ModelStreamInferResponse(infer_response=grpc_codec.encode_infer_response(response))
         except Exception as error:  # reported in the stream, which stays open
-            _, message = _describe(error)
+            code, message = _describe(error)
             answer = grpc_codec.encode_stream_error(request, message)
+            if isinstance(error, errors.MedserveError):  # what the dataplane did not audit (too large,
+                await audit_refusal(  # not a message), as the unary calls do
+                    self._service.record,
+                    error,
+                    door="grpc",
+                    what=f"gRPC {code.name} ModelStreamInfer",
+                    model=request.model_name[:256],
+                    peer=peer,
+                )
         answers.put_nowait(answer)
 
     async def model_config(

@@ -186,11 +186,48 @@ def test_every_refusal_is_audited_with_status_reason_and_principal(secured: Secu
         and str(MAX_HEADER) in header["detail"]
     )
     assert "127.0.0.1" in header["detail"]
-    (message,) = [r for r in records if r["status"] == "PayloadTooLarge" and r["door"] == "grpc"]
+    (message,) = [
+        r
+        for r in records
+        if r["status"] == "PayloadTooLarge" and r["door"] == "grpc" and r["request_id"] != "s-stream"
+    ]
     assert message["event"] == "request.refused" and "grpc_max_message_bytes" in message["detail"]
     assert message["model"] == ""  # the message was too large to be read
     verified = medserve(secured.data_dir, "audit", "verify")
     assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+def test_refusals_inside_a_grpc_stream_are_audited(secured: Secured) -> None:
+    """In ``ModelStreamInfer`` a refused request is answered in the stream, which stays open; one the
+    dataplane did not audit (not a message, past the message limit) is audited by the door, once."""
+    good = pb.ModelInferRequest(model_name="identity_fp32")
+    good.inputs.add(name="INPUT0", datatype="FP32", shape=[1, 1])
+    good.raw_input_contents.append(b"\x00" * 4)
+    huge = pb.ModelInferRequest(model_name="identity_fp32")
+    huge.inputs.add(name="INPUT0", datatype="FP32", shape=[1, 20000])
+    huge.raw_input_contents.append(b"\x00" * 80000)
+    sent = [b"\xff\xff\xff", huge.SerializeToString(), good.SerializeToString()]
+    metadata = [("x-request-id", "s-stream"), ("authorization", f"Bearer {secured.tokens['service']}")]
+    with grpc.insecure_channel(secured.server.grpc_url) as channel:
+        stream = channel.stream_stream(
+            "/inference.GRPCInferenceService/ModelStreamInfer",
+            request_serializer=lambda m: m,
+            response_deserializer=pb.ModelStreamInferResponse.FromString,
+        )
+        answers = list(stream(iter(sent), metadata=metadata, timeout=60))
+    errors = sorted(a.error_message for a in answers if a.error_message)
+    assert len(answers) == 3 and len(errors) == 2, answers  # the stream stayed open for the good one
+    records = records_until(secured, lambda found: sum(r["request_id"] == "s-stream" for r in found) >= 3)
+    mine = [r for r in records if r["request_id"] == "s-stream"]
+    refused = sorted(
+        (r["status"], r["event"], r["principal"], r["door"]) for r in mine if r["status"] != "ok"
+    )
+    assert refused == [
+        ("InvalidInput", "request.refused", "test-service", "grpc"),
+        ("PayloadTooLarge", "request.refused", "test-service", "grpc"),
+    ], mine
+    assert all("ModelStreamInfer" in r["detail"] for r in mine if r["status"] != "ok")
+    assert [r["event"] for r in mine if r["status"] == "ok"] == ["inference"]  # the good one, audited once
 
 
 def test_refusals_before_a_request_reaches_the_app_are_audited(
