@@ -34,6 +34,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from medserve.core.refusals import audit_refusal
 from medserve.core.service import InferenceService
 from medserve.protocol.rest_codec import dumps, loads
 from medserve.streaming.alerts import AlertHub, AlertNotFound
@@ -78,6 +79,8 @@ _FALSE = ("", "0", "false", "no")
 POLICY_VIOLATION = 1008
 UNSUPPORTED_DATA = 1003
 MESSAGE_TOO_BIG = 1009
+_STREAM_PATH = "/v2/monitor/stream"
+_STREAM_SAMPLE = f"WebSocket {_STREAM_PATH}: a sample refused"
 INTERNAL_ERROR = 1011
 TRY_AGAIN_LATER = 1013
 
@@ -145,7 +148,8 @@ async def _reply_to(
             facts={"model_version": "1"},
         )
         return result_to_json(result)
-    except MedserveError as exc:
+    except MedserveError as exc:  # audited here unless the dataplane did (an inference refused)
+        await audit_refusal(service.record, exc, door="websocket", what=_STREAM_SAMPLE, model=MONITOR_MODEL)
         return _error_frame(str(exc), doc)
     except Exception as exc:  # a bug must not end the patient's stream; the client hears of it
         log.exception("unexpected error handling a monitor sample")
@@ -191,6 +195,8 @@ def stream_routes(
             caller = await authenticated(service, websocket, "websocket")
             caller.principal.require(Action.INFER, MONITOR_MODEL)
         except MedserveError as exc:
+            what = f"WebSocket handshake {_STREAM_PATH}"
+            await audit_refusal(service.record, exc, door="websocket", what=what, model=MONITOR_MODEL)
             await refuse(websocket, exc)
             return
         await websocket.accept()

@@ -18,6 +18,8 @@ import httpx
 import pytest
 from conftest import RunningServer, start_server, stop_server
 from test_access import make_token, medserve
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
 
 from medserve.protocol.grpc_messages import pb
 
@@ -40,6 +42,7 @@ def secured(example_repository: Path, tmp_path_factory: pytest.TempPathFactory) 
         "admin": make_token(data_dir, "admin", "admin"),
         "viewer": make_token(data_dir, "viewer", "viewer"),
         "service": make_token(data_dir, "service", "service", "identity_fp32"),
+        "monitor": make_token(data_dir, "monitor", "service", "patient_monitor"),
     }
     server = start_server(
         example_repository,
@@ -228,6 +231,31 @@ def test_refusals_inside_a_grpc_stream_are_audited(secured: Secured) -> None:
     ], mine
     assert all("ModelStreamInfer" in r["detail"] for r in mine if r["status"] != "ok")
     assert [r["event"] for r in mine if r["status"] == "ok"] == ["inference"]  # the good one, audited once
+
+
+def test_websocket_refusals_at_and_after_the_handshake_are_audited(secured: Secured) -> None:
+    """The monitor's WebSocket: a token without the monitor's grant is refused at the handshake (403),
+    and a frame that is no sample gets an error frame on a socket that stays open; both are audited,
+    with the principal."""
+    url = f"ws://{secured.server.http_url}/v2/monitor/stream"
+    with pytest.raises(InvalidStatus) as denied:
+        connect(url, additional_headers={"Authorization": f"Bearer {secured.tokens['service']}"})
+    assert denied.value.response.status_code == 403
+    with connect(url, additional_headers={"Authorization": f"Bearer {secured.tokens['monitor']}"}) as ws:
+        ws.send("{not json")
+        assert "error" in json.loads(ws.recv(timeout=30))
+        ws.send(json.dumps({"sequence_id": "ws-1", "vitals": "nope"}))
+        assert "error" in json.loads(ws.recv(timeout=30))  # still open: the next frame is answered
+
+    def websocket_refusals(found: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [r for r in found if r["door"] == "websocket" and r["event"] == "request.refused"]
+
+    records = websocket_refusals(records_until(secured, lambda found: len(websocket_refusals(found)) >= 3))
+    handshake = [r for r in records if "handshake" in r["detail"]]
+    samples = [r for r in records if "a sample refused" in r["detail"]]
+    assert [(r["status"], r["principal"]) for r in handshake] == [("PermissionDenied", "test-service")]
+    assert len(samples) == 2 and all(r["principal"] == "test-monitor" for r in samples), records
+    assert all(r["status"] == "InvalidInput" and r["model"] == "patient_monitor" for r in samples)
 
 
 def test_refusals_before_a_request_reaches_the_app_are_audited(
