@@ -25,14 +25,20 @@ class Overflow(Protocol):
         """Whether requests for ``model`` may be sent away."""
         ...
 
-    async def infer(self, request: InferenceRequest, refused: Overloaded) -> InferenceResponse:
-        """Answer ``request`` elsewhere; raise :class:`Overloaded` (naming both refusals) if that
-        fails too."""
+    async def infer(
+        self, request: InferenceRequest, refused: Overloaded, request_id: str
+    ) -> InferenceResponse:
+        """Answer ``request`` elsewhere under ``request_id`` (the id this server audits it by); raise
+        :class:`Overloaded` (naming both refusals) if that fails too."""
         ...
 
 
 async def infer_or_overflow(
-    model: ServedModel, request: InferenceRequest, overflow: Overflow | None, facts: dict[str, str]
+    model: ServedModel,
+    request: InferenceRequest,
+    overflow: Overflow | None,
+    facts: dict[str, str],
+    request_id: str,
 ) -> InferenceResponse:
     """Run ``request`` on ``model``; when its admission refuses it and ``overflow`` covers the model,
     answer it there instead and say so in ``facts`` (the audit record's device and detail)."""
@@ -42,4 +48,4 @@ async def infer_or_overflow(
         if overflow is None or not overflow.covers(model.name):
             raise
         facts.update(device="overflow", detail=f"offloaded to {overflow.target}: {refused}"[:500])
-        return await overflow.infer(request, refused)
+        return await overflow.infer(request, refused, request.id or request_id)

@@ -311,7 +311,7 @@ class InferenceService:
                 facts.update(
                     model_version=model.version, model_digest=model.loaded.sha256, device=model.device
                 )
-                response = await infer_or_overflow(model, request, self.overflow, facts)
+                response = await infer_or_overflow(model, request, self.overflow, facts, caller.request_id)
                 if self._observer is not None:
                     self._observe(model.name, model.version, request, response)
             record_tensors(name, "TENSOR_BACKEND_OUTPUT", response.outputs)

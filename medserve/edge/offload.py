@@ -3,8 +3,9 @@
 For the models named in ``edge_offload_models``, a request the edge cannot answer within its deadline
 (or whose queue is full) goes to the hub over the edge's link (mutual TLS or the edge's token) as an
 Open Inference Protocol request with binary tensors: the same inputs, requested outputs and parameters
-(its ``priority`` / ``priority_class`` and ``timeout`` among them), the same request id, and what is
-left of the client's own deadline as ``Request-Timeout``. The hub schedules, runs and audits it as a
+(its ``priority`` / ``priority_class`` and ``timeout`` among them), the request id the edge audits it
+by (the body's ``id``, else ``X-Request-ID``), and what is left of the client's own deadline as
+``Request-Timeout``. The hub schedules, runs and audits it as a
 request of the edge's principal; the edge audits the call as answered by ``overflow``, naming the hub
 and why it could not answer itself. If the hub refuses or cannot be reached, the client gets the edge's
 503 with both reasons.
@@ -104,9 +105,13 @@ class HubOverflow:
     def covers(self, model: str) -> bool:
         return model in self._models
 
-    async def infer(self, request: InferenceRequest, refused: Overloaded) -> InferenceResponse:
+    async def infer(
+        self, request: InferenceRequest, refused: Overloaded, request_id: str
+    ) -> InferenceResponse:
         body, header_length = encode_request(request)
         headers = {"Content-Type": "application/octet-stream", HEADER_LENGTH: str(header_length)}
+        if request_id:
+            headers["X-Request-ID"] = request_id  # the hub audits it under the id the edge does
         timeout_s = DEFAULT_TIMEOUT_S
         if request.deadline_ns is not None:
             left = (request.deadline_ns - time.perf_counter_ns()) / 1e9

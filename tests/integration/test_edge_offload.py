@@ -10,12 +10,19 @@ why."""
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 import yaml
@@ -31,6 +38,7 @@ from medserve.repository.repository import ModelRepository
 from medserve.runtimes import register_runtime, unregister_runtime
 from medserve.runtimes.onnxruntime import OnnxRuntime
 from medserve.security.authenticate import Authenticator
+from medserve.security.signing import create_signing_key
 from medserve.store.database import Database, default_url
 from medserve.values.access import Caller
 from medserve.values.errors import Overloaded
@@ -188,3 +196,87 @@ async def test_refused_requests_are_answered_by_the_hub_and_audited_on_both_side
     failed = [a for a in answers if isinstance(a, Overloaded)]
     assert 2 <= len(failed) <= 3 and len(failed) + sum(isinstance(a, InferenceResponse) for a in answers) == 4
     assert all("queue full" in str(a) and "offload to the hub failed" in str(a) for a in failed)
+
+
+def test_an_edge_server_offloads_to_its_hub_from_its_settings(
+    example_repository: Path, tmp_path: Path
+) -> None:
+    """Two real servers: an edge with ``edge_offload_models`` naming the CT model (one instance, room
+    for one queued request) and a hub serving the same model. Four patches sent to the edge at once:
+    every one answered; those the edge refused were answered by the hub, and both audit trails say so."""
+    model = "ct_lesion_segmentation"
+    hub_repository = tmp_path / "hub-repository"
+    shutil.copytree(example_repository / model, hub_repository / model)
+    edge_repository = tmp_path / "edge-repository"
+    shutil.copytree(example_repository / model, edge_repository / model)
+    config_path = edge_repository / model / "config.yaml"
+    config = yaml.safe_load(config_path.read_text())
+    config.pop("dynamic_batching", None)  # one patch an execution, one queued at most
+    config["max_queue_size"] = 1
+    config_path.write_text(yaml.safe_dump(config))
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    create_signing_key(keys / "hub.key", keys / "hub.pub")
+    for role in ("hub", "edge"):
+        (tmp_path / role).mkdir()
+    hub = start_server(hub_repository, tmp_path / "hub" / "hub.log")
+    try:
+        edge = start_server(
+            edge_repository,
+            tmp_path / "edge" / "edge.log",
+            env={
+                "MEDSERVE_EDGE_HUB_URL": f"http://{hub.http_url}",
+                "MEDSERVE_EDGE_GROUP": "ward",
+                "MEDSERVE_EDGE_SYNC_INTERVAL_S": "3600",
+                "MEDSERVE_TRUSTED_SIGNING_KEYS": json.dumps([str(keys / "hub.pub")]),
+                "MEDSERVE_EDGE_OFFLOAD_MODELS": json.dumps([model]),
+            },
+        )
+        try:
+            patch = np.random.default_rng(7).random((1, 1, 48, 48, 48), dtype=np.float32)
+            body = {
+                "inputs": [
+                    {
+                        "name": "image",
+                        "datatype": "FP32",
+                        "shape": [1, 1, 48, 48, 48],
+                        "data": patch.ravel().tolist(),
+                    }
+                ]
+            }
+            url = f"http://{edge.http_url}/v2/models/{model}/infer"
+
+            def send(tag: int) -> httpx.Response:
+                return httpx.post(url, json=body, headers={"X-Request-ID": f"ct-{tag}"}, timeout=120)
+
+            with ThreadPoolExecutor(4) as pool:
+                answers = list(pool.map(send, range(4)))
+            assert [a.status_code for a in answers] == [200] * 4, [a.text[:200] for a in answers]
+            shapes = {tuple(a.json()["outputs"][0]["shape"]) for a in answers}
+            assert shapes == {(1, 2, 48, 48, 48)}
+
+            def audited(data_dir: Path) -> list[dict[str, Any]]:
+                done = subprocess.run(
+                    [sys.executable, "-m", "medserve", "audit", "export"],
+                    capture_output=True,
+                    text=True,
+                    timeout=120,
+                    env={**os.environ, "MEDSERVE_DATA_DIR": str(data_dir)},
+                )
+                found = [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
+                return [r for r in found if r["event"] == "inference" and r["request_id"].startswith("ct-")]
+
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                at_edge, at_hub = audited(tmp_path / "edge" / "data"), audited(tmp_path / "hub" / "data")
+                offloaded = {r["request_id"] for r in at_edge if r["device"] == "overflow"}
+                if len(at_edge) == 4 and offloaded and offloaded <= {r["request_id"] for r in at_hub}:
+                    break
+                time.sleep(0.5)
+            assert len(at_edge) == 4 and all(r["status"] == "ok" for r in at_edge), at_edge
+            assert 2 <= len(offloaded) <= 3, at_edge  # the edge ran one or two itself
+            assert offloaded == {r["request_id"] for r in at_hub}, (offloaded, at_hub)
+        finally:
+            stop_server(edge)
+    finally:
+        stop_server(hub)
