@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import math
+import sys
 from pathlib import Path
 
 import cyvcf2
@@ -515,3 +516,17 @@ def test_example_job_input(tmp_path: Path) -> None:
 
 
 # -- the example model and the workload end to end ------------------------------------------------
+
+
+def test_a_server_without_cyvcf2_refuses_the_variant_workload_with_what_to_install(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from medserve.jobs.workloads import open_workload
+    from medserve.values.errors import InvalidInput
+
+    monkeypatch.setitem(sys.modules, "cyvcf2", None)  # what an install without it finds
+    monkeypatch.delitem(sys.modules, "medserve.jobs.workloads.genomics", raising=False)
+    with pytest.raises(InvalidInput) as refused:
+        open_workload("variant_scoring", tmp_path / "calls.vcf", {})
+    assert "needs cyvcf2 and pyfaidx (pip install 'medserve[jobs]')" in str(refused.value)
+    assert "No module named 'cyvcf2'" in str(refused.value)

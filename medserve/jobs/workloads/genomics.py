@@ -18,11 +18,11 @@ The ``vcf`` sink is the source annotated with the scores (``medserve.clinical.ge
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import cyvcf2  # noqa: F401  (here so that a server without it refuses the workload with what to install)
 import numpy as np
 import pyarrow as pa
 
@@ -33,6 +33,10 @@ from medserve.clinical.genomics.variant_record import VariantAllele, split_allel
 from medserve.clinical.genomics.vcf_header import VcfFormatError, check_info_key
 from medserve.clinical.genomics.vcf_reader import VcfSource
 from medserve.jobs.workload import Item, ItemFailure, SourceError
+
+if importlib.util.find_spec("cyvcf2") is None:  # the reader imports it when it opens a file; a server
+    # without it refuses the workload at once, with what to install (jobs/workloads/__init__.py)
+    raise ModuleNotFoundError("No module named 'cyvcf2'", name="cyvcf2")
 
 OPTIONS: dict[str, str | None] = {
     "sample": None,
