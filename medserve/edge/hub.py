@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,7 +13,6 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import func, select
-from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from medserve.edge.manifest import Release, sign_manifest, valid_name
@@ -29,7 +27,6 @@ from medserve.values.errors import (
     ModelLoadError,
     ModelNotFound,
     PermissionDenied,
-    StoreUnavailable,
 )
 from medserve.values.times import as_utc
 
@@ -70,14 +67,6 @@ class Hub:
         self._keys = keys
         self._settings = settings
 
-    @contextmanager
-    def _transaction(self) -> Iterator[Session]:
-        try:
-            with self._db.session() as session, session.begin():
-                yield session
-        except OperationalError as exc:
-            raise StoreUnavailable(f"hub store: {exc.orig or exc}") from None
-
     # -- who is an edge ---------------------------------------------------------------------------
     def group_of(self, principal: str) -> str:
         """The edge group of an authenticated principal; ``PermissionDenied`` when it is no edge."""
@@ -109,7 +98,7 @@ class Hub:
             raise InvalidInput(f"model '{model}' version {version}: {exc}") from None
         document = json.loads(sig.read_text(encoding="utf-8"))
         config_text = (self._repository.model_dir(model) / "config.yaml").read_text(encoding="utf-8")
-        with self._transaction() as s:
+        with self._db.transaction("hub store") as s:
             row = s.get(HubReleaseRow, (group, model, version))
             if row is not None:
                 if row.digest != digest:
@@ -142,7 +131,7 @@ class Hub:
 
     def pin(self, group: str, model: str, version: int | None, by: str) -> dict[str, Any]:
         """Make ``group`` serve ``version`` of ``model`` (a published one); None removes the pin."""
-        with self._transaction() as s:
+        with self._db.transaction("hub store") as s:
             published = self._published(s, group, model)
             if not published:
                 raise ModelNotFound(f"model '{model}' is not published to group '{group}'")
@@ -168,7 +157,7 @@ class Hub:
 
     def rollback(self, group: str, model: str, by: str) -> dict[str, Any]:
         """Pin ``group`` to the published version of ``model`` before the one it serves now."""
-        with self._transaction() as s:
+        with self._db.transaction("hub store") as s:
             published = self._published(s, group, model)
             pin = s.get(HubPinRow, (group, model))
             current = pin.version if pin is not None else (published[-1] if published else 0)
@@ -181,7 +170,7 @@ class Hub:
 
     def releases(self, group: str) -> list[Release]:
         """What ``group`` serves: per model its pinned version, else its newest release."""
-        with self._transaction() as s:
+        with self._db.transaction("hub store") as s:
             rows = s.scalars(select(HubReleaseRow).where(HubReleaseRow.group == group)).all()
             pins = {p.model: p.version for p in s.scalars(select(HubPinRow).where(HubPinRow.group == group))}
             chosen: dict[str, HubReleaseRow] = {}
@@ -205,7 +194,7 @@ class Hub:
 
     def artifact(self, group: str, model: str, version: int) -> Path:
         """The file of a release of ``group`` (``ModelNotFound`` for anything not published to it)."""
-        with self._transaction() as s:
+        with self._db.transaction("hub store") as s:
             row = s.get(HubReleaseRow, (group, model, version))
             if row is None:
                 raise ModelNotFound(f"model '{model}' version {version} is not published to group '{group}'")
@@ -217,7 +206,7 @@ class Hub:
 
     # -- edges ------------------------------------------------------------------------------------
     def record_sync(self, edge: str, group: str, status: dict[str, Any]) -> None:
-        with self._transaction() as s:
+        with self._db.transaction("hub store") as s:
             row = s.get(HubEdgeRow, edge)
             now = datetime.now(UTC)
             if row is None:
@@ -227,7 +216,7 @@ class Hub:
 
     def edges(self) -> list[dict[str, Any]]:
         """Every edge seen: its group, last sync, what it reported, and the uplinks received from it."""
-        with self._transaction() as s:
+        with self._db.transaction("hub store") as s:
             counts: dict[str, dict[str, int]] = {}
             query = select(HubUplinkRow.edge, HubUplinkRow.kind, func.count()).group_by(
                 HubUplinkRow.edge, HubUplinkRow.kind

@@ -8,8 +8,6 @@ artifact and may be added after the first load. A pin makes a model serve one ve
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from datetime import date as Date
@@ -19,13 +17,12 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError, OperationalError
-from sqlalchemy.orm import Session
+from sqlalchemy.exc import IntegrityError
 
 from medserve.security.signing import TrustedKeys, signature_path
 from medserve.store.database import Database
 from medserve.store.tables import ModelPinRow, ModelVersionRow
-from medserve.values.errors import InvalidConfig, InvalidInput, ModelLoadError, StoreUnavailable
+from medserve.values.errors import InvalidConfig, InvalidInput, ModelLoadError
 from medserve.values.times import as_utc
 
 log = logging.getLogger(__name__)
@@ -149,14 +146,6 @@ class Lineage:
         self._keys = trusted_keys if trusted_keys is not None else TrustedKeys({})
         self.require_signatures = require_signatures
 
-    @contextmanager
-    def _transaction(self) -> Iterator[Session]:
-        try:
-            with self._db.session() as session, session.begin():
-                yield session
-        except OperationalError as exc:
-            raise StoreUnavailable(f"lineage store: {exc.orig or exc}") from None
-
     def _signer(self, prefix: str, artifact: Path, digest: str) -> str:
         sig = signature_path(artifact)
         if not sig.is_file():
@@ -196,7 +185,7 @@ class Lineage:
         signer: str,
         validation: list[dict[str, Any]] | None,
     ) -> VersionLineage:
-        with self._transaction() as s:
+        with self._db.transaction("lineage store") as s:
             row = s.get(ModelVersionRow, (model, version))
             if row is None:
                 row = ModelVersionRow(
@@ -219,13 +208,13 @@ class Lineage:
 
     def get(self, model: str, version: int) -> VersionLineage | None:
         """The recorded lineage of one version, or None when it was never loaded."""
-        with self._transaction() as s:
+        with self._db.transaction("lineage store") as s:
             row = s.get(ModelVersionRow, (model, version))
             return VersionLineage.from_row(row) if row is not None else None
 
     def versions(self, model: str) -> list[VersionLineage]:
         """Every recorded version of the model, oldest version first."""
-        with self._transaction() as s:
+        with self._db.transaction("lineage store") as s:
             query = select(ModelVersionRow).where(ModelVersionRow.model == model)
             rows = s.scalars(query.order_by(ModelVersionRow.version)).all()
             return [VersionLineage.from_row(r) for r in rows]
@@ -236,7 +225,7 @@ class Lineage:
             raise InvalidInput(f"model '{model}': cannot pin version {version}; versions are positive")
         if len(by) > 128:
             raise InvalidInput(f"model '{model}': 'by' is longer than 128 characters")
-        with self._transaction() as s:
+        with self._db.transaction("lineage store") as s:
             row = s.get(ModelPinRow, model)
             if row is None:
                 s.add(ModelPinRow(model=model, version=version, pinned_at=datetime.now(UTC), pinned_by=by))
@@ -245,7 +234,7 @@ class Lineage:
 
     def unpin(self, model: str) -> bool:
         """Remove the model's pin; False when it had none."""
-        with self._transaction() as s:
+        with self._db.transaction("lineage store") as s:
             row = s.get(ModelPinRow, model)
             if row is None:
                 return False
@@ -254,14 +243,14 @@ class Lineage:
 
     def pinned(self, model: str) -> int | None:
         """The version the model is pinned to, or None."""
-        with self._transaction() as s:
+        with self._db.transaction("lineage store") as s:
             row = s.get(ModelPinRow, model)
             return row.version if row is not None else None
 
     def rollback_target(self, model: str, current: int, available: list[int]) -> int:
         """The highest available version below ``current`` that was served before."""
         candidates = sorted((v for v in set(available) if v < current), reverse=True)
-        with self._transaction() as s:
+        with self._db.transaction("lineage store") as s:
             query = select(ModelVersionRow.version).where(ModelVersionRow.model == model)
             served = set(s.scalars(query).all())
         for version in candidates:

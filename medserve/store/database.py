@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, make_url, text
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from medserve.store.migrate import upgrade
@@ -73,6 +75,16 @@ class Database:
     def session(self) -> Session:
         """A new session; use ``with db.session() as s, s.begin(): ...``."""
         return self._sessions()
+
+    @contextmanager
+    def transaction(self, what: str) -> Iterator[Session]:
+        """A session in a transaction, committed on leaving; a store that cannot be reached raises
+        :class:`StoreUnavailable` naming ``what`` (e.g. ``lineage store``)."""
+        try:
+            with self.session() as session, session.begin():
+                yield session
+        except OperationalError as exc:
+            raise StoreUnavailable(f"{what}: {exc.orig or exc}") from None
 
     def migrate(self) -> None:
         """Bring the schema to the newest Alembic revision (serialised between processes)."""
