@@ -202,8 +202,10 @@ def test_an_edge_server_offloads_to_its_hub_from_its_settings(
     example_repository: Path, tmp_path: Path
 ) -> None:
     """Two real servers: an edge with ``edge_offload_models`` naming the CT model (one instance, room
-    for one queued request) and a hub serving the same model. Four patches sent to the edge at once:
-    every one answered; those the edge refused were answered by the hub, and both audit trails say so."""
+    for one queued request) and a hub serving the same model. Eight patches sent to the edge at once:
+    every one answered; those the edge refused were answered by the hub, and both audit trails say so.
+    How many the edge runs itself depends on how the requests interleave on a busy machine: at least
+    the first, never all eight."""
     model = "ct_lesion_segmentation"
     hub_repository = tmp_path / "hub-repository"
     shutil.copytree(example_repository / model, hub_repository / model)
@@ -249,9 +251,10 @@ def test_an_edge_server_offloads_to_its_hub_from_its_settings(
             def send(tag: int) -> httpx.Response:
                 return httpx.post(url, json=body, headers={"X-Request-ID": f"ct-{tag}"}, timeout=120)
 
-            with ThreadPoolExecutor(4) as pool:
-                answers = list(pool.map(send, range(4)))
-            assert [a.status_code for a in answers] == [200] * 4, [a.text[:200] for a in answers]
+            sent = 8
+            with ThreadPoolExecutor(sent) as pool:
+                answers = list(pool.map(send, range(sent)))
+            assert [a.status_code for a in answers] == [200] * sent, [a.text[:200] for a in answers]
             shapes = {tuple(a.json()["outputs"][0]["shape"]) for a in answers}
             assert shapes == {(1, 2, 48, 48, 48)}
 
@@ -270,11 +273,11 @@ def test_an_edge_server_offloads_to_its_hub_from_its_settings(
             while time.monotonic() < deadline:
                 at_edge, at_hub = audited(tmp_path / "edge" / "data"), audited(tmp_path / "hub" / "data")
                 offloaded = {r["request_id"] for r in at_edge if r["device"] == "overflow"}
-                if len(at_edge) == 4 and offloaded and offloaded <= {r["request_id"] for r in at_hub}:
+                if len(at_edge) == sent and offloaded and offloaded <= {r["request_id"] for r in at_hub}:
                     break
                 time.sleep(0.5)
-            assert len(at_edge) == 4 and all(r["status"] == "ok" for r in at_edge), at_edge
-            assert 2 <= len(offloaded) <= 3, at_edge  # the edge ran one or two itself
+            assert len(at_edge) == sent and all(r["status"] == "ok" for r in at_edge), at_edge
+            assert 1 <= len(offloaded) <= sent - 1, at_edge  # the edge ran at least the first
             assert offloaded == {r["request_id"] for r in at_hub}, (offloaded, at_hub)
         finally:
             stop_server(edge)
