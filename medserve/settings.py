@@ -11,7 +11,6 @@ from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from medserve.scheduling.priority import (
@@ -20,25 +19,12 @@ from medserve.scheduling.priority import (
     PriorityClasses,
     build_classes,
 )
+from medserve.settings_file import FileSource
 from medserve.values.errors import InvalidConfig
 from medserve.values.suggestions import did_you_mean
 
 #: gRPC's own ceiling on a message (its length options are 32-bit signed integers): 2 GiB - 1.
 GRPC_MAX_MESSAGE_BYTES = (1 << 31) - 1
-
-
-class _FileSource(PydanticBaseSettingsSource):
-    """Values from the YAML config file, below the environment in priority."""
-
-    def __init__(self, settings_cls: type[BaseSettings], values: dict[str, Any]) -> None:
-        super().__init__(settings_cls)
-        self._values = values
-
-    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
-        return self._values.get(field_name), field_name, False
-
-    def __call__(self) -> dict[str, Any]:
-        return dict(self._values)
 
 
 class PriorityClassSetting(BaseModel):
@@ -377,16 +363,27 @@ class Settings(BaseSettings):
     edge_max_backlog: int = Field(
         default=10000,
         ge=1,
-        description="Pending uplink items before sketches are shed (audit and alerts are never dropped).",
+        description="Pending uplink items before sketches are shed (never audit or alerts).",
     )
     edge_offload_models: list[str] = Field(
         default_factory=list,
         description="Models whose requests this edge sends to its hub when its own admission control "
         "refuses them (deadline out of reach, queue full); off for every model by default.",
     )
-    console_enabled: bool = Field(
-        default=True, description="Serve the operator console at /console (sign-in with an API token)."
+    cluster_address: str = Field(
+        default="",
+        description="Join this Ray cluster (host:port, ray://host:port or 'auto') and run every "
+        "model's engines there as Ray Serve deployments (docs/SCALING.md); '': on this machine.",
     )
+    cluster_resources: dict[str, dict[str, float]] = Field(
+        default_factory=dict,
+        description="Custom Ray resources a model's replicas need, per model, e.g. "
+        '{"ct_lesion_segmentation": {"npu": 1}}.',
+    )
+    cluster_load_timeout_s: float = Field(
+        default=120.0, gt=0, description="How long a model load waits for its cluster replicas to run."
+    )
+    console_enabled: bool = Field(default=True, description="Serve the operator console at /console.")
     console_idle_timeout_s: float = Field(
         default=900.0, gt=0, description="A console session without a request for this long is signed out."
     )
@@ -443,7 +440,7 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings, _FileSource(settings_cls, cls._file_values))
+        return (init_settings, env_settings, FileSource(settings_cls, cls._file_values))
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:

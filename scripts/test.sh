@@ -4,7 +4,7 @@
 #   bash scripts/test.sh tests/unit          # the unit tier alone (no sockets, no processes; < 1 min)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/install.sh examples,jobs,test
+bash scripts/install.sh examples,jobs,ray,test
 .venv/bin/ruff check medserve tests benchmarks
 .venv/bin/mypy medserve
 exec .venv/bin/python -m pytest "$@"

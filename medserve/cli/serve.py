@@ -54,6 +54,7 @@ def _serve(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
         log_level=args.log_level,
         log_format=args.log_format,
+        cluster_address=args.cluster,
     )
     from medserve.server import serve  # after the settings, so a bad one is said before any import
 
@@ -97,5 +98,10 @@ def add_command(commands: Any) -> None:
         "--log-format",
         choices=["text", "json"],
         help="log line format (default text; json: one object a line with request id, trace id, principal)",
+    )
+    serve.add_argument(
+        "--cluster",
+        metavar="ADDRESS",
+        help="join this Ray cluster and run the models' engines there (docs/SCALING.md; the 'ray' extra)",
     )
     serve.set_defaults(func=_serve)

@@ -17,6 +17,7 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
+from medserve.core.cluster_placement import ClusterPlacer
 from medserve.core.metrics import ServingMetrics
 from medserve.core.registry import ModelRegistry
 from medserve.core.service import InferenceService
@@ -45,6 +46,8 @@ class Dataplane:
     """Placement at load, device failover, energy metering, live profiles (``None`` without placement)."""
     fleet_monitor: FleetMonitor | None = None
     """The monitor shared with the other replicas through the store (``None`` without monitoring)."""
+    cluster: ClusterPlacer | None = None
+    """Placement on a Ray cluster (``None`` unless ``cluster_address`` is set)."""
 
     async def close(self) -> None:
         await self.service.close()
@@ -53,6 +56,8 @@ class Dataplane:
             await asyncio.to_thread(self.fleet_monitor.stop)
         if self.placer is not None:
             await asyncio.to_thread(self.placer.close)
+        if self.cluster is not None:
+            await asyncio.to_thread(self.cluster.close)
 
 
 def build_dataplane(
@@ -67,14 +72,21 @@ def build_dataplane(
     turns both off (it serves no metrics, and places instances as config.yaml says).
     """
     metrics = ServingMetrics()
-    placer = HardwarePlacer(ProfileStore(trust.database)) if placement else None
+    cluster = None
+    if settings.cluster_address:  # engines run on the cluster's nodes: nothing to place on this machine
+        cluster = ClusterPlacer(
+            settings.cluster_address,
+            settings.cluster_resources,
+            load_timeout_s=settings.cluster_load_timeout_s,
+        )
+    placer = HardwarePlacer(ProfileStore(trust.database)) if placement and cluster is None else None
     registry = ModelRegistry(
         ModelRepository(settings.repository),
         metrics,
         trust.lineage,
         priority_classes=settings.priority_table(),
         cross_model_wait_s=settings.cross_model_wait_s,
-        placer=placer,
+        placer=cluster or placer,
     )
     monitor = ModelMonitor(window_s=settings.monitoring_window_s) if monitoring else None
     shared = None
@@ -96,4 +108,4 @@ def build_dataplane(
         log.warning("AUDIT IS DISABLED (audit_disabled=true): no inference is recorded. Benchmarks only.")
     if shared is not None:
         shared.start()
-    return Dataplane(service, metrics, monitor, placer, shared)
+    return Dataplane(service, metrics, monitor, placer, shared, cluster)

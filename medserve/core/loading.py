@@ -242,6 +242,8 @@ def load_version(
         try:
             return loaded(plan, plan.groups)
         except MedserveError as exc:
+            if plan.source == "cluster":  # a door process serves nothing itself: no local fallback
+                raise
             why = f"{plan.explanation}; but its instances failed to load ({exc}): config.yaml's values used"
             log.warning("model %s version %s: %s", name, version, why)
             plan = InstancePlan("config", why)

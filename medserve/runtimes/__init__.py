@@ -12,6 +12,7 @@ _RUNTIMES: dict[str, str | type[Runtime]] = {
     "monai_bundle": "medserve.runtimes.monai_bundle:MonaiBundleRuntime",
     "torch": "medserve.runtimes.torch:TorchRuntime",
     "openvino": "medserve.runtimes.openvino:OpenVinoRuntime",
+    "ray_serve": "medserve.runtimes.ray_serve:RayServeEngine",
 }
 
 
@@ -24,6 +25,7 @@ _EXTRAS = {
     "openvino": "install medserve with the 'openvino' extra",
     "torch": "install torch (medserve's 'examples' extra pins the CPU build)",
     "monai_bundle": "install torch and monai (medserve's 'examples' extra)",
+    "ray_serve": "install medserve's 'ray' extra",
 }
 
 

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-PlanSource = Literal["config", "profile"]
+PlanSource = Literal["config", "profile", "cluster"]
 
 
 @dataclass(frozen=True, slots=True)

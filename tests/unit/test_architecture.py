@@ -43,7 +43,8 @@ ALLOWED: dict[str, set[str]] = {
         "settings",
         "trust",
     },
-    "settings": {"values", "scheduling"},
+    "settings": {"values", "scheduling", "settings_file"},
+    "settings_file": {"values"},
     "trust": {"values", "store", "security", "repository", "audit", "settings"},
     "assembly": {
         "values",

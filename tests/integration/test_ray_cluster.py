@@ -1,0 +1,181 @@
+"""Cluster mode: ``medserve serve --cluster ADDRESS`` on a real Ray cluster of a head and three worker
+nodes started on this machine (``ray.cluster_utils.Cluster``; the head offers no CPU, so every replica
+runs on a worker node). One worker declares a custom accelerator resource (``npu``); two declare a
+``slot`` resource each, so the two replicas of ``simple`` land on two different nodes.
+
+Inference goes through medserve's doors (tritonclient over HTTP and gRPC), the engines run in Ray
+Serve replicas on the nodes their resources match, a model asking for a resource no node has stays
+pending with the reason, and a worker node killed (SIGKILL, every process of it) under load loses no
+request: the batches in flight there are sent once more to the live replica."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.conftest import RunningServer, start_server, stop_server
+
+ray_cluster_utils = pytest.importorskip("ray.cluster_utils", reason="the 'ray' extra is not installed")
+
+pytestmark = pytest.mark.timeout(600)
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Any]:
+    nodes = ray_cluster_utils.Cluster(
+        initialize_head=True,
+        connect=False,
+        head_node_args={"num_cpus": 0, "include_dashboard": False},
+    )
+    try:
+        nodes.slot_nodes = [nodes.add_node(num_cpus=2, resources={"slot": 1}) for _ in range(2)]
+        nodes.npu_node = nodes.add_node(num_cpus=1, resources={"npu": 1})
+        nodes.wait_for_nodes()
+        yield nodes
+    finally:
+        nodes.shutdown()
+
+
+@pytest.fixture(scope="module")
+def served(
+    cluster: Any, example_repository: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningServer]:
+    root = tmp_path_factory.mktemp("cluster")
+    repository = root / "repository"
+    for model in ("simple", "simple_nobatch", "identity_fp32"):
+        shutil.copytree(example_repository / model, repository / model)
+    config = repository / "simple" / "config.yaml"
+    config.write_text(config.read_text().replace("instance_count: 1", "instance_count: 2"))
+    server = start_server(
+        repository,
+        root / "server.log",
+        "--cluster",
+        cluster.address,
+        env={
+            "MEDSERVE_CLUSTER_RESOURCES": json.dumps(
+                {"simple": {"slot": 1}, "simple_nobatch": {"npu": 1}, "identity_fp32": {"fpga": 1}}
+            ),
+            "MEDSERVE_CLUSTER_LOAD_TIMEOUT_S": "10",
+        },
+    )
+    try:
+        yield server
+    finally:
+        stop_server(server)
+
+
+def _pair(rows: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.random((rows, 16), dtype=np.float32), rng.random((rows, 16), dtype=np.float32)
+
+
+def _infer_http(url: str, model: str, a: np.ndarray, b: np.ndarray, request_id: str = "") -> dict[str, Any]:
+    body = {
+        "id": request_id,
+        "inputs": [
+            {"name": "INPUT0", "datatype": "FP32", "shape": list(a.shape), "data": a.ravel().tolist()},
+            {"name": "INPUT1", "datatype": "FP32", "shape": list(b.shape), "data": b.ravel().tolist()},
+        ],
+    }
+    answer = httpx.post(f"http://{url}/v2/models/{model}/infer", json=body, timeout=120)
+    assert answer.status_code == 200, answer.text
+    outputs = {
+        o["name"]: np.asarray(o["data"], np.float32).reshape(o["shape"]) for o in answer.json()["outputs"]
+    }
+    assert np.allclose(outputs["OUTPUT0"], a + b) and np.allclose(outputs["OUTPUT1"], a - b)
+    return outputs
+
+
+def _metadata(server: RunningServer, model: str) -> dict[str, Any]:
+    answer = httpx.get(f"http://{server.http_url}/v2/models/{model}", timeout=30)
+    assert answer.status_code == 200, answer.text
+    parameters: dict[str, Any] = answer.json()["parameters"]
+    return parameters
+
+
+def test_models_run_as_deployments_on_the_nodes_their_resources_name(
+    cluster: Any, served: RunningServer
+) -> None:
+    import tritonclient.grpc as grpcclient
+
+    a, b = _pair(3, 1)
+    _infer_http(served.http_url, "simple", a, b)
+    client = grpcclient.InferenceServerClient(served.grpc_url)
+    inputs = [grpcclient.InferInput("INPUT0", [16], "FP32"), grpcclient.InferInput("INPUT1", [16], "FP32")]
+    inputs[0].set_data_from_numpy(a[0])
+    inputs[1].set_data_from_numpy(b[0])
+    result = client.infer("simple_nobatch", inputs)
+    assert np.allclose(result.as_numpy("OUTPUT0"), a[0] + b[0])
+
+    simple, nobatch = _metadata(served, "simple"), _metadata(served, "simple_nobatch")
+    assert simple["runtime"] == "ray_serve" and simple["placement"]["source"] == "cluster"
+    assert simple["replicas"] == {"running": 2}
+    assert "1 slot" in simple["placement"]["explanation"]
+    assert nobatch["node"] == cluster.npu_node.node_id  # the only node with an npu
+    assert nobatch["replicas"] == {"running": 1}
+
+
+def test_a_model_asking_for_a_resource_no_node_has_is_pending_with_the_reason(served: RunningServer) -> None:
+    index = httpx.post(f"http://{served.http_url}/v2/repository/index", json={}, timeout=30).json()
+    entry = next(e for e in index if e["name"] == "identity_fp32")
+    assert entry["state"] != "READY", entry
+    reason = entry.get("reason", "")
+    assert "still pending" in reason and "no node of the cluster offers {'fpga': 1.0" in reason, reason
+    # the others serve meanwhile
+    a, b = _pair(1, 2)
+    _infer_http(served.http_url, "simple", a, b)
+
+
+def test_a_worker_node_killed_under_load_loses_no_request(cluster: Any, served: RunningServer) -> None:
+    """Four clients send batches to ``simple`` (two replicas, one on each ``slot`` node); one slot node
+    is killed mid-load. Every request is answered with the right outputs, and health shows the reduced
+    capacity: one replica running of the two wanted (the lost one cannot be re-created without a node
+    offering a slot)."""
+    failures: list[str] = []
+    answered = [0]
+    stop = threading.Event()
+
+    def client(seed: int) -> None:
+        n = 0
+        while not stop.is_set():
+            a, b = _pair(2, seed * 1000 + n)
+            try:
+                _infer_http(served.http_url, "simple", a, b, f"load-{seed}-{n}")
+                answered[0] += 1
+            except AssertionError as exc:
+                failures.append(str(exc)[:300])
+            n += 1
+
+    threads = [threading.Thread(target=client, args=(s,)) for s in range(4)]
+    for thread in threads:
+        thread.start()
+    try:
+        time.sleep(3)
+        before = answered[0]
+        cluster.remove_node(cluster.slot_nodes[0], allow_graceful=False)  # SIGKILL of the node's processes
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and answered[0] < before + 40:
+            time.sleep(0.2)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=120)
+    assert not failures, failures[:5]
+    assert answered[0] >= before + 40, (before, answered[0])
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        replicas = _metadata(served, "simple")["replicas"]
+        if replicas.get("running") == 1:
+            break
+        time.sleep(1)
+    assert replicas.get("running") == 1, replicas
+    assert sum(replicas.values()) >= 2, replicas  # the lost one is wanted again: pending or starting
