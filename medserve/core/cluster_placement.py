@@ -143,8 +143,15 @@ class ClusterPlacer:
     def flush(self) -> None:
         return None
 
+    def stopping(self) -> None:
+        """The server is stopping: its models' deployments stay on the cluster for the other doors, or
+        for this one started again (an explicit unload deletes a model's deployment)."""
+        from medserve.runtimes.ray_serve import keep_deployments
+
+        keep_deployments()
+
     def close(self) -> None:
-        """Leave the cluster (the deployments were deleted as their models were unloaded)."""
+        """Leave the cluster."""
         import ray
 
         ray.shutdown()

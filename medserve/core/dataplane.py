@@ -50,6 +50,8 @@ class Dataplane:
     """Placement on a Ray cluster (``None`` unless ``cluster_address`` is set)."""
 
     async def close(self) -> None:
+        if self.cluster is not None:
+            self.cluster.stopping()
         await self.service.close()
         self.service.readiness.close()
         if self.fleet_monitor is not None:

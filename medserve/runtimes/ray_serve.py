@@ -93,15 +93,34 @@ def _node() -> str:
 
 @dataclass
 class _Deployment:
-    """A deployment shared by the engines of one instance group in this process."""
+    """A deployment shared by the engines of one instance group in this process: ``by_value`` and
+    ``by_reference`` are its handle's two ways of sending a batch, ``retries`` the batches sent again."""
 
     app: str
-    handle: Any
+    by_value: Any
+    by_reference: Any
     users: int = 0
+    retries: int = 0
 
 
 _deployments: dict[str, _Deployment] = {}
 _lock = threading.Lock()
+_keep = threading.Event()
+
+#: A batch of at most this many bytes goes straight to the replica over Ray Serve's gRPC channel; a
+#: larger one (a CT volume) goes through the object store, which the replica reads without a copy.
+BY_VALUE_MAX_BYTES = 1 << 20
+
+#: The replica runs the engine on its own event loop rather than handing each call to a thread: a
+#: replica takes one batch at a time (``max_ongoing_requests`` 1), and the two thread hops cost more
+#: than the engine on a small model (docs/BENCHMARKS.md "Cluster mode").
+_REPLICA_ENV = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_SYNC_IN_THREADPOOL": "0"}
+
+
+def keep_deployments() -> None:
+    """From now on, unloading leaves the deployments running (a door process stopping: another door,
+    or this one started again, goes on using them); only an unload before this deletes one."""
+    _keep.set()
 
 
 def _lost_replica_errors() -> tuple[type[BaseException], ...]:
@@ -139,24 +158,35 @@ class RayServeEngine(Runtime):
         self.engine = str(options["engine"])
         self._deployment: _Deployment | None = None
         self._described: dict[str, Any] = {}
-        self.retries = 0
 
     # -- load / unload ---------------------------------------------------------------------------------
     def load(self) -> None:
         with _lock:
             deployment = _deployments.get(self.app)
             if deployment is None:
-                deployment = _Deployment(self.app, self._deploy())
+                try:
+                    handle = self._deploy()
+                except MedserveError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - Ray's own errors, said as a load error
+                    raise ModelLoadError(f"cluster deployment {self.app}: {_short(exc)}") from None
+                deployment = _Deployment(
+                    self.app,
+                    handle.options(method_name="run", _by_reference=False),
+                    handle.options(method_name="run", _by_reference=True),
+                )
                 _deployments[self.app] = deployment
             deployment.users += 1
         self._deployment = deployment
-        self._described = self._call("describe")
+        handle = deployment.by_reference.options(method_name="describe")
+        self._described = self._send(handle, ())
 
     def _deploy(self) -> Any:
         from ray import serve
         from ray.serve.api import RunTarget, run_many
 
         actor = dict(self.options.get("actor") or {})
+        actor["runtime_env"] = {"env_vars": dict(_REPLICA_ENV)}
         replica = serve.deployment(
             name="engine",
             num_replicas=int(self.options.get("replicas", 1)),
@@ -214,7 +244,7 @@ class RayServeEngine(Runtime):
             last = deployment.users <= 0
             if last:
                 _deployments.pop(self.app, None)
-        if last:
+        if last and not _keep.is_set():
             from ray import serve
 
             try:
@@ -223,20 +253,23 @@ class RayServeEngine(Runtime):
                 log.warning("could not delete cluster deployment %s: %s", self.app, exc)
 
     # -- running ---------------------------------------------------------------------------------------
-    def _call(self, method: str, *args: Any) -> Any:
-        if self._deployment is None:
+    def _send(self, handle: Any, args: tuple[Any, ...]) -> Any:
+        """Call the deployment through ``handle``; a batch whose replica was lost is sent once more."""
+        deployment = self._deployment
+        if deployment is None:
             raise InferenceFailed(f"cluster deployment {self.app} is not loaded")
         timeout = float(self.options.get("run_timeout_s", 300.0))
         lost = _lost_replica_errors()
         for attempt in (1, 2):
             try:
-                return getattr(self._deployment.handle, method).remote(*args).result(timeout_s=timeout)
+                return handle.remote(*args).result(timeout_s=timeout)
             except lost as exc:
                 if attempt == 2:
                     raise InferenceFailed(
                         f"cluster deployment {self.app}: the replica was lost twice ({_short(exc)})"
                     ) from None
-                self.retries += 1
+                with _lock:
+                    deployment.retries += 1
                 log.warning(
                     "cluster deployment %s: replica lost (%s); sending the batch once more",
                     self.app,
@@ -249,7 +282,12 @@ class RayServeEngine(Runtime):
         raise AssertionError("unreachable")
 
     def run(self, inputs: dict[str, np.ndarray], output_names: list[str]) -> dict[str, np.ndarray]:
-        kind, value = self._call("run", inputs, output_names)
+        deployment = self._deployment
+        if deployment is None:
+            raise InferenceFailed(f"cluster deployment {self.app} is not loaded")
+        size = sum(a.nbytes for a in inputs.values())
+        handle = deployment.by_value if size <= BY_VALUE_MAX_BYTES else deployment.by_reference
+        kind, value = self._send(handle, (inputs, output_names))
         if kind == "ok":
             return dict(value)
         from medserve.values import errors
@@ -275,7 +313,7 @@ class RayServeEngine(Runtime):
             "cluster_deployment": self.app,
             "engine": self.engine,
             "replicas": replica_counts(self.app),
-            "retried_batches": self.retries,
+            "retried_batches": self._deployment.retries if self._deployment is not None else 0,
             "replica_device": self._described.get("device", ""),
             **{k: v for k, v in self._described.items() if k in ("engine", "node")},
         }
