@@ -102,6 +102,49 @@ def throughput(port: int, model: str, concurrency: int, seconds: float, warmup: 
     return sum(t0 <= t < t1 for done in stamps for t in done) / (t1 - t0)
 
 
+class Echo:
+    """A replica or actor that answers with what it was sent: Ray's own round trip, without an engine."""
+
+    def run(self, x: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return x
+
+
+def ray_floor(address: str, calls: int) -> dict[str, float]:
+    """Median round trip (ms) of a 16-float batch to an echo, as a plain Ray actor call and through a
+    Ray Serve deployment handle (by value, the way medserve sends small batches), on the same cluster."""
+    import ray
+    from ray import serve
+
+    ray.init(address=address, logging_level="WARNING", log_to_driver=False)
+    try:
+        serve.start(proxy_location="Disabled")
+        app = serve.deployment(name="echo", max_ongoing_requests=1, ray_actor_options={"num_cpus": 0})(
+            Echo
+        ).bind()
+        handle = serve.run(app, name="medserve-bench-echo", route_prefix=None)
+        by_value = handle.options(method_name="run", _by_reference=False)
+        actor = ray.remote(num_cpus=0)(Echo).remote()  # type: ignore[call-overload]
+        x = {"INPUT0": np.ones((1, 16), np.float32)}
+        ways = {
+            "Ray actor call": lambda: ray.get(actor.run.remote(x)),
+            "Ray Serve handle": lambda: by_value.remote(x).result(),
+        }
+        floor = {}
+        for name, call in ways.items():
+            for _ in range(20):
+                call()
+            times = []
+            for _ in range(calls):
+                start = time.perf_counter()
+                call()
+                times.append((time.perf_counter() - start) * 1e3)
+            floor[name] = float(np.median(times))
+        return floor
+    finally:
+        serve.shutdown()  # the echo, and the deployments the stopped cluster server left running
+        ray.shutdown()
+
+
 @contextlib.contextmanager
 def ray_cluster(cpus: int) -> Iterator[str]:
     nodes = Cluster(
@@ -145,7 +188,9 @@ async def produce(args: argparse.Namespace, command: str) -> str:
                                 throughput(port, model, args.concurrency, args.seconds, args.warmup)
                             )
                     rows.append(row(model, samples, rates))
-    return report(rows, args, command, cpus)
+            log("Ray's own round trip")
+            floor = ray_floor(address, args.requests)
+    return report(rows, args, command, cpus, floor)
 
 
 def row(model: str, samples: dict[str, list[float]], rates: dict[str, list[float]]) -> str:
@@ -163,7 +208,8 @@ def row(model: str, samples: dict[str, list[float]], rates: dict[str, list[float
     )
 
 
-def report(rows: list[str], args: Any, command: str, cpus: int) -> str:
+def report(rows: list[str], args: Any, command: str, cpus: int, floor: dict[str, float]) -> str:
+    floors = ", ".join(f"{name} {ms:.2f} ms" for name, ms in floor.items())
     return "\n".join(
         [
             f"`{command}` on {machine()}; {time.strftime('%Y-%m-%d')}.",
@@ -178,6 +224,9 @@ def report(rows: list[str], args: Any, command: str, cpus: int) -> str:
             "| cluster req/s | ratio | goal |",
             "|---|---|---|---|---|---|---|---|",
             *rows,
+            "",
+            "Ray's own round trip on the same cluster (a 16-float batch to an echo, median of "
+            f"{args.requests}): {floors}. The hop cannot cost less than the handle's round trip.",
         ]
     )
 

@@ -75,7 +75,7 @@ def _run(args: argparse.Namespace) -> int:
     from medserve.jobs.standalone import run_standalone
     from medserve.jobs.store import SUCCEEDED
 
-    settings = command_settings(args, repository=args.repository)
+    settings = command_settings(args, repository=args.repository, cluster_address=args.cluster)
     require_store(settings, args)
     _, state = run_standalone(settings, load_spec(args.spec), count_first=not args.no_count)
     return 0 if state == SUCCEEDED else 1
@@ -162,6 +162,9 @@ def add_commands(commands: Any) -> None:
     run.add_argument("spec", type=Path, help="job spec (YAML); running it again resumes it")
     run.add_argument("--repository", type=Path, help="model repository (default: from the settings)")
     run.add_argument("--no-count", action="store_true", help="skip counting the items first (no ETA)")
+    run.add_argument(
+        "--cluster", metavar="ADDRESS", help="score on this Ray cluster's replicas (docs/SCALING.md)"
+    )
 
     status = command("status", "a job's state and progress", _with_store(_status))
     status.add_argument("id", help=job_id)

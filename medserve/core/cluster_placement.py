@@ -17,6 +17,7 @@ or profiles (the nodes' hardware is Ray's to match), it only rewrites the instan
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
@@ -109,6 +110,10 @@ class ClusterPlacer:
             options.setdefault("device", device_option(config.runtime, "cuda:0"))
         if self.resources.get(name):
             actor["resources"] = dict(self.resources[name])
+        # one name for one deployment: another door (or a job) loading the same model with the same
+        # engine, options and resources finds it and shares it instead of redeploying it
+        same = repr((config.runtime, sorted(options.items()), sorted(actor.items()), config.instance_count))
+        app = f"medserve.{name}.v{version}.{digest[:8]}{hashlib.sha256(same.encode()).hexdigest()[:8]}"
         return InstanceGroup(
             "ray_serve",
             "",
@@ -116,7 +121,7 @@ class ClusterPlacer:
             {
                 "engine": config.runtime,
                 "engine_options": options,
-                "app": f"medserve.{name}.v{version}",
+                "app": app,
                 "replicas": config.instance_count,
                 "actor": actor,
                 "digest": digest,

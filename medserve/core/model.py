@@ -148,12 +148,15 @@ class ServedModel:
         if self._placer is not None and self.plan.profile is not None:
             self._placer.observe(self.plan, execution)
 
-    async def infer(self, request: InferenceRequest) -> InferenceResponse:
+    async def infer(
+        self, request: InferenceRequest, facts: dict[str, str] | None = None
+    ) -> InferenceResponse:
         """Validate, queue by priority class and deadline, run (batched), and answer.
 
         The class and deadline come from the request parameters ``priority``, ``priority_class`` and
         ``timeout`` and the client's deadline at the door, ``request.deadline_ns`` (see
-        :mod:`medserve.scheduling.priority`).
+        :mod:`medserve.scheduling.priority`). ``facts`` (the audit record's) get what the engine
+        said of the run as ``detail``, e.g. that a cluster replica was lost and the batch sent again.
         """
         started = time.perf_counter_ns()
         request_class: PriorityClass | None = None
@@ -171,6 +174,8 @@ class ServedModel:
                 arrays, batch_size, request_class=request_class, deadline_ns=deadline_ns
             )
             times = result.execution
+            if facts is not None and times.note:
+                facts["detail"] = times.note[:500]
             finished_ns = time.perf_counter_ns()
             record_execution(
                 submitted, finished_ns, result.queue_ns, times.batch_size, times.infer_ns, times.input_ns

@@ -43,7 +43,7 @@ async def infer_or_overflow(
     """Run ``request`` on ``model``; when its admission refuses it and ``overflow`` covers the model,
     answer it there instead and say so in ``facts`` (the audit record's device and detail)."""
     try:
-        return await model.infer(request)
+        return await model.infer(request, facts)
     except Overloaded as refused:
         if overflow is None or not overflow.covers(model.name):
             raise

@@ -115,6 +115,11 @@ class Runtime(ABC):
     def unload(self) -> None:
         """Release the engine's resources."""
 
+    def take_note(self) -> str:
+        """What the last ``run`` wants said in the audit records of its requests ('' for nothing), e.g.
+        that the batch was sent twice; asked once after each run (an instance runs one batch at a time)."""
+        return ""
+
     def device(self) -> str:
         """Where this instance runs, e.g. ``cpu`` or ``cuda:0`` (audit records and metrics)."""
         return "cpu"

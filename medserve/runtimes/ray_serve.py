@@ -158,6 +158,7 @@ class RayServeEngine(Runtime):
         self.engine = str(options["engine"])
         self._deployment: _Deployment | None = None
         self._described: dict[str, Any] = {}
+        self._note = ""
 
     # -- load / unload ---------------------------------------------------------------------------------
     def load(self) -> None:
@@ -185,6 +186,11 @@ class RayServeEngine(Runtime):
         from ray import serve
         from ray.serve.api import RunTarget, run_many
 
+        timeout_s = float(self.options.get("load_timeout_s", 120.0))
+        if self.app in serve.status().applications:  # deployed by another door, or before a restart
+            log.info("cluster deployment %s is already there: using it", self.app)
+            self._wait_running(timeout_s, "")
+            return serve.get_deployment_handle("engine", self.app)
         actor = dict(self.options.get("actor") or {})
         actor["runtime_env"] = {"env_vars": dict(_REPLICA_ENV)}
         replica = serve.deployment(
@@ -207,7 +213,7 @@ class RayServeEngine(Runtime):
             [RunTarget(target=app, name=self.app, route_prefix=None)],
             wait_for_applications_running=False,
         )
-        self._wait_running(float(self.options.get("load_timeout_s", 120.0)), missing)
+        self._wait_running(timeout_s, missing)
         return serve.get_deployment_handle("engine", self.app)
 
     def _wait_running(self, timeout_s: float, missing: str) -> None:
@@ -270,6 +276,7 @@ class RayServeEngine(Runtime):
                     ) from None
                 with _lock:
                     deployment.retries += 1
+                self._note = f"sent twice: the first replica was lost ({_short(exc)})"
                 log.warning(
                     "cluster deployment %s: replica lost (%s); sending the batch once more",
                     self.app,
@@ -285,6 +292,7 @@ class RayServeEngine(Runtime):
         deployment = self._deployment
         if deployment is None:
             raise InferenceFailed(f"cluster deployment {self.app} is not loaded")
+        self._note = ""
         size = sum(a.nbytes for a in inputs.values())
         handle = deployment.by_value if size <= BY_VALUE_MAX_BYTES else deployment.by_reference
         kind, value = self._send(handle, (inputs, output_names))
@@ -296,6 +304,10 @@ class RayServeEngine(Runtime):
         if isinstance(error, type) and issubclass(error, MedserveError):
             raise error(value)
         raise InferenceFailed(f"{kind}: {value}")
+
+    def take_note(self) -> str:
+        note, self._note = self._note, ""
+        return note
 
     def inputs(self) -> list[EngineTensor]:
         return [EngineTensor(n, d, tuple(s)) for n, d, s in self._described.get("inputs", [])]

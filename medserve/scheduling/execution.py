@@ -33,6 +33,8 @@ class ExecutionTimes:
     runtime: str = ""
     joules: float | None = None
     energy_source: str = ""
+    #: what the engine said of this run, for the audit records of its requests ('' for nothing)
+    note: str = ""
 
     @property
     def total_ns(self) -> int:
@@ -139,7 +141,7 @@ def _run_once(
         raise InferenceFailed(str(exc)) from None
     t3 = now_ns()
     execution = ExecutionTimes(
-        sum(sizes), t1 - t0, t2 - t1, t3 - t2, slot.device, slot.runtime, joules, source
+        sum(sizes), t1 - t0, t2 - t1, t3 - t2, slot.device, slot.runtime, joules, source, instance.take_note()
     )
     executions.append(execution)
     return [(part, execution) for part in parts]
