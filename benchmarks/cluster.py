@@ -14,6 +14,7 @@ rounds each). Reports added p50 and the throughput ratio against the goal (<= 1 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import shutil
 import sys
@@ -189,7 +190,7 @@ async def produce(args: argparse.Namespace, command: str) -> str:
                             )
                     rows.append(row(model, samples, rates))
             log("Ray's own round trip")
-            floor = ray_floor(address, args.requests)
+            floor = await asyncio.to_thread(ray_floor, address, args.requests)  # handles block: no loop
     return report(rows, args, command, cpus, floor)
 
 

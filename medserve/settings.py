@@ -371,14 +371,14 @@ class Settings(BaseSettings):
         "refuses them (deadline out of reach, queue full); off for every model by default.",
     )
     cluster_address: str = Field(
-        default="",
-        description="Join this Ray cluster (host:port, ray://host:port or 'auto') and run every "
-        "model's engines there as Ray Serve deployments (docs/SCALING.md); '': on this machine.",
+        default="", description="Join this Ray cluster (host:port or 'auto'); '': engines on this machine."
     )
     cluster_resources: dict[str, dict[str, float]] = Field(
+        default_factory=dict, description='Custom Ray resources per model, e.g. {"ct": {"npu": 1}}.'
+    )
+    cluster_autoscaling: dict[str, tuple[int, int]] = Field(
         default_factory=dict,
-        description="Custom Ray resources a model's replicas need, per model, e.g. "
-        '{"ct_lesion_segmentation": {"npu": 1}}.',
+        description="[min, max] replicas per model, scaled by Ray Serve on queue length.",
     )
     cluster_load_timeout_s: float = Field(
         default=120.0, gt=0, description="How long a model load waits for its cluster replicas to run."

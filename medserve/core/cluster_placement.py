@@ -59,6 +59,7 @@ class ClusterPlacer:
         self,
         address: str,
         resources: Mapping[str, Mapping[str, float]] | None = None,
+        autoscaling: Mapping[str, tuple[int, int]] | None = None,
         *,
         load_timeout_s: float = 120.0,
     ) -> None:
@@ -73,6 +74,12 @@ class ClusterPlacer:
 
         self.address = address
         self.resources = {k: dict(v) for k, v in (resources or {}).items()}
+        self.autoscaling = dict(autoscaling or {})
+        for model, (low, high) in self.autoscaling.items():
+            if not 1 <= low <= high:
+                raise InvalidConfig(
+                    f"cluster_autoscaling: {model}: [min, max] needs 1 <= min <= max, not [{low}, {high}]"
+                )
         self.load_timeout_s = load_timeout_s
         try:
             ray.init(
@@ -91,9 +98,15 @@ class ClusterPlacer:
     def plan(self, name: str, version: int, config: ModelConfig, artifact: Path, digest: str) -> InstancePlan:
         group = self.group(name, version, config, artifact, digest)
         actor = group.options["actor"]
+        scaling = group.options.get("autoscaling")
+        replicas = (
+            f"{scaling['min_replicas']} to {scaling['max_replicas']} replicas (scaled on queue length)"
+            if scaling
+            else f"{group.count} replica(s)"
+        )
         return InstancePlan(
             "cluster",
-            f"a Ray Serve deployment of {group.count} replica(s) on the cluster at {self.address}, "
+            f"a Ray Serve deployment of {replicas} on the cluster at {self.address}, "
             f"each asking for {_asked(actor)}",
             (group,),
         )
@@ -110,9 +123,13 @@ class ClusterPlacer:
             options.setdefault("device", device_option(config.runtime, "cuda:0"))
         if self.resources.get(name):
             actor["resources"] = dict(self.resources[name])
+        count, scaling = config.instance_count, None
+        if name in self.autoscaling:  # one engine here per replica there may be
+            low, count = self.autoscaling[name]
+            scaling = {"min_replicas": low, "max_replicas": count}
         # one name for one deployment: another door (or a job) loading the same model with the same
         # engine, options and resources finds it and shares it instead of redeploying it
-        same = repr((config.runtime, sorted(options.items()), sorted(actor.items()), config.instance_count))
+        same = repr((config.runtime, sorted(options.items()), sorted(actor.items()), count, scaling))
         app = f"medserve.{name}.v{version}.{digest[:8]}{hashlib.sha256(same.encode()).hexdigest()[:8]}"
         return InstanceGroup(
             "ray_serve",
@@ -122,12 +139,13 @@ class ClusterPlacer:
                 "engine": config.runtime,
                 "engine_options": options,
                 "app": app,
-                "replicas": config.instance_count,
+                "replicas": count,
+                "autoscaling": scaling,
                 "actor": actor,
                 "digest": digest,
                 "load_timeout_s": self.load_timeout_s,
             },
-            config.instance_count,
+            count,
             config.max_batch_size,
         )
 

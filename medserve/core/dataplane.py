@@ -79,6 +79,7 @@ def build_dataplane(
         cluster = ClusterPlacer(
             settings.cluster_address,
             settings.cluster_resources,
+            settings.cluster_autoscaling,
             load_timeout_s=settings.cluster_load_timeout_s,
         )
     placer = HardwarePlacer(ProfileStore(trust.database)) if placement and cluster is None else None

@@ -117,6 +117,11 @@ BY_VALUE_MAX_BYTES = 1 << 20
 _REPLICA_ENV = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_SYNC_IN_THREADPOOL": "0"}
 
 
+#: How Ray Serve scales a deployment with ``cluster_autoscaling``: one batch a replica is the target
+#: (a replica runs one at a time); it adds replicas after 2 s above it and removes them after 60 s below.
+AUTOSCALING = {"target_ongoing_requests": 1, "upscale_delay_s": 2.0, "downscale_delay_s": 60.0}
+
+
 def keep_deployments() -> None:
     """From now on, unloading leaves the deployments running (a door process stopping: another door,
     or this one started again, goes on using them); only an unload before this deletes one."""
@@ -193,9 +198,13 @@ class RayServeEngine(Runtime):
             return serve.get_deployment_handle("engine", self.app)
         actor = dict(self.options.get("actor") or {})
         actor["runtime_env"] = {"env_vars": dict(_REPLICA_ENV)}
+        scaling = self.options.get("autoscaling")
+        count: dict[str, Any] = {"num_replicas": int(self.options.get("replicas", 1))}
+        if scaling:  # Ray Serve adds a replica while more than one batch a replica is waiting or running
+            count = {"autoscaling_config": {**AUTOSCALING, **scaling}}
         replica = serve.deployment(
             name="engine",
-            num_replicas=int(self.options.get("replicas", 1)),
+            **count,
             ray_actor_options=actor,
             max_ongoing_requests=1,  # one batch at a time, as a local engine instance runs
             health_check_period_s=2,

@@ -69,6 +69,7 @@ def served(
         cluster.address,
         env={
             "MEDSERVE_CLUSTER_RESOURCES": json.dumps(RESOURCES),
+            "MEDSERVE_CLUSTER_AUTOSCALING": json.dumps({"identity_fp64": [1, 2]}),
             "MEDSERVE_CLUSTER_LOAD_TIMEOUT_S": "10",
         },
     )
@@ -155,6 +156,47 @@ def test_a_large_tensor_crosses_through_the_object_store(served: RunningServer) 
     wanted = [httpclient.InferRequestedOutput("OUTPUT0", binary_data=True)]
     result = client.infer("identity_fp64", [tensor], outputs=wanted)
     assert np.array_equal(result.as_numpy("OUTPUT0"), data)
+
+
+def test_an_autoscaled_deployment_adds_a_replica_under_load(served: RunningServer) -> None:
+    """``cluster_autoscaling`` [1, 2]: one replica at rest; with more than one batch waiting or running
+    for a few seconds, Ray Serve adds the second (the server holds an engine for each it may have)."""
+    import tritonclient.grpc as grpcclient
+
+    metadata = _metadata(served, "identity_fp64")
+    assert metadata["replicas"] == {"running": 1}, metadata["replicas"]
+    assert "1 to 2 replicas (scaled on queue length)" in metadata["placement"]["explanation"]
+    stop = threading.Event()
+    failures: list[str] = []
+
+    def client(seed: int) -> None:
+        connection = grpcclient.InferenceServerClient(served.grpc_url)
+        data = np.random.default_rng(seed).random((1, 20_000))
+        tensor = grpcclient.InferInput("INPUT0", list(data.shape), "FP64")
+        tensor.set_data_from_numpy(data)
+        while not stop.is_set():
+            try:
+                result = connection.infer("identity_fp64", [tensor])
+                assert np.array_equal(result.as_numpy("OUTPUT0"), data)
+            except Exception as exc:  # noqa: BLE001 - collected and reported below
+                failures.append(repr(exc)[:300])
+
+    threads = [threading.Thread(target=client, args=(s,)) for s in range(6)]
+    for thread in threads:
+        thread.start()
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            replicas = _metadata(served, "identity_fp64")["replicas"]
+            if replicas.get("running") == 2:
+                break
+            time.sleep(1)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=120)
+    assert not failures, failures[:3]
+    assert replicas.get("running") == 2, replicas
 
 
 def test_a_model_asking_for_a_resource_no_node_has_is_pending_with_the_reason(served: RunningServer) -> None:
