@@ -133,6 +133,7 @@ def start_server(
     env: dict[str, str] | None = None,
     ca: Path | None = None,
     http_port: int | None = None,
+    ready_within_s: float = 120,
 ) -> RunningServer:
     """Start ``medserve serve`` and wait until it is ready (over TLS, trusting ``ca``, when given); on
     ``http_port`` when given (a server started again where its clients expect it)."""
@@ -165,7 +166,7 @@ def start_server(
         },
     )
     server = RunningServer(process, http_port, grpc_port, repository, log)
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + ready_within_s
     scheme, verify = ("https", ssl.create_default_context(cafile=str(ca))) if ca else ("http", True)
     while time.monotonic() < deadline:
         if process.poll() is not None:

@@ -217,7 +217,9 @@ class ServedModel:
         return tensors
 
     def ready(self) -> bool:
-        return True
+        """Whether a request can be run now: some instance can run a batch (a model whose cluster
+        replicas are all lost is not ready until Ray Serve has re-created one)."""
+        return any(instance.ready() for instance in self.pool.instances)
 
     def tensor_metadata(self, specs: list[TensorConfig]) -> list[TensorMetadata]:
         prefix = [-1] if self.config.max_batch_size > 0 else []

@@ -115,6 +115,10 @@ class Runtime(ABC):
     def unload(self) -> None:
         """Release the engine's resources."""
 
+    def ready(self) -> bool:
+        """Whether a batch sent now can run (an engine in this process, once loaded: always)."""
+        return True
+
     def take_note(self) -> str:
         """What the last ``run`` wants said in the audit records of its requests ('' for nothing), e.g.
         that the batch was sent twice; asked once after each run (an instance runs one batch at a time)."""

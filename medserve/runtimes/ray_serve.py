@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -97,15 +97,28 @@ class _Deployment:
     ``by_reference`` are its handle's two ways of sending a batch, ``retries`` the batches sent again."""
 
     app: str
-    by_value: Any
-    by_reference: Any
+    by_value: Any = None
+    by_reference: Any = None
     users: int = 0
+    #: held while the deployment is made or found (the engines of one group wait for the first)
+    lock: threading.Lock = field(default_factory=threading.Lock)
     retries: int = 0
+    #: the replicas' states as last asked of Ray Serve, and when (monotonic seconds)
+    counts: dict[str, int] = field(default_factory=dict)
+    asked_at: float = float("-inf")
+
+    def replicas(self) -> dict[str, int]:
+        """The replicas by state, asked of Ray Serve at most once a second (probes may come often)."""
+        now = time.monotonic()
+        if now - self.asked_at >= 1.0:
+            self.counts, self.asked_at = replica_counts(self.app), now
+        return self.counts
 
 
 _deployments: dict[str, _Deployment] = {}
 _lock = threading.Lock()
 _keep = threading.Event()
+_submitting = threading.Lock()
 
 #: A batch of at most this many bytes goes straight to the replica over Ray Serve's gRPC channel; a
 #: larger one (a CT volume) goes through the object store, which the replica reads without a copy.
@@ -120,6 +133,12 @@ _REPLICA_ENV = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RU
 #: How Ray Serve scales a deployment with ``cluster_autoscaling``: one batch a replica is the target
 #: (a replica runs one at a time); it adds replicas after 2 s above it and removes them after 60 s below.
 AUTOSCALING = {"target_ongoing_requests": 1, "upscale_delay_s": 2.0, "downscale_delay_s": 60.0}
+
+
+_STAYS = (
+    " (the deployment stays, pending, so a cluster autoscaler can add a node; load the model again once "
+    "one has joined)"
+)
 
 
 def keep_deployments() -> None:
@@ -167,35 +186,57 @@ class RayServeEngine(Runtime):
 
     # -- load / unload ---------------------------------------------------------------------------------
     def load(self) -> None:
-        with _lock:
-            deployment = _deployments.get(self.app)
-            if deployment is None:
-                try:
-                    handle = self._deploy()
-                except MedserveError:
-                    raise
-                except Exception as exc:  # noqa: BLE001 - Ray's own errors, said as a load error
-                    raise ModelLoadError(f"cluster deployment {self.app}: {_short(exc)}") from None
-                deployment = _Deployment(
-                    self.app,
-                    handle.options(method_name="run", _by_reference=False),
-                    handle.options(method_name="run", _by_reference=True),
-                )
-                _deployments[self.app] = deployment
+        with _lock:  # held only to find or create the entry: deployments of other models start meanwhile
+            deployment = _deployments.setdefault(self.app, _Deployment(self.app))
             deployment.users += 1
+        try:
+            with deployment.lock:
+                if deployment.by_value is None:
+                    handle = self._deploy()
+                    deployment.by_value = handle.options(method_name="run", _by_reference=False)
+                    deployment.by_reference = handle.options(method_name="run", _by_reference=True)
+        except BaseException as exc:
+            with _lock:
+                deployment.users -= 1
+                if deployment.users <= 0:
+                    _deployments.pop(self.app, None)
+            if isinstance(exc, MedserveError) or not isinstance(exc, Exception):
+                raise
+            raise ModelLoadError(f"cluster deployment {self.app}: {_short(exc)}") from None  # Ray's own
         self._deployment = deployment
         handle = deployment.by_reference.options(method_name="describe")
         self._described = self._send(handle, ())
 
     def _deploy(self) -> Any:
         from ray import serve
-        from ray.serve.api import RunTarget, run_many
 
         timeout_s = float(self.options.get("load_timeout_s", 120.0))
-        if self.app in serve.status().applications:  # deployed by another door, or before a restart
+        for attempt in range(3):
+            try:
+                with _submitting:  # Ray Serve's deploy call is not safe from two threads
+                    missing = self._submit()
+                break
+            except ValueError as exc:
+                # Ray Serve pickles its router and autoscaling classes by value, registering their
+                # module with cloudpickle and unregistering it after; its handles' background thread
+                # does the same, and when the two interleave one of them fails. It is transient.
+                if "pickle by value" not in str(exc) or attempt == 2:
+                    raise
+                time.sleep(0.2)
+        if missing:  # no node can host a replica until one joins: say so now rather than after the wait
+            raise ModelLoadError(f"cluster deployment {self.app} is pending: {missing}{_STAYS}")
+        self._wait_running(timeout_s)
+        return serve.get_deployment_handle("engine", self.app)
+
+    def _submit(self) -> str:
+        """Ask Ray Serve for the deployment unless it is there (made by another door, or before a
+        restart); returns why no node can host a replica ('' when one can, or it was there)."""
+        from ray import serve
+        from ray.serve.api import RunTarget, run_many
+
+        if self.app in serve.status().applications:
             log.info("cluster deployment %s is already there: using it", self.app)
-            self._wait_running(timeout_s, "")
-            return serve.get_deployment_handle("engine", self.app)
+            return ""
         actor = dict(self.options.get("actor") or {})
         actor["runtime_env"] = {"env_vars": dict(_REPLICA_ENV)}
         scaling = self.options.get("autoscaling")
@@ -217,15 +258,13 @@ class RayServeEngine(Runtime):
             self.declared,
             str(self.options.get("digest", "")),
         )
-        missing = _unplaceable(actor)
         run_many(
             [RunTarget(target=app, name=self.app, route_prefix=None)],
             wait_for_applications_running=False,
         )
-        self._wait_running(timeout_s, missing)
-        return serve.get_deployment_handle("engine", self.app)
+        return _unplaceable(actor)
 
-    def _wait_running(self, timeout_s: float, missing: str) -> None:
+    def _wait_running(self, timeout_s: float) -> None:
         from ray import serve
 
         deadline = time.monotonic() + timeout_s
@@ -242,11 +281,9 @@ class RayServeEngine(Runtime):
                     serve.delete(self.app, _blocking=False)
                     raise ModelLoadError(f"cluster deployment {self.app} failed: {message}")
             if time.monotonic() >= deadline:
-                because = f"{missing}; " if missing else ""
                 raise ModelLoadError(
-                    f"cluster deployment {self.app} is still pending after {timeout_s:.0f} s: {because}"
-                    f"{message} (the deployment stays, so a cluster autoscaler can add a node; load the "
-                    "model again once one has joined)"
+                    f"cluster deployment {self.app} is still pending after {timeout_s:.0f} s: "
+                    f"{message}{_STAYS}"
                 )
             time.sleep(0.5)
 
@@ -314,6 +351,11 @@ class RayServeEngine(Runtime):
             raise error(value)
         raise InferenceFailed(f"{kind}: {value}")
 
+    def ready(self) -> bool:
+        """A replica of the deployment is running."""
+        deployment = self._deployment
+        return deployment is not None and deployment.replicas().get("running", 0) > 0
+
     def take_note(self) -> str:
         note, self._note = self._note, ""
         return note
@@ -333,7 +375,7 @@ class RayServeEngine(Runtime):
         return {
             "cluster_deployment": self.app,
             "engine": self.engine,
-            "replicas": replica_counts(self.app),
+            "replicas": self._deployment.replicas() if self._deployment is not None else {},
             "retried_batches": self._deployment.retries if self._deployment is not None else 0,
             "replica_device": self._described.get("device", ""),
             **{k: v for k, v in self._described.items() if k in ("engine", "node")},
