@@ -218,8 +218,11 @@ class ServedModel:
 
     def ready(self) -> bool:
         """Whether a request can be run now: some instance can run a batch (a model whose cluster
-        replicas are all lost is not ready until Ray Serve has re-created one)."""
-        return any(instance.ready() for instance in self.pool.instances)
+        replicas are all lost is not ready until Ray Serve has re-created one). During a device
+        failover, with no instance in the pool until the replacement is built, requests wait for it:
+        the model stays ready, as before."""
+        instances = self.pool.instances
+        return not instances or any(instance.ready() for instance in instances)
 
     def tensor_metadata(self, specs: list[TensorConfig]) -> list[TensorMetadata]:
         prefix = [-1] if self.config.max_batch_size > 0 else []
