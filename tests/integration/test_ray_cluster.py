@@ -46,7 +46,9 @@ def cluster() -> Iterator[Any]:
     )
     try:
         nodes.slot_nodes = [nodes.add_node(num_cpus=2, resources={"slot": 1}) for _ in range(2)]
-        nodes.npu_node = nodes.add_node(num_cpus=1, resources={"npu": 1})
+        # room for both versions of simple_nobatch (npu 1 each) even when Ray puts other models' replicas
+        # on this node's CPUs (it may: they ask for CPUs only)
+        nodes.npu_node = nodes.add_node(num_cpus=4, resources={"npu": 2})
         nodes.wait_for_nodes()
         yield nodes
     finally:
@@ -160,7 +162,7 @@ def test_models_run_as_deployments_on_the_nodes_their_resources_name(
     inputs = [grpcclient.InferInput("INPUT0", [16], "FP32"), grpcclient.InferInput("INPUT1", [16], "FP32")]
     inputs[0].set_data_from_numpy(a[0])
     inputs[1].set_data_from_numpy(b[0])
-    result = client.infer("simple_nobatch", inputs)
+    result = client.infer("simple_nobatch", inputs, model_version="1")  # version 2 computes otherwise
     assert np.allclose(result.as_numpy("OUTPUT0"), a[0] + b[0])
 
     simple, nobatch = _metadata(served, "simple"), _metadata(served, "simple_nobatch")
