@@ -133,6 +133,16 @@ def _load(clients: int, send: Callable[[int, int], None]) -> Iterator[tuple[list
             thread.join(timeout=120)
 
 
+def _replicas_when(server: RunningServer, model: str, running: int, within_s: float) -> dict[str, int]:
+    """The model's replicas by state once ``running`` of them run, or as they are after ``within_s``."""
+    deadline = time.monotonic() + within_s
+    while True:
+        replicas: dict[str, int] = _metadata(server, model)["replicas"]
+        if replicas.get("running") == running or time.monotonic() >= deadline:
+            return replicas
+        time.sleep(1)
+
+
 def _audit(data_dir: Path) -> list[dict[str, Any]]:
     done = subprocess.run(
         [sys.executable, "-m", "medserve", "audit", "export"],
@@ -208,12 +218,7 @@ def test_an_autoscaled_deployment_adds_a_replica_under_load(served: RunningServe
         assert np.array_equal(result.as_numpy("OUTPUT0"), data)
 
     with _load(6, send) as (failures, _):
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            replicas = _metadata(served, "identity_fp64")["replicas"]
-            if replicas.get("running") == 2:
-                break
-            time.sleep(1)
+        replicas = _replicas_when(served, "identity_fp64", running=2, within_s=90)
     assert not failures, failures[:3]
     assert replicas.get("running") == 2, replicas
 
@@ -284,12 +289,7 @@ def test_a_worker_node_killed_under_load_loses_no_request(cluster: Any, served: 
             time.sleep(0.2)
     assert not failures, failures[:5]
     assert answered[0] >= before + 40, (before, answered[0])
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        replicas = _metadata(served, "simple")["replicas"]
-        if replicas.get("running") == 1:
-            break
-        time.sleep(1)
+    replicas = _replicas_when(served, "simple", running=1, within_s=60)
     assert replicas.get("running") == 1, replicas
     assert sum(replicas.values()) >= 2, replicas  # the lost one is wanted again: pending or starting
     # a batch that was in flight on the lost replica was sent again, and its requests' audit records
