@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import socket
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -81,6 +82,7 @@ class ClusterPlacer:
                     f"cluster_autoscaling: {model}: [min, max] needs 1 <= min <= max, not [{low}, {high}]"
                 )
         self.load_timeout_s = load_timeout_s
+        _reachable(address)  # Ray itself would retry an unreachable head for minutes, silently
         try:
             ray.init(
                 address=address,
@@ -178,6 +180,21 @@ class ClusterPlacer:
         import ray
 
         ray.shutdown()
+
+
+def _reachable(address: str) -> None:
+    """Raise ``InvalidConfig`` unless the head at ``address`` (``host:port`` or ``ray://host:port``;
+    ``auto`` is found by Ray on this machine) accepts a TCP connection within 5 s."""
+    target = address.removeprefix("ray://")
+    host, _, port = target.rpartition(":")
+    if address == "auto" or not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as exc:
+        raise InvalidConfig(
+            f"cluster_address {address!r}: cannot reach the Ray cluster's head: {exc}"
+        ) from None
 
 
 def _threads(options: Mapping[str, Any]) -> float:

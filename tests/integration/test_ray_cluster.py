@@ -314,3 +314,30 @@ def test_a_worker_node_killed_under_load_loses_no_request(cluster: Any, served: 
     answer = httpx.get(f"{url}/simple_nobatch/ready", timeout=30)
     assert answer.status_code == 400 and "is not ready" in answer.text, answer.text
     assert httpx.get(f"{url}/simple/ready", timeout=30).status_code == 200
+
+
+def test_an_unreachable_cluster_is_refused_at_start_with_the_reason(
+    example_repository: Path, tmp_path: Path
+) -> None:
+    """Ray would retry an unreachable head for minutes without a word; the server refuses at once."""
+    from tests.conftest import free_port
+
+    address = f"127.0.0.1:{free_port()}"  # nothing listens there
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "medserve",
+            "serve",
+            "--repository",
+            str(example_repository),
+            "--cluster",
+            address,
+        ],
+        env={**os.environ, "MEDSERVE_DATA_DIR": str(tmp_path / "data"), "MEDSERVE_AUTH_DISABLED": "true"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert f"cluster_address '{address}': cannot reach the Ray cluster's head" in done.stderr, done.stderr
