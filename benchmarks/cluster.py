@@ -19,7 +19,6 @@ import contextlib
 import shutil
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -30,7 +29,7 @@ import tritonclient.grpc as grpcclient
 from ray.cluster_utils import Cluster
 
 sys.path.insert(0, str(Path(__file__).parent))
-from serving import add_report_arguments, log, machine, medserve, run_report  # noqa: E402
+from serving import add_report_arguments, closed_loop, completed, log, machine, medserve, run_report  # noqa: E402
 
 #: model -> (inputs: name, shape of one request; the output to fetch)
 MODELS: dict[str, tuple[list[tuple[str, tuple[int, ...]]], str]] = {
@@ -75,32 +74,12 @@ def latency(calls: dict[str, Call], count: int, rounds: int) -> dict[str, list[f
 
 
 def throughput(port: int, model: str, concurrency: int, seconds: float, warmup: float) -> float:
-    stop, errors = threading.Event(), []
-    stamps: list[list[float]] = [[] for _ in range(concurrency)]
-
-    def worker(done: list[float]) -> None:
-        try:
-            call = caller(port, model)
-            while not stop.is_set():
-                call()
-                done.append(time.perf_counter())
-        except Exception as exc:  # reported after the run
-            errors.append(exc)
-            stop.set()
-
-    threads = [threading.Thread(target=worker, args=(s,), daemon=True) for s in stamps]
-    for thread in threads:
-        thread.start()
-    time.sleep(warmup)
-    t0 = time.perf_counter()
-    time.sleep(seconds)
-    t1 = time.perf_counter()
-    stop.set()
-    for thread in threads:
-        thread.join(120)
-    if errors:
-        raise RuntimeError(f"{len(errors)} client(s) failed: {errors[0]!r}")
-    return sum(t0 <= t < t1 for done in stamps for t in done) / (t1 - t0)
+    with closed_loop(lambda: caller(port, model), concurrency) as stamps:
+        time.sleep(warmup)
+        t0 = time.perf_counter()
+        time.sleep(seconds)
+        t1 = time.perf_counter()
+    return completed(stamps, t0, t1) / (t1 - t0)
 
 
 class Echo:

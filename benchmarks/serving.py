@@ -223,17 +223,19 @@ def interleaved_latency(calls: dict[str, Call], count: int, rounds: int, http: i
     return result
 
 
-def served_throughput(make: Callable[[], Caller], args: argparse.Namespace, http: int, pid: int) -> Served:
-    """``--concurrency`` threads, each with its own client, send batch-1 requests back to back."""
+@contextmanager
+def closed_loop(make: Callable[[], Call], concurrency: int) -> Iterator[list[list[float]]]:
+    """``concurrency`` threads, each calling its own ``make()`` back to back while the block runs;
+    yields each thread's completion times (``time.perf_counter``). A failing call stops them all and
+    is raised when the block ends."""
     stop, errors = threading.Event(), []
-    stamps: list[list[float]] = [[] for _ in range(args.concurrency)]
-    x = np.random.default_rng(2).random((1, *SHAPE), dtype=np.float32)
+    stamps: list[list[float]] = [[] for _ in range(concurrency)]
 
     def worker(done: list[float]) -> None:
         try:
             call = make()
             while not stop.is_set():
-                call(x)
+                call()
                 done.append(time.perf_counter())
         except Exception as exc:  # reported after the run
             errors.append(exc)
@@ -242,18 +244,37 @@ def served_throughput(make: Callable[[], Caller], args: argparse.Namespace, http
     threads = [threading.Thread(target=worker, args=(s,), daemon=True) for s in stamps]
     for thread in threads:
         thread.start()
-    time.sleep(args.warmup)
-    before, client0, server0 = model_stats(http), cpu_seconds(os.getpid()), cpu_seconds(pid)
-    t0 = time.perf_counter()
-    time.sleep(args.seconds)
-    t1 = time.perf_counter()
-    after, client1, server1 = model_stats(http), cpu_seconds(os.getpid()), cpu_seconds(pid)
-    stop.set()
-    for thread in threads:
-        thread.join(120)
+    try:
+        yield stamps
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(120)
     if errors:
         raise RuntimeError(f"{len(errors)} worker(s) failed: {errors[0]!r}")
-    images = sum(t0 <= t < t1 for done in stamps for t in done)
+
+
+def completed(stamps: list[list[float]], t0: float, t1: float) -> int:
+    """How many calls of a closed loop completed within [t0, t1)."""
+    return sum(t0 <= t < t1 for done in stamps for t in done)
+
+
+def served_throughput(make: Callable[[], Caller], args: argparse.Namespace, http: int, pid: int) -> Served:
+    """``--concurrency`` threads, each with its own client, send batch-1 requests back to back."""
+    x = np.random.default_rng(2).random((1, *SHAPE), dtype=np.float32)
+
+    def one_client() -> Call:
+        caller = make()
+        return lambda: caller(x)
+
+    with closed_loop(one_client, args.concurrency) as stamps:
+        time.sleep(args.warmup)
+        before, client0, server0 = model_stats(http), cpu_seconds(os.getpid()), cpu_seconds(pid)
+        t0 = time.perf_counter()
+        time.sleep(args.seconds)
+        t1 = time.perf_counter()
+        after, client1, server1 = model_stats(http), cpu_seconds(os.getpid()), cpu_seconds(pid)
+    images = completed(stamps, t0, t1)
     executions = max(after["execution_count"] - before["execution_count"], 1)
     avg_batch = (after["inference_count"] - before["inference_count"]) / executions
     elapsed = t1 - t0

@@ -70,11 +70,6 @@ class EngineReplica:
             "engine": self.engine.describe(),
         }
 
-    def check_health(self) -> None:
-        """Ray Serve's periodic health check: the engine is loaded."""
-        if self.engine is None:
-            raise RuntimeError("engine not loaded")
-
     def __del__(self) -> None:
         engine = getattr(self, "engine", None)
         if engine is not None:
